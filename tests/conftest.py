@@ -1,0 +1,35 @@
+"""Every test starts seeded, with an empty param store, validation on and downloads off."""
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir() -> Path | None:
+    """The folder holding MNIST/raw: $PYRO_VAE_DATA_DIR, else ../shared/data beside the repo."""
+    for candidate in (os.environ.get("PYRO_VAE_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def clean_pyro(monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_OFFLINE", "1")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    found = find_data_dir()
+    if found is None:
+        pytest.skip("MNIST not found: set PYRO_VAE_DATA_DIR to a folder holding MNIST/raw")
+    return found

@@ -1,0 +1,109 @@
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae import VAE, ConfigError
+from pyro_vae.estimators import guide_distribution
+from pyro_vae.networks import Encoder
+
+
+def _is_sample(site):
+    return site["type"] == "sample" and not site_is_subsample(site)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian"])
+def test_model_and_guide_agree_on_sites_and_shapes(likelihood):
+    vae = VAE(data_dim=12, latent_dim=3, hidden_sizes=(8, 6), likelihood=likelihood)
+    x = torch.bernoulli(torch.full((5, 12), 0.5))
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    guide_sites = {n: s for n, s in guide_trace.nodes.items() if _is_sample(s)}
+    model_sites = {n: s for n, s in model_trace.nodes.items() if _is_sample(s)}
+    assert set(guide_sites) == {"z"} and set(model_sites) == {"z", "x"}
+    assert guide_sites["z"]["value"].shape == (5, 3)
+    assert model_sites["z"]["value"] is guide_sites["z"]["value"]
+    for site in (guide_sites["z"], model_sites["z"], model_sites["x"]):
+        assert site["fn"].batch_shape == (5,)
+        assert [f.name for f in site["cond_indep_stack"]] == ["data"]
+    assert model_sites["x"]["fn"].event_shape == (12,)
+    assert model_sites["x"]["is_observed"]
+    # every network parameter is a param site, so SVI optimizes all of them
+    params = {
+        n for t in (guide_trace, model_trace) for n, s in t.nodes.items() if s["type"] == "param"
+    }
+    assert len(params) == len(list(vae.parameters()))
+
+
+def test_encoder_scale_is_positive_even_for_extreme_inputs():
+    encoder = Encoder(4, 2, (3,))
+    with torch.no_grad():
+        encoder.raw_scale.bias.fill_(-1e4)
+        _, scale = encoder(torch.randn(7, 4))
+        assert (scale > 0).all()
+        encoder.raw_scale.bias.fill_(1e4)
+        _, scale = encoder(torch.randn(7, 4))
+        assert torch.isfinite(scale).all()
+
+
+def test_estimator_switch():
+    loc, scale = torch.zeros(3, 2), torch.ones(3, 2)
+    reparam, reinforce = guide_distribution(loc, scale), guide_distribution(loc, scale, "reinforce")
+    assert reparam.has_rsample and not reinforce.has_rsample
+    assert reparam.event_shape == reinforce.event_shape == (2,)
+    with pytest.raises(ConfigError, match="unknown estimator"):
+        guide_distribution(loc, scale, "magic")
+
+
+def test_vae_helpers_shapes_and_ranges():
+    torch.manual_seed(0)
+    vae = VAE(data_dim=12, latent_dim=3, hidden_sizes=(8,))
+    x = torch.bernoulli(torch.full((5, 12), 0.5))
+    loc, scale = vae.encode(x)
+    assert loc.shape == scale.shape == (5, 3)
+    recon = vae.reconstruct(x)
+    samples = vae.sample(4, generator=torch.Generator().manual_seed(1))
+    assert recon.shape == (5, 12) and samples.shape == (4, 12)
+    assert ((samples > 0) & (samples < 1)).all()
+    again = vae.sample(4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(samples, again)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(latent_dim=0), "positive"),
+        (dict(hidden_sizes=(0,)), "hidden sizes"),
+        (dict(likelihood="poisson"), "unknown likelihood"),
+        (dict(activation="sigmoidal"), "unknown activation"),
+    ],
+)
+def test_bad_vae_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        VAE(data_dim=12, **kwargs)
+
+
+def test_two_vaes_never_share_parameters():
+    """Pyro's global param store must not let one VAE's training touch another's parameters."""
+    from pyro_vae.train import TrainConfig, fit
+
+    config = TrainConfig(
+        dataset="mnist-sample",
+        train_size=256,
+        epochs=1,
+        batch_size=64,
+        hidden_sizes=(32,),
+        latent_dim=4,
+    )
+    first = fit(config).vae
+    before = [p.detach().clone() for p in first.parameters()]
+    second = fit(TrainConfig(**{**config.to_dict(), "seed": 1})).vae
+    assert all(torch.equal(a, b) for a, b in zip(before, first.parameters(), strict=True))
+    assert not any(
+        torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True)
+    )
+    assert len(pyro.get_param_store()) == 0  # training leaves the global store as it found it
+    # and two runs with one seed in one process give the same parameters
+    third = fit(config).vae
+    assert all(torch.equal(a, b) for a, b in zip(before, third.parameters(), strict=True))
