@@ -186,7 +186,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{config.dataset}-{stamp}")
     _check_evaluation_args(args.eval_particles, args.eval_images)
     config.progress = not args.no_progress and sys.stderr.isatty()
-    print(f"training in {run_dir}", file=sys.stderr)
+    print(f"training in {run_dir}")
     result = fit(config, run_dir, data=data, resume=bool(args.resume))
     if result.history:
         last = result.history[-1]

@@ -6,9 +6,15 @@
     for any guide distribution with ``has_rsample``; a Normal has it.
 ``reinforce``
     The score-function estimator (Williams 1992): ``grad E_q[f] = E_q[f grad log q]``. The
-    guide's Normal is marked non-reparameterized (``has_rsample_(False)`` on the base
-    distribution, before ``.to_event``) and Pyro's ``Trace_ELBO`` adds the score term.
-    Under the data plate each image's own ELBO weights its own score term, not the batch sum.
+    guide's Normal is marked non-reparameterized (``has_rsample`` false on the base
+    distribution, before ``.to_event``), so Pyro samples it without a gradient path and
+    ``Trace_ELBO`` adds the score term. Under the data plate each image's own ELBO weights its
+    own score term, not the batch sum.
+
+    The flag is a class attribute of :class:`ScoreFunctionNormal` rather than the instance
+    flag ``has_rsample_(False)``: Pyro's plates expand the distribution (a particle plate
+    always does), ``expand`` makes a new instance that forgets the instance flag, and Pyro
+    (1.9) then fails to copy it onto the ``Independent`` wrapper.
 
 References: Mohamed, Rosca, Figurnov & Mnih (2020), "Monte Carlo Gradient Estimation in
 Machine Learning".
@@ -21,9 +27,15 @@ import torch
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["ESTIMATORS", "guide_distribution", "is_reparameterized"]
+__all__ = ["ESTIMATORS", "ScoreFunctionNormal", "guide_distribution", "is_reparameterized"]
 
 ESTIMATORS = ("reparam", "reinforce")
+
+
+class ScoreFunctionNormal(dist.Normal):
+    """A Normal that Pyro differentiates by the score function only (no ``rsample`` path)."""
+
+    has_rsample = False
 
 
 def check_estimator(estimator: str) -> None:
@@ -41,7 +53,5 @@ def guide_distribution(
     loc: torch.Tensor, scale: torch.Tensor, estimator: str = "reparam"
 ) -> dist.TorchDistribution:
     """``N(loc, diag(scale^2))`` over the last dimension, set up for the given estimator."""
-    base = dist.Normal(loc, scale)
-    if not is_reparameterized(estimator):
-        base.has_rsample_(False)
-    return base.to_event(1)
+    cls = dist.Normal if is_reparameterized(estimator) else ScoreFunctionNormal
+    return cls(loc, scale).to_event(1)

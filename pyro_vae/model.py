@@ -71,6 +71,17 @@ class VAE(nn.Module):
         self.encoder = Encoder(self.data_dim, self.latent_dim, hidden_sizes, activation)
         self.decoder = Decoder(self.data_dim, self.latent_dim, hidden_sizes, activation, likelihood)
 
+    @torch.no_grad()
+    def init_output_bias(self, mean_image: torch.Tensor) -> None:
+        """Start the decoder at the data's marginal: output bias ``logit(mean pixel)``.
+
+        With all weights small, ``p(x|z)`` then begins near the per-pixel marginal of the
+        training data rather than at 0.5 everywhere, which saves the first epoch from
+        learning the background (Burda et al. 2015 initialize their decoders this way).
+        """
+        logits = torch.logit(mean_image.clamp(1e-3, 1 - 1e-3))
+        self.decoder.out.bias[: self.data_dim] = logits.to(self.decoder.out.bias)
+
     def likelihood_distribution(self, z: torch.Tensor) -> dist.TorchDistribution:
         """``p(x|z)`` with event shape ``(D,)`` and batch shape ``z.shape[:-1]``."""
         params = self.decoder(z)

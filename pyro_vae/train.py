@@ -45,7 +45,7 @@ from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
 from pyro_vae.objectives import check_objective, log_importance_weights, make_elbo
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "fit", "load_run", "test_elbo"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "elbo_per_image", "fit", "load_run"]
 
 CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.jsonl"
 # Settings that may change when a run is resumed; every other field must match.
@@ -163,7 +163,7 @@ def build_vae(config: TrainConfig, data_dim: int) -> VAE:
 
 
 @torch.no_grad()
-def test_elbo(vae: VAE, images: torch.Tensor, num_particles: int = 1, batch_size: int = 1000):
+def elbo_per_image(vae: VAE, images: torch.Tensor, num_particles: int = 1, batch_size: int = 1000):
     """The ELBO of each image in nats, ``(N,)``, averaged over ``num_particles`` samples."""
     with pyro.get_param_store().scope():
         chunks = [
@@ -226,6 +226,7 @@ def fit(
     pyro.set_rng_seed(config.seed)
     data, train_images, test_images = _load_images(config, data)
     vae = build_vae(config, data.data_dim).to(config.device)
+    vae.init_output_bias(train_images.mean(0))
     clip_args = {"clip_norm": config.clip_norm} if config.clip_norm else {}
     optim = pyro.optim.Adam({"lr": config.learning_rate}, clip_args)
     history: list[dict[str, float]] = []
@@ -280,7 +281,7 @@ def fit(
                 "epoch": epoch + 1,
                 "step": step,
                 "train_elbo": total / count,
-                "test_elbo": test_elbo(vae, test_images).mean().item(),
+                "test_elbo": elbo_per_image(vae, test_images).mean().item(),
                 "seconds": seconds,
             }
             history.append(row)

@@ -1,0 +1,190 @@
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from pyro_vae.cli import main
+
+QUICK = [
+    "--train-size",
+    "512",
+    "--batch-size",
+    "64",
+    "--hidden-sizes",
+    "64",
+    "--latent-dim",
+    "4",
+    "--eval-particles",
+    "20",
+    "--eval-images",
+    "50",
+    "--no-progress",
+]
+
+
+def run_cli(*args, check=True):
+    env = {**os.environ, "PYRO_VAE_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_png(path, min_height=28, min_width=28):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] >= min_height and image.shape[1] >= min_width
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("train", "--dataset", "mnist-sample", "--epochs", "2", "--out", run_dir, *QUICK)
+    assert "test ELBO" in proc.stdout
+    return run_dir
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    expected = {
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "evaluation.json",
+        "samples.png",
+        "reconstructions.png",
+    }
+    assert expected <= names
+    assert len((trained_run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((trained_run / "config.json").read_text())["dataset"] == "mnist-sample"
+    assert_png(trained_run / "samples.png")
+    assert_png(trained_run / "reconstructions.png")
+
+
+def test_evaluate_sample_reconstruct(trained_run, tmp_path):
+    proc = run_cli("evaluate", trained_run, "-K", "30", "--num-images", "40")
+    assert "log p(x)" in proc.stdout
+    result = json.loads((trained_run / "evaluation.json").read_text())
+    assert result["num_images"] == 40 and result["num_particles"] == 30
+    assert result["test_elbo"] < 0 and result["nll"] > 0
+    assert result["log_likelihood"] == -result["nll"]
+    # logmeanexp of the same log weights is never below their mean (Jensen)
+    assert result["log_likelihood"] >= result["test_elbo"]
+    assert 0 <= result["active_units"] <= 4 and len(result["kl_per_dim"]) == 4
+
+    run_cli("sample", trained_run, "--num", "16", "--out", tmp_path / "s.png")
+    assert_png(tmp_path / "s.png")
+    run_cli("reconstruct", trained_run, "--num", "8", "--out", tmp_path / "r.png")
+    assert_png(tmp_path / "r.png")
+
+
+def test_help_on_every_command(capsys):
+    for command in ([], ["train"], ["evaluate"], ["sample"], ["reconstruct"]):
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--help"])
+        assert info.value.code == 0
+        assert "usage: pyro-vae" in capsys.readouterr().out
+
+
+def test_resume_continues_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    assert (
+        main(["train", "--dataset", "mnist-sample", "--epochs", "1", "--out", str(run_dir), *QUICK])
+        == 0
+    )
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2", *QUICK[-5:]]) == 0
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_default_mnist_falls_back_to_the_bundled_sample_loudly(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(tmp_path / "empty"),
+            "--epochs",
+            "1",
+            "--out",
+            str(run_dir),
+            *QUICK,
+        ]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "mnist-sample" in err and "--data-dir" in err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dataset"] == "mnist-sample" and "MNIST was not found" in config["data_fallback"]
+
+
+def _fails(argv, capsys, code=1):
+    try:
+        result = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        result = e.code
+    err = capsys.readouterr().err.strip()
+    assert result == code, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["train", "--dataset", "cifar"], 2, "invalid choice: 'cifar'"),
+        (["train", "--likelihood", "poisson"], 2, "invalid choice: 'poisson'"),
+        (["train", "--epochs", "ten"], 2, "invalid int value"),
+        (["train", "--latent-dim", "0"], 1, "latent_dim must be a positive integer"),
+        (["train", "--lr", "0"], 1, "learning rate must be positive"),
+        (["train", "-K", "0"], 1, "at least 1"),
+        (["train", "--eval-particles", "0", "--dataset", "mnist-sample"], 1, "at least 1"),
+        (["train", "--dataset", "mnist-sample", "--binarize", "none"], 1, "grey levels"),
+        (["train", "--estimator", "reinforce", "--objective", "iwae"], 1, "needs objective"),
+        (["train", "--device", "cuda:7"], 1, "CUDA is not available"),
+        (["evaluate", "/nonexistent/run"], 1, "no run folder"),
+        (["bogus"], 2, "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(argv, code, message, capsys, tmp_path):
+    argv = [*argv, "--out", str(tmp_path / "r")] if argv[0] == "train" else argv
+    err = _fails(argv, capsys, code)
+    assert message in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    err = _fails(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")], capsys)
+    assert "mnist not found under" in err and "nowhere" in err and "PYRO_VAE_DATA_DIR" in err
+
+
+def test_damaged_runs_are_reported_and_left_alone(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert (
+        main(["train", "--dataset", "mnist-sample", "--epochs", "1", "--out", str(run_dir), *QUICK])
+        == 0
+    )
+    capsys.readouterr()
+    checkpoint = run_dir / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+
+    err = _fails(["train", "--resume", str(run_dir), "--latent-dim", "7"], capsys)
+    assert "different config" in err and "latent_dim: 4 != 7" in err
+    err = _fails(["train", "--dataset", "mnist-sample", "--out", str(run_dir)], capsys)
+    assert "already holds a run" in err
+    assert checkpoint.read_bytes() == good
+
+    checkpoint.write_bytes(good[: len(good) // 3])
+    for argv in (
+        ["evaluate", str(run_dir)],
+        ["sample", str(run_dir)],
+        ["train", "--resume", str(run_dir), "--epochs", "2"],
+    ):
+        assert "corrupt or truncated" in _fails(argv, capsys)
+    assert checkpoint.read_bytes() == good[: len(good) // 3]
