@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import pyro
 import torch
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
-from pyro_vae.objectives import log_importance_weights
+from pyro_vae.objectives import log_importance_weights, scratch_param_store
 
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
@@ -54,9 +53,11 @@ def importance_sampled_log_likelihood(
     """
     if int(num_particles) < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
+    if len(images) == 0:
+        raise ConfigError("no images to evaluate")
     chunk = max(1, min(num_particles, max_rows // max(1, min(batch_size, len(images)))))
     log_likelihoods, elbos = [], []
-    with pyro.get_param_store().scope():
+    with scratch_param_store():
         for x in images.split(batch_size):
             lse_parts, total = [], torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             for start in range(0, num_particles, chunk):

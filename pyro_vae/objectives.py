@@ -17,6 +17,9 @@ Particles are vectorized (one batched pass for ``K`` samples). Only ``elbo`` sup
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pyro
 import pyro.infer as infer
 import torch
@@ -25,7 +28,13 @@ from pyro import poutine
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import is_reparameterized
 
-__all__ = ["OBJECTIVES", "check_objective", "log_importance_weights", "make_elbo"]
+__all__ = [
+    "OBJECTIVES",
+    "check_objective",
+    "log_importance_weights",
+    "make_elbo",
+    "scratch_param_store",
+]
 
 OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae")
 
@@ -70,6 +79,19 @@ def make_elbo(
     else:
         cls = infer.Trace_ELBO if objective == "elbo" else infer.TraceMeanField_ELBO
     return cls(**kwargs)
+
+
+@contextmanager
+def scratch_param_store() -> Iterator[None]:
+    """Run with every current param visible, and drop whatever gets registered meanwhile.
+
+    Evaluating a model and guide registers their modules in Pyro's global param store; this
+    keeps that from leaking into later runs, while a guide whose ``pyro.param`` values were
+    trained beforehand is still scored at its trained values.
+    """
+    store = pyro.get_param_store()
+    with store.scope(store.get_state()):
+        yield
 
 
 def _vectorized(fn, num_particles: int):

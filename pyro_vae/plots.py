@@ -17,11 +17,12 @@ __all__ = ["image_grid", "reconstructions_figure", "samples_figure"]
 
 
 def _tile(images: torch.Tensor, image_shape: tuple[int, int], ncols: int, pad: int = 1):
-    # (N, H*W) -> one (rows * (H + pad), ncols * (W + pad)) mosaic, padding at 1.0 (white lines)
+    # (N, H*W) -> one (rows * (H + pad), ncols * (W + pad)) mosaic; ink is 1, and the padding
+    # 0.15 shows as thin light-grey lines once the mosaic is drawn as black ink on white
     h, w = image_shape
     n = images.shape[0]
     nrows = math.ceil(n / ncols)
-    canvas = torch.ones(nrows * (h + pad) - pad, ncols * (w + pad) - pad)
+    canvas = torch.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), 0.15)
     for i, image in enumerate(images.detach().float().cpu().reshape(n, h, w)):
         r, c = divmod(i, ncols)
         canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = image

@@ -43,7 +43,12 @@ from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyro_vae.estimators import check_estimator
 from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
-from pyro_vae.objectives import check_objective, log_importance_weights, make_elbo
+from pyro_vae.objectives import (
+    check_objective,
+    log_importance_weights,
+    make_elbo,
+    scratch_param_store,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "elbo_per_image", "fit", "load_run"]
 
@@ -165,7 +170,7 @@ def build_vae(config: TrainConfig, data_dim: int) -> VAE:
 @torch.no_grad()
 def elbo_per_image(vae: VAE, images: torch.Tensor, num_particles: int = 1, batch_size: int = 1000):
     """The ELBO of each image in nats, ``(N,)``, averaged over ``num_particles`` samples."""
-    with pyro.get_param_store().scope():
+    with scratch_param_store():
         chunks = [
             log_importance_weights(vae.model, vae.guide, x, num_particles).mean(0)
             for x in images.split(batch_size)
