@@ -1,5 +1,6 @@
 import json
 
+import pyro
 import pytest
 import torch
 
@@ -152,11 +153,25 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, damage):
     assert path.read_bytes() == damaged  # nothing was written over it
 
 
-def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+def test_real_divergence_is_reported_and_writes_no_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1"):
+        fit(small(epochs=1, learning_rate=1e12), tmp_path)
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     fit(small(epochs=1), tmp_path)
     good = (tmp_path / CHECKPOINT_FILE).read_bytes()
-    with pytest.raises(TrainingDiverged, match="diverged.*epoch 1 is kept"):
-        fit(small(epochs=2, learning_rate=1e12), tmp_path, resume=True)
+    step = pyro.infer.SVI.step
+    calls = []
+
+    def nan_on_third_step(self, *args, **kwargs):
+        calls.append(1)
+        return float("nan") if len(calls) == 3 else step(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", nan_on_third_step)
+    with pytest.raises(TrainingDiverged, match="epoch 2, step 11.*epoch 1 is kept"):
+        fit(small(epochs=2), tmp_path, resume=True)
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == good
     assert len((tmp_path / METRICS_FILE).read_text().splitlines()) == 1
 
