@@ -268,6 +268,7 @@ class BatchLoader:
         binarize: str = "none",
         seed: int = 0,
         shuffle: bool = True,
+        drop_last: bool = False,
     ) -> None:
         if binarize not in BINARIZATIONS:
             raise DataError(f"unknown binarization {binarize!r}; choose one of {BINARIZATIONS}")
@@ -276,12 +277,15 @@ class BatchLoader:
         self.dynamic = binarize == "dynamic"
         self.seed = seed
         self.shuffle = shuffle
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        return -(-self.images.shape[0] // self.batch_size)
+        n = self.images.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
-        """The batches of one epoch, each ``(batch_size, D)`` (the last may be smaller)."""
+        """The batches of one epoch, each ``(batch_size, D)`` (the last may be smaller, unless
+        ``drop_last``)."""
         device = self.images.device
         stream_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
         generator = torch.Generator(device=device).manual_seed(stream_seed)
@@ -290,7 +294,8 @@ class BatchLoader:
             order = torch.randperm(n, generator=generator, device=device)
         else:
             order = torch.arange(n, device=device)
-        for start in range(0, n, self.batch_size):
+        stop = len(self) * self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
             batch = self.images[order[start : start + self.batch_size]]
             if self.dynamic:
                 batch = torch.bernoulli(batch, generator=generator)

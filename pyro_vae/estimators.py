@@ -1,23 +1,40 @@
 """The gradient-estimator switch: how the guide's sample site gets its gradient.
 
+Every estimator targets the same gradient, ``grad E_q[f(z)]`` with
+``f(z) = log p(x, z) - log q(z|x)``; they differ in variance and cost.
+
 ``reparam``
     The pathwise estimator (Kingma & Welling 2013): ``z = mu + sigma * eps`` with
-    ``eps ~ N(0, I)``, so ``grad E_q[f(z)] = E_eps[grad f(mu + sigma * eps)]``. Pyro uses it
-    for any guide distribution with ``has_rsample``; a Normal has it.
+    ``eps ~ N(0, I)``, so ``grad E_q[f] = E_eps[grad f(mu + sigma * eps)]``. Pyro uses it for
+    any guide distribution with ``has_rsample``; a Normal has it.
 ``reinforce``
     The score-function estimator (Williams 1992): ``grad E_q[f] = E_q[f grad log q]``. The
-    guide's Normal is marked non-reparameterized (``has_rsample`` false on the base
-    distribution, before ``.to_event``), so Pyro samples it without a gradient path and
-    ``Trace_ELBO`` adds the score term. Under the data plate each image's own ELBO weights its
-    own score term, not the batch sum.
+    guide's Normal is non-reparameterized (``has_rsample`` false on the base distribution,
+    before ``.to_event``), so Pyro samples it without a gradient path and ``Trace_ELBO`` adds
+    the surrogate term ``log q(z|x) * f(z).detach()``. Under the data plate each image's own
+    ``f`` weights its own score term, not the batch sum.
+``reinforce-baseline``
+    ``E_q[(f - b) grad log q]`` with ``b`` a decaying average of past values of ``f``
+    (``TraceGraph_ELBO`` with ``use_decaying_avg_baseline``). Pyro keeps one average per
+    position in the batch, so batches must all have the same size: the last, smaller batch
+    of an epoch is dropped.
+``reinforce-nn-baseline``
+    The same with ``b = b_psi(x)``, an input-dependent baseline network (Mnih & Gregor 2014)
+    trained by ``TraceGraph_ELBO`` on the squared error ``(f - b_psi(x))^2``, with its own
+    learning rate.
+``stl``
+    "Sticking the landing" (Roeder, Wu & Duvenaud 2017): the pathwise estimator with the
+    score term of ``log q`` removed, i.e. ``log q(z|x)`` evaluated at stop-gradient
+    parameters. The removed term has expectation zero, so the estimator stays unbiased, and
+    its variance vanishes as ``q`` approaches the true posterior.
 
-    The flag is a class attribute of :class:`ScoreFunctionNormal` rather than the instance
-    flag ``has_rsample_(False)``: Pyro's plates expand the distribution (a particle plate
-    always does), ``expand`` makes a new instance that forgets the instance flag, and Pyro
-    (1.9) then fails to copy it onto the ``Independent`` wrapper.
+The non-reparameterized flag is a class attribute of :class:`ScoreFunctionNormal` rather than
+the instance flag ``has_rsample_(False)``: Pyro's plates expand a site's distribution (a
+particle plate always does), ``expand`` makes a new instance that forgets the instance flag,
+and Pyro (1.9) then fails to copy it onto the ``Independent`` wrapper.
 
 References: Mohamed, Rosca, Figurnov & Mnih (2020), "Monte Carlo Gradient Estimation in
-Machine Learning".
+Machine Learning"; Roeder, Wu & Duvenaud (2017), "Sticking the Landing".
 """
 
 from __future__ import annotations
@@ -27,15 +44,34 @@ import torch
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["ESTIMATORS", "ScoreFunctionNormal", "guide_distribution", "is_reparameterized"]
+__all__ = [
+    "ESTIMATORS",
+    "ScoreFunctionNormal",
+    "StickingTheLandingNormal",
+    "baseline_options",
+    "guide_distribution",
+    "is_reparameterized",
+    "uses_baseline",
+]
 
-ESTIMATORS = ("reparam", "reinforce")
+ESTIMATORS = ("reparam", "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "stl")
 
 
 class ScoreFunctionNormal(dist.Normal):
     """A Normal that Pyro differentiates by the score function only (no ``rsample`` path)."""
 
     has_rsample = False
+
+
+class StickingTheLandingNormal(dist.Normal):
+    """A reparameterized Normal whose ``log_prob`` sees its parameters as constants.
+
+    Samples keep their pathwise gradient ``z = loc + scale * eps``; the density is evaluated at
+    ``loc.detach()``, ``scale.detach()``, which drops the score term ``d log q / d phi``.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return dist.Normal(self.loc.detach(), self.scale.detach()).log_prob(value)
 
 
 def check_estimator(estimator: str) -> None:
@@ -46,12 +82,38 @@ def check_estimator(estimator: str) -> None:
 def is_reparameterized(estimator: str) -> bool:
     """Whether the estimator differentiates through the sample (pathwise)."""
     check_estimator(estimator)
-    return estimator == "reparam"
+    return estimator in ("reparam", "stl")
+
+
+def uses_baseline(estimator: str) -> bool:
+    """Whether the estimator needs Pyro's ``TraceGraph_ELBO`` (the baseline variants)."""
+    check_estimator(estimator)
+    return estimator in ("reinforce-baseline", "reinforce-nn-baseline")
 
 
 def guide_distribution(
     loc: torch.Tensor, scale: torch.Tensor, estimator: str = "reparam"
 ) -> dist.TorchDistribution:
     """``N(loc, diag(scale^2))`` over the last dimension, set up for the given estimator."""
-    cls = dist.Normal if is_reparameterized(estimator) else ScoreFunctionNormal
+    check_estimator(estimator)
+    if estimator == "reparam":
+        cls = dist.Normal
+    elif estimator == "stl":
+        cls = StickingTheLandingNormal
+    else:
+        cls = ScoreFunctionNormal
     return cls(loc, scale).to_event(1)
+
+
+def baseline_options(
+    estimator: str,
+    x: torch.Tensor | None = None,
+    baseline_net: torch.nn.Module | None = None,
+    baseline_beta: float = 0.9,
+) -> dict:
+    """The ``infer`` dict of the guide's sample site: Pyro's baseline options, if any."""
+    if estimator == "reinforce-baseline":
+        return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": baseline_beta}}
+    if estimator == "reinforce-nn-baseline":
+        return {"baseline": {"nn_baseline": baseline_net, "nn_baseline_input": x}}
+    return {}

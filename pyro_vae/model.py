@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import check_estimator, guide_distribution
-from pyro_vae.networks import LIKELIHOODS, Decoder, Encoder
+from pyro_vae.estimators import baseline_options, check_estimator, guide_distribution
+from pyro_vae.networks import LIKELIHOODS, Baseline, Decoder, Encoder
 
 __all__ = ["VAE"]
 
@@ -38,6 +38,7 @@ class VAE(nn.Module):
     :param activation: ``relu``, ``tanh``, ``softplus`` or ``elu``.
     :param likelihood: ``bernoulli``, ``continuous-bernoulli`` or ``gaussian``.
     :param estimator: how the guide's sample is differentiated (see :mod:`pyro_vae.estimators`).
+    :param baseline_beta: decay of the ``reinforce-baseline`` running average.
 
     The networks are registered with ``pyro.module`` as ``"encoder"`` and ``"decoder"`` in
     Pyro's global param store; :func:`pyro_vae.train.fit` runs each training in a param-store
@@ -52,6 +53,7 @@ class VAE(nn.Module):
         activation: str = "relu",
         likelihood: str = "bernoulli",
         estimator: str = "reparam",
+        baseline_beta: float = 0.9,
     ) -> None:
         super().__init__()
         if int(data_dim) < 1 or int(latent_dim) < 1:
@@ -70,6 +72,11 @@ class VAE(nn.Module):
         hidden_sizes = [int(h) for h in hidden_sizes]
         self.encoder = Encoder(self.data_dim, self.latent_dim, hidden_sizes, activation)
         self.decoder = Decoder(self.data_dim, self.latent_dim, hidden_sizes, activation, likelihood)
+        self.baseline_beta = float(baseline_beta)
+        if not 0 <= self.baseline_beta < 1:
+            raise ConfigError(f"baseline beta must be in [0, 1), got {baseline_beta}")
+        # the reinforce-nn-baseline's b(x); registered with Pyro in the guide
+        self.baseline = Baseline(self.data_dim) if estimator == "reinforce-nn-baseline" else None
 
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
@@ -105,9 +112,12 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor) -> None:
         """``q(z|x) = N(mu(x), diag sigma(x)^2)`` for a batch ``x`` of shape ``(B, D)``."""
         pyro.module("encoder", self.encoder)
+        if self.baseline is not None:
+            pyro.module("baseline", self.baseline)
+        infer = baseline_options(self.estimator, x, self.baseline, self.baseline_beta)
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)  # (B, Z) each
-            pyro.sample("z", guide_distribution(loc, scale, self.estimator))
+            pyro.sample("z", guide_distribution(loc, scale, self.estimator), infer=infer)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "LIKELIHOODS", "Decoder", "Encoder", "mlp"]
+__all__ = ["ACTIVATIONS", "LIKELIHOODS", "Baseline", "Decoder", "Encoder", "mlp"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
@@ -92,3 +92,17 @@ class Decoder(nn.Module):
             return (out,)
         loc, raw_scale = out.chunk(2, dim=-1)
         return torch.sigmoid(loc), F.softplus(raw_scale) + MIN_DECODER_SCALE
+
+
+class Baseline(nn.Module):
+    """``x -> b(x)``, one number an image: the input-dependent REINFORCE baseline."""
+
+    def __init__(
+        self, data_dim: int, hidden_sizes: Sequence[int] = (100,), activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        self.body = mlp([data_dim, *hidden_sizes], activation)
+        self.out = nn.Linear(hidden_sizes[-1] if hidden_sizes else data_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x)).squeeze(-1)  # (B,)

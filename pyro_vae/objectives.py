@@ -11,8 +11,10 @@
     importance-weighted bound of Burda et al. (2015), tighter than the ELBO for ``K > 1``.
 
 Particles are vectorized (one batched pass for ``K`` samples). Only ``elbo`` supports the
-``reinforce`` estimator: Pyro's ``TraceMeanField_ELBO`` assumes a reparameterized guide and its
-``RenyiELBO`` has no score-function gradient for a guide site.
+score-function estimators and ``stl``: Pyro's ``TraceMeanField_ELBO`` assumes a
+reparameterized guide and uses the closed-form KL (which would bypass ``stl``'s stop-gradient
+density), and its ``RenyiELBO`` has no score-function gradient for a guide site. With a
+baseline estimator, ``elbo`` is estimated by ``TraceGraph_ELBO``, which implements baselines.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import is_reparameterized
+from pyro_vae.estimators import is_reparameterized, uses_baseline
 
 __all__ = [
     "OBJECTIVES",
@@ -47,11 +49,15 @@ def check_objective(
         raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     if int(num_particles) < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
-    if not is_reparameterized(estimator) and objective != "elbo":
-        raise ConfigError(
-            f"estimator {estimator!r} needs objective 'elbo' (Pyro's TraceMeanField_ELBO and "
-            "RenyiELBO assume a reparameterized guide)"
+    if estimator != "reparam" and objective != "elbo":
+        why = (
+            "its density must not be replaced by the closed-form KL or the IWAE weights"
+            if is_reparameterized(estimator)
+            else "Pyro's TraceMeanField_ELBO and RenyiELBO assume a reparameterized guide"
         )
+        raise ConfigError(f"estimator {estimator!r} needs objective 'elbo' ({why})")
+    if uses_baseline(estimator) and int(num_particles) != 1:
+        raise ConfigError(f"estimator {estimator!r} takes one particle (K = 1)")
     if jit and objective == "iwae":
         raise ConfigError("Pyro has no JIT-compiled RenyiELBO; drop --jit for objective 'iwae'")
 
@@ -73,6 +79,9 @@ def make_elbo(
     kwargs = dict(num_particles=int(num_particles), vectorize_particles=True, max_plate_nesting=1)
     if objective == "iwae":
         return infer.RenyiELBO(alpha=0.0, **kwargs)
+    if uses_baseline(estimator):
+        cls = infer.JitTraceGraph_ELBO if jit else infer.TraceGraph_ELBO
+        return cls(**kwargs, **({"ignore_jit_warnings": True} if jit else {}))
     if jit:
         kwargs["ignore_jit_warnings"] = True
         cls = infer.JitTrace_ELBO if objective == "elbo" else infer.JitTraceMeanField_ELBO

@@ -74,7 +74,9 @@ class TrainConfig:
     activation: str = "relu"
     likelihood: str = "bernoulli"
     objective: str = "elbo-analytic-kl"  # same bound as "elbo", closed-form KL: less variance
-    estimator: str = "reparam"
+    estimator: str = "reparam"  # reparam, reinforce, reinforce-baseline, ...-nn-baseline, stl
+    baseline_beta: float = 0.9  # decay of the reinforce-baseline running average
+    baseline_learning_rate: float = 1e-2  # Adam learning rate of the nn baseline
     num_particles: int = 1  # K: samples per image for the training objective
     learning_rate: float = 1e-3
     clip_norm: float | None = None  # clip each parameter's gradient norm (Pyro's clip_args)
@@ -114,8 +116,12 @@ class TrainConfig:
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden_sizes)}")
         if self.train_size is not None and self.train_size < 1:
             raise ConfigError(f"train_size must be positive, got {self.train_size}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ConfigError(f"learning rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "baseline_learning_rate"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {value}")
+        if not 0 <= self.baseline_beta < 1:
+            raise ConfigError(f"baseline beta must be in [0, 1), got {self.baseline_beta}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip norm must be positive, got {self.clip_norm}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -164,6 +170,7 @@ def build_vae(config: TrainConfig, data_dim: int) -> VAE:
         activation=config.activation,
         likelihood=config.likelihood,
         estimator=config.estimator,
+        baseline_beta=config.baseline_beta,
     )
 
 
@@ -176,6 +183,17 @@ def elbo_per_image(vae: VAE, images: torch.Tensor, num_particles: int = 1, batch
             for x in images.split(batch_size)
         ]
     return torch.cat(chunks)
+
+
+def make_optimizer(config: TrainConfig) -> pyro.optim.PyroOptim:
+    """Adam, with the nn baseline's parameters at their own learning rate."""
+    clip_args = {"clip_norm": config.clip_norm} if config.clip_norm else {}
+
+    def per_parameter(name: str) -> dict:
+        baseline = name.startswith("baseline.")
+        return {"lr": config.baseline_learning_rate if baseline else config.learning_rate}
+
+    return pyro.optim.Adam(per_parameter, clip_args)
 
 
 def _load_images(config: TrainConfig, data: ImageData | None):
@@ -232,13 +250,14 @@ def fit(
     data, train_images, test_images = _load_images(config, data)
     vae = build_vae(config, data.data_dim).to(config.device)
     vae.init_output_bias(train_images.mean(0))
-    clip_args = {"clip_norm": config.clip_norm} if config.clip_norm else {}
-    optim = pyro.optim.Adam({"lr": config.learning_rate}, clip_args)
+    optim = make_optimizer(config)
     history: list[dict[str, float]] = []
+    baseline_state: dict[str, torch.Tensor] = {}
     start_epoch, step, seconds = 0, 0, 0.0
     if checkpoint is not None:
         vae.load_state_dict(checkpoint["model"])
         optim.set_state(checkpoint["optimizer"])
+        baseline_state = checkpoint.get("baseline_state", {})
         set_rng_state(checkpoint["rng"])
         history = list(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"])
@@ -249,9 +268,18 @@ def fit(
         write_json(run_dir / CONFIG_FILE, config.to_dict())
         _write_metrics(run_dir, history)
 
-    loader = BatchLoader(train_images, config.batch_size, config.binarize, config.seed)
+    # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
+    drop_last = config.estimator == "reinforce-baseline"
+    loader = BatchLoader(
+        train_images, config.batch_size, config.binarize, config.seed, drop_last=drop_last
+    )
+    if len(loader) == 0:
+        raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
     elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
     with pyro.get_param_store().scope():
+        store = pyro.get_param_store()
+        for name, value in baseline_state.items():  # a resumed run's running averages
+            store[name] = value.to(config.device)
         svi = SVI(vae.model, vae.guide, optim, elbo)
         for epoch in range(start_epoch, config.epochs):
             vae.train()
@@ -307,6 +335,9 @@ def fit(
                         "rng": get_rng_state(),
                         "history": history,
                         "image_shape": list(data.image_shape),
+                        "baseline_state": {
+                            k: v.detach() for k, v in store.items() if k.startswith("__baseline")
+                        },
                     },
                 )
                 _write_metrics(run_dir, history)
