@@ -237,6 +237,45 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare_estimators(args: argparse.Namespace) -> int:
+    from pyro_vae.compare import compare_estimators
+
+    given = {k: v for k, v in _config_overrides(args).items() if k != "estimator"}
+    config = TrainConfig(**given)
+    config.validate()
+    out_dir = Path(args.out)
+    if (out_dir / "runs").exists():
+        raise CheckpointError(f"{out_dir} already holds a study; choose another --out")
+    if args.num_estimates < 2 or args.reference_estimates < 2:
+        raise ConfigError("--num-estimates and --reference-estimates must be at least 2")
+    result = compare_estimators(
+        config,
+        out_dir,
+        args.estimators,
+        args.gradient_epochs,
+        args.num_estimates,
+        args.reference_estimates,
+    )
+    print(
+        f"{'stage':<10} {'estimator':<22} {'network':<8} {'variance':>10} "
+        f"{'/ reparam':>10} {'SNR':>7} {'cosine':>7} {'ms':>7}"
+    )
+    for r in result.gradients:
+        print(
+            f"{r['stage']:<10} {r['estimator']:<22} {r['network']:<8} "
+            f"{r['total_variance']:10.3g} {r['variance_ratio_to_reparam']:10.3g} "
+            f"{r['snr']:7.3f} {r['cosine']:7.3f} {1000 * r['seconds_per_estimate']:7.1f}"
+        )
+    for estimator, history in result.training.items():
+        last = history[-1]
+        print(
+            f"{estimator:<22} test ELBO {last['test_elbo']:8.2f} after {last['step']} steps, "
+            f"{last['seconds']:.0f} s"
+        )
+    print(f"tables and figures in {out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -296,6 +335,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default RUN_DIR/reconstructions.png)")
     p.add_argument("--data-dir", help="data root, if not the one the run used")
     p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser(
+        "compare-estimators",
+        help="gradient variance and training per estimator",
+        description="On one model, one minibatch and the same parameters, draw "
+        "many gradient estimates per estimator (at initialization and after "
+        "chosen epochs of a reparam run); then train one model per estimator "
+        "with the same seed and budget. Writes CSV/JSON tables and figures.",
+    )
+    _add_train_arguments(p)
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        choices=ESTIMATORS,
+        default=list(ESTIMATORS),
+        help="estimators to compare (default all)",
+    )
+    p.add_argument(
+        "--gradient-epochs",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="measure gradients after these epochs of the reparam run (0: at "
+        "initialization; default 0)",
+    )
+    p.add_argument(
+        "--num-estimates",
+        type=int,
+        default=200,
+        help="gradient estimates per estimator and stage (default 200)",
+    )
+    p.add_argument(
+        "--reference-estimates",
+        type=int,
+        default=1000,
+        help="reparam estimates behind the reference mean (default 1000)",
+    )
+    p.set_defaults(func=_cmd_compare_estimators, out="estimator-study")
     return parser
 
 

@@ -17,11 +17,14 @@ Every estimator targets the same gradient, ``grad E_q[f(z)]`` with
     ``E_q[(f - b) grad log q]`` with ``b`` a decaying average of past values of ``f``
     (``TraceGraph_ELBO`` with ``use_decaying_avg_baseline``). Pyro keeps one average per
     position in the batch, so batches must all have the same size: the last, smaller batch
-    of an epoch is dropped.
+    of an epoch is dropped (for both baseline estimators).
 ``reinforce-nn-baseline``
-    The same with ``b = b_psi(x)``, an input-dependent baseline network (Mnih & Gregor 2014)
-    trained by ``TraceGraph_ELBO`` on the squared error ``(f - b_psi(x))^2``, with its own
-    learning rate.
+    The same with ``b = a + b_psi(x)``: the decaying average ``a`` plus an input-dependent
+    baseline network that learns what the average leaves (centering plus an input-dependent
+    baseline, as in Mnih & Gregor's NVIL, 2014). ``TraceGraph_ELBO`` trains ``b_psi`` on the
+    squared error ``(f - a - b_psi(x))^2``, with its own learning rate. Without the average
+    the network would first have to learn the scale of ``f`` (hundreds of nats) in small
+    Adam steps.
 ``stl``
     "Sticking the landing" (Roeder, Wu & Duvenaud 2017): the pathwise estimator with the
     score term of ``log q`` removed, i.e. ``log q(z|x)`` evaluated at stop-gradient
@@ -115,5 +118,12 @@ def baseline_options(
     if estimator == "reinforce-baseline":
         return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": baseline_beta}}
     if estimator == "reinforce-nn-baseline":
-        return {"baseline": {"nn_baseline": baseline_net, "nn_baseline_input": x}}
+        return {
+            "baseline": {
+                "use_decaying_avg_baseline": True,
+                "baseline_beta": baseline_beta,
+                "nn_baseline": baseline_net,
+                "nn_baseline_input": x,
+            }
+        }
     return {}

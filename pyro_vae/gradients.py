@@ -50,7 +50,10 @@ def gradient_samples(
     """Draw ``num_samples`` single-sample ELBO gradients for ``x`` at ``vae``'s parameters.
 
     The VAE is copied and switched to ``estimator``; its encoder and decoder are never
-    updated. A baseline estimator first runs ``warmup`` steps in which only its baseline
+    updated. Every draw sees the batch's images in a fresh order, as training does: Pyro's
+    decaying-average baseline keeps one average per batch position, and on a batch in fixed
+    order it would become a per-image baseline that training never has. A baseline estimator
+    first runs ``warmup`` steps in which only its baseline
     learns (the decaying average, or the baseline network with Adam at
     ``baseline_learning_rate``), so that it is measured with a baseline fitted to these
     parameters rather than an untrained one.
@@ -68,14 +71,14 @@ def gradient_samples(
             optim = torch.optim.Adam(params, lr=baseline_learning_rate) if params else None
             for _ in range(warmup):
                 vae.zero_grad(set_to_none=True)
-                elbo.loss_and_grads(vae.model, vae.guide, x)
+                elbo.loss_and_grads(vae.model, vae.guide, x[torch.randperm(len(x))])
                 if optim is not None:
                     optim.step()
         encoder, decoder = [], []
         started = time.perf_counter()
         for _ in range(num_samples):
             vae.zero_grad(set_to_none=True)
-            elbo.loss_and_grads(vae.model, vae.guide, x)  # d(-sum ELBO)
+            elbo.loss_and_grads(vae.model, vae.guide, x[torch.randperm(len(x))])  # d(-sum ELBO)
             encoder.append(-_flat_grad(networks[0]) / x.shape[0])
             decoder.append(-_flat_grad(networks[1]) / x.shape[0])
         seconds = (time.perf_counter() - started) / num_samples

@@ -13,7 +13,13 @@ from matplotlib.figure import Figure
 
 from pyro_vae.model import VAE
 
-__all__ = ["image_grid", "reconstructions_figure", "samples_figure"]
+__all__ = [
+    "gradient_variance_figure",
+    "image_grid",
+    "reconstructions_figure",
+    "samples_figure",
+    "training_curves_figure",
+]
 
 
 def _tile(images: torch.Tensor, image_shape: tuple[int, int], ncols: int, pad: int = 1):
@@ -74,3 +80,54 @@ def reconstructions_figure(
     return image_grid(
         torch.cat(rows), image_shape, ncols, title="originals (above) and reconstructions (below)"
     )
+
+
+def gradient_variance_figure(rows: list[dict]) -> Figure:
+    """Total gradient variance per estimator (log scale), encoder and decoder side by side.
+
+    ``rows`` are :func:`pyro_vae.compare.compare_estimators`'s gradient rows: one per
+    ``stage`` (``init``, ``epoch N``), ``estimator`` and ``network``.
+    """
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    fig = Figure(figsize=(11, 4))
+    width = 0.8 / len(stages)
+    for i, network in enumerate(("encoder", "decoder")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, stage in enumerate(stages):
+            values = {
+                r["estimator"]: r["total_variance"]
+                for r in rows
+                if r["stage"] == stage and r["network"] == network
+            }
+            xs = [k + (j - (len(stages) - 1) / 2) * width for k in range(len(estimators))]
+            ax.bar(xs, [values.get(e, float("nan")) for e in estimators], width, label=stage)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(estimators)), estimators, rotation=20, ha="right")
+        ax.set_ylabel("total variance (sum over parameters)")
+        ax.set_title(f"{network} gradient, one minibatch")
+        ax.legend(title="parameters at")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(histories: dict[str, list[dict]]) -> Figure:
+    """Test ELBO against optimizer steps and against training seconds, one line an estimator.
+
+    ``histories`` maps a label to a run's metrics (``step``, ``seconds``, ``test_elbo``).
+    """
+    fig = Figure(figsize=(11, 4))
+    for i, (key, label) in enumerate(
+        (("step", "optimizer steps"), ("seconds", "training seconds"))
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, history in histories.items():
+            xs = [0 if key == "step" else 0.0] + [row[key] for row in history]
+            ys = [float("nan")] + [row["test_elbo"] for row in history]
+            ax.plot(xs[1:], ys[1:], marker="o", label=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test ELBO (nats per image)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -40,7 +40,7 @@ from pyro_vae.data import (
     prepare_images,
 )
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
-from pyro_vae.estimators import check_estimator
+from pyro_vae.estimators import check_estimator, uses_baseline
 from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
 from pyro_vae.objectives import (
@@ -269,7 +269,7 @@ def fit(
         _write_metrics(run_dir, history)
 
     # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
-    drop_last = config.estimator == "reinforce-baseline"
+    drop_last = uses_baseline(config.estimator)
     loader = BatchLoader(
         train_images, config.batch_size, config.binarize, config.seed, drop_last=drop_last
     )

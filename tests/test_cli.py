@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -188,3 +189,31 @@ def test_damaged_runs_are_reported_and_left_alone(tmp_path, capsys):
     ):
         assert "corrupt or truncated" in _fails(argv, capsys)
     assert checkpoint.read_bytes() == good[: len(good) // 3]
+
+
+def test_compare_estimators_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    proc = run_cli(
+        "compare-estimators", "--dataset", "mnist-sample", "--train-size", "256",
+        "--batch-size", "32", "--hidden-sizes", "16", "--latent-dim", "3", "--epochs", "1",
+        "--gradient-epochs", "0", "1", "--num-estimates", "10", "--reference-estimates", "20",
+        "--out", out,
+    )  # fmt: skip
+    assert "reinforce-nn-baseline" in proc.stdout
+    with open(out / "gradients.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 5 * 2  # stages x estimators x networks
+    assert {r["stage"] for r in rows} == {"init", "epoch 1"}
+    for r in rows:
+        assert float(r["total_variance"]) > 0 and -1 <= float(r["cosine"]) <= 1
+        if r["estimator"] == "reparam":
+            assert float(r["variance_ratio_to_reparam"]) == 1.0
+    with open(out / "training.csv") as f:
+        training = list(csv.DictReader(f))
+    assert {r["estimator"] for r in training} == {
+        "reparam", "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "stl"
+    }  # fmt: skip
+    assert_png(out / "variance.png", 100, 100)
+    assert_png(out / "training_curves.png", 100, 100)
+    again = run_cli("compare-estimators", "--dataset", "mnist-sample", "--out", out, check=False)
+    assert again.returncode == 1 and "already holds a study" in again.stderr

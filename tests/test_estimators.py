@@ -60,8 +60,8 @@ def one_step(estimator, x, baseline_net=None):
     store = pyro.get_param_store()
     avg_name = "__baseline_avg_downstream_cost_z"
     b = store[avg_name].detach().clone() if avg_name in store else torch.zeros(x.shape[0])
-    if baseline_net is not None:
-        b = baseline_net(x).detach()
+    if baseline_net is not None:  # the average plus the network
+        b = b + baseline_net(x).detach()
     for name in ("m", "s"):
         if name in store:
             store[name].grad = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-COVERED = ["quickstart.py"]
+COVERED = ["compare_estimators.py", "quickstart.py"]
 
 
 def test_every_example_is_covered():
