@@ -73,6 +73,16 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("objective and optimizer")
     g.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
     g.add_argument("--estimator", choices=ESTIMATORS, help=f"default {d.estimator}")
+    g.add_argument(
+        "--baseline-beta",
+        type=float,
+        help=f"decay of the REINFORCE running-average baseline (default {d.baseline_beta})",
+    )
+    g.add_argument(
+        "--baseline-learning-rate",
+        type=float,
+        help=f"Adam learning rate of the nn baseline (default {d.baseline_learning_rate})",
+    )
     g.add_argument("-K", "--num-particles", type=int, help="samples per image (default 1)")
     g.add_argument(
         "--lr",

@@ -117,14 +117,19 @@ def training_curves_figure(histories: dict[str, list[dict]]) -> Figure:
     ``histories`` maps a label to a run's metrics (``step``, ``seconds``, ``test_elbo``).
     """
     fig = Figure(figsize=(11, 4))
-    for i, (key, label) in enumerate(
-        (("step", "optimizer steps"), ("seconds", "training seconds"))
-    ):
+    # A diverging run would flatten every other curve: the y range follows the first epoch's
+    # worst value, and a run that leaves it says so in the legend.
+    firsts = [h[0]["test_elbo"] for h in histories.values() if h]
+    best = max(row["test_elbo"] for h in histories.values() for row in h)
+    low = min(firsts) - 0.1 * (best - min(firsts)) - 1
+    axes = (("step", "optimizer steps"), ("seconds", "training seconds"))
+    for i, (key, label) in enumerate(axes):
         ax = fig.add_subplot(1, 2, i + 1)
         for name, history in histories.items():
-            xs = [0 if key == "step" else 0.0] + [row[key] for row in history]
-            ys = [float("nan")] + [row["test_elbo"] for row in history]
-            ax.plot(xs[1:], ys[1:], marker="o", label=name)
+            ys = [row["test_elbo"] for row in history]
+            note = f" (leaves the chart: down to {min(ys):.0f})" if min(ys) < low else ""
+            ax.plot([row[key] for row in history], ys, marker="o", label=name + note)
+        ax.set_ylim(low, best + 0.05 * (best - low))
         ax.set_xlabel(label)
         ax.set_ylabel("test ELBO (nats per image)")
         ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyro
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,3 +34,12 @@ def data_dir() -> Path:
     if found is None:
         pytest.skip("MNIST not found: set PYRO_VAE_DATA_DIR to a folder holding MNIST/raw")
     return found
+
+
+@pytest.fixture
+def float64():
+    """Float64 as the default dtype for one test, for closed-form comparisons."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

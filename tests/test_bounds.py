@@ -29,14 +29,6 @@ from pyro_vae.objectives import log_importance_weights
 NUM_SE = 5.0
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_kl_per_dimension_matches_torch_and_monte_carlo(float64):
     torch.manual_seed(0)
     loc = 2 * torch.randn(3, 4)

@@ -27,14 +27,6 @@ B = 4000  # images, all alike: one call draws B independent single-sample gradie
 X, M, S = 0.8, 0.3, 0.7
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def model(x):
     with pyro.plate("data", x.shape[0]):
         z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))

@@ -106,10 +106,12 @@ def test_run_folder_and_checkpoint_round_trip(tmp_path):
     assert torch.equal(result.vae.reconstruct(x), loaded.vae.reconstruct(x))
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path):
-    whole = fit(small(epochs=3), tmp_path / "whole")
-    fit(small(epochs=1), tmp_path / "split")
-    resumed = fit(small(epochs=3), tmp_path / "split", resume=True)
+@pytest.mark.parametrize("estimator", ["reparam", "reinforce-baseline", "reinforce-nn-baseline"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, estimator):
+    settings = {"estimator": estimator, **({"objective": "elbo"} if estimator != "reparam" else {})}
+    whole = fit(small(epochs=3, **settings), tmp_path / "whole")
+    fit(small(epochs=1, **settings), tmp_path / "split")
+    resumed = fit(small(epochs=3, **settings), tmp_path / "split", resume=True)
     for key in ("train_elbo", "test_elbo", "step"):
         assert [r[key] for r in resumed.history] == [r[key] for r in whole.history]
     for a, b in zip(whole.vae.parameters(), resumed.vae.parameters(), strict=True):
