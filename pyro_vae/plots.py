@@ -94,6 +94,7 @@ def gradient_variance_figure(rows: list[dict]) -> Figure:
     width = 0.8 / len(stages)
     for i, network in enumerate(("encoder", "decoder")):
         ax = fig.add_subplot(1, 2, i + 1)
+        plotted: list[float] = []
         for j, stage in enumerate(stages):
             values = {
                 r["estimator"]: r["total_variance"]
@@ -102,11 +103,15 @@ def gradient_variance_figure(rows: list[dict]) -> Figure:
             }
             xs = [k + (j - (len(stages) - 1) / 2) * width for k in range(len(estimators))]
             ax.bar(xs, [values.get(e, float("nan")) for e in estimators], width, label=stage)
-        ax.set_yscale("log")
+            plotted += values.values()
+        if max(plotted) > 10 * min(plotted):  # a log scale only where the spread needs one
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.4 * max(plotted))  # room for the legend
         ax.set_xticks(range(len(estimators)), estimators, rotation=20, ha="right")
         ax.set_ylabel("total variance (sum over parameters)")
         ax.set_title(f"{network} gradient, one minibatch")
-        ax.legend(title="parameters at")
+        ax.legend(title="parameters at", loc="best", framealpha=0.9)
     fig.tight_layout()
     return fig
 
