@@ -250,7 +250,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_compare_estimators(args: argparse.Namespace) -> int:
     from pyro_vae.compare import compare_estimators
 
-    given = {k: v for k, v in _config_overrides(args).items() if k != "estimator"}
+    given = _config_overrides(args)
+    if "estimator" in given or args.resume:
+        raise ConfigError(
+            "compare-estimators takes --estimators (a list), not --estimator or --resume"
+        )
     config = TrainConfig(**given)
     config.validate()
     out_dir = Path(args.out)

@@ -151,6 +151,8 @@ def _fails(argv, capsys, code=1):
         (["train", "--device", "cuda:7"], 1, "CUDA is not available"),
         (["evaluate", "/nonexistent/run"], 1, "no run folder"),
         (["bogus"], 2, "invalid choice"),
+        (["compare-estimators", "--estimator", "stl"], 1, "takes --estimators"),
+        (["compare-estimators", "--estimators", "magic"], 2, "invalid choice: 'magic'"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(argv, code, message, capsys, tmp_path):
