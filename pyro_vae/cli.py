@@ -29,7 +29,14 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.plots import reconstructions_figure, samples_figure
+from pyro_vae.plots import (
+    interpolation_figure,
+    latent_scatter_figure,
+    manifold_figure,
+    metrics_figure,
+    reconstructions_figure,
+    samples_figure,
+)
 from pyro_vae.train import CHECKPOINT_FILE, TrainConfig, fit, load_run
 
 __all__ = ["main"]
@@ -118,6 +125,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="test images in the final evaluation (default 1000; 0 for all)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-plots", action="store_true", help="do not write the pictures")
 
 
 CONFIG_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "data_fallback"]
@@ -177,6 +185,24 @@ def _save(fig, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Path) -> None:
+    """Every picture of a run: samples, reconstructions, latent scatter, interpolations,
+    training curves, and the manifold for a 2-D latent space."""
+    _save(samples_figure(vae, image_shape), out_dir / "samples.png")
+    originals = test_images[:32]
+    _save(
+        reconstructions_figure(originals, vae.reconstruct(originals), image_shape),
+        out_dir / "reconstructions.png",
+    )
+    _save(latent_scatter_figure(vae, test_images, test_labels), out_dir / "latent_scatter.png")
+    pairs = test_images[:12].reshape(6, 2, -1)
+    _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
+    if history:
+        _save(metrics_figure(history), out_dir / "training_curves.png")
+    if vae.latent_dim == 2:
+        _save(manifold_figure(vae, image_shape), out_dir / "manifold.png")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     given = _config_overrides(args)
     data = None
@@ -208,10 +234,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _evaluate_and_report(
         result.vae, config, result.test_images, run_dir, args.eval_particles, args.eval_images
     )
-    _save(samples_figure(result.vae, image_shape), run_dir / "samples.png")
-    test = result.test_images[:32]
-    recon = result.vae.reconstruct(test)
-    _save(reconstructions_figure(test, recon, image_shape), run_dir / "reconstructions.png")
+    if not args.no_plots:
+        write_plots(result.vae, result.history, image_shape, result.test_images,
+                    result.test_labels, run_dir)  # fmt: skip
     return 0
 
 
@@ -236,6 +261,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     fig = samples_figure(run.vae, run.image_shape, args.num, args.seed)
     _save(fig, Path(args.out or Path(args.run_dir) / "samples.png"))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir)
+    data = load_dataset(run.config.dataset, args.data_dir or run.config.data_dir)
+    test = prepare_images(data, run.config.binarize, run.config.likelihood, run.config.seed)[1]
+    out_dir = Path(args.out or args.run_dir)
+    write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir)
     return 0
 
 
@@ -338,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
     p.add_argument("--data-dir", help="data root, if not the one the run used")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser(
+        "plot",
+        help="all the pictures of a run",
+        description="Write samples, reconstructions, the latent scatter by class, "
+        "interpolations, training curves and (for a 2-D latent space) the manifold of a run "
+        "as PNGs.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR)")
+    p.add_argument("--data-dir", help="data root, if not the one the run used")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser(
         "reconstruct",

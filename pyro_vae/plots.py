@@ -11,11 +11,16 @@ import math
 import torch
 from matplotlib.figure import Figure
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 
 __all__ = [
     "gradient_variance_figure",
     "image_grid",
+    "interpolation_figure",
+    "latent_scatter_figure",
+    "manifold_figure",
+    "metrics_figure",
     "reconstructions_figure",
     "samples_figure",
     "training_curves_figure",
@@ -80,6 +85,100 @@ def reconstructions_figure(
     return image_grid(
         torch.cat(rows), image_shape, ncols, title="originals (above) and reconstructions (below)"
     )
+
+
+def manifold_figure(vae: VAE, image_shape: tuple[int, int], num_per_axis: int = 20) -> Figure:
+    """The learned 2-D manifold: decoded means over a grid of ``z`` (Kingma & Welling, Fig. 4).
+
+    Grid points are evenly spaced on the unit square and mapped through the inverse Gaussian
+    CDF, so they cover the prior's mass evenly: ``z = (Phi^-1(u_1), Phi^-1(u_2))``.
+    """
+    if vae.latent_dim != 2:
+        raise ConfigError(f"the manifold plot needs a 2-D latent space, not {vae.latent_dim}-D")
+    n = num_per_axis
+    u = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    coords = torch.distributions.Normal(0.0, 1.0).icdf(u)  # (n,)
+    z1, z2 = torch.meshgrid(coords, coords.flip(0), indexing="xy")  # z2 grows upwards
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)  # (n * n, 2), row by row
+    device = next(vae.parameters()).device
+    images = vae.decode(z.to(device))
+    return image_grid(
+        images, image_shape, n, title="learned manifold: E[x|z] on a grid through Phi^-1"
+    )
+
+
+def latent_scatter_figure(
+    vae: VAE, images: torch.Tensor, labels: torch.Tensor | None = None
+) -> Figure:
+    """Guide means ``E_q[z|x]`` of test images, coloured by class.
+
+    A 2-D latent space is drawn as it is; a larger one through its first two principal
+    components, as the axis labels and title say.
+    """
+    loc = torch.cat([vae.encode(x)[0] for x in images.split(1000)]).cpu()  # (N, Z)
+    if vae.latent_dim == 2:
+        points, xlabel, ylabel, title = loc, "z1", "z2", "guide means, 2-D latent space"
+    else:
+        centred = loc - loc.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        points = centred @ v[:2].T
+        xlabel, ylabel = "principal component 1", "principal component 2"
+        title = f"guide means, PCA of the {vae.latent_dim}-D latent space"
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
+    else:
+        labels = labels.cpu()
+        for c in labels.unique().tolist():
+            keep = labels == c
+            ax.scatter(points[keep, 0], points[keep, 1], s=4, alpha=0.6, label=str(c))
+        ax.legend(title="class", markerscale=3, loc="best", fontsize="small")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_figure(
+    vae: VAE, pairs: torch.Tensor, image_shape: tuple[int, int], steps: int = 10
+) -> Figure:
+    """Decoded means along straight lines between the guide means of pairs of test images.
+
+    ``pairs`` is ``(P, 2, D)``; each row of the figure goes from the first image of a pair
+    (left, original) to the second (right, original) through ``steps`` latent points.
+    """
+    rows = []
+    for a, b in pairs:
+        loc = vae.encode(torch.stack([a, b]))[0]  # (2, Z)
+        t = torch.linspace(0, 1, steps, device=loc.device).unsqueeze(1)
+        decoded = vae.decode((1 - t) * loc[0] + t * loc[1])  # (steps, D)
+        rows.append(torch.cat([a[None], decoded, b[None]]).cpu())
+    return image_grid(
+        torch.cat(rows), image_shape, steps + 2,
+        title="interpolation in latent space (originals at both ends)",
+    )  # fmt: skip
+
+
+def metrics_figure(history: list[dict]) -> Figure:
+    """Train and test ELBO per epoch of a run (``metrics.jsonl``)."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    epochs = [row["epoch"] for row in history]
+    ax.plot(
+        epochs,
+        [row["train_elbo"] for row in history],
+        marker="o",
+        label="train ELBO (mean over the epoch's steps)",
+    )
+    ax.plot(epochs, [row["test_elbo"] for row in history], marker="o", label="test ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def gradient_variance_figure(rows: list[dict]) -> Figure:

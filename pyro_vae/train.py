@@ -160,6 +160,7 @@ class TrainResult:
     image_shape: tuple[int, int]
     test_images: torch.Tensor | None = None  # as evaluated (binarized once); None from load_run
     run_dir: Path | None = None
+    test_labels: torch.Tensor | None = None
 
 
 def build_vae(config: TrainConfig, data_dim: int) -> VAE:
@@ -343,7 +344,9 @@ def fit(
                 _write_metrics(run_dir, history)
                 checkpoint = True
                 start_epoch = epoch + 1
-    return TrainResult(vae.eval(), history, config, data.image_shape, test_images, run_dir)
+    return TrainResult(
+        vae.eval(), history, config, data.image_shape, test_images, run_dir, data.test_labels
+    )
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:

@@ -53,19 +53,16 @@ def trained_run(tmp_path_factory):
 
 def test_train_writes_a_complete_run_folder(trained_run):
     names = {p.name for p in trained_run.iterdir()}
-    expected = {
-        "config.json",
-        "checkpoint.pt",
-        "metrics.jsonl",
-        "evaluation.json",
-        "samples.png",
-        "reconstructions.png",
-    }
+    expected = {"config.json", "checkpoint.pt", "metrics.jsonl", "evaluation.json", "samples.png",
+                "reconstructions.png", "latent_scatter.png", "interpolation.png",
+                "training_curves.png"}  # fmt: skip
     assert expected <= names
     assert len((trained_run / "metrics.jsonl").read_text().splitlines()) == 2
     assert json.loads((trained_run / "config.json").read_text())["dataset"] == "mnist-sample"
-    assert_png(trained_run / "samples.png")
-    assert_png(trained_run / "reconstructions.png")
+    for name in expected:
+        if name.endswith(".png"):
+            assert_png(trained_run / name)
+    assert not (trained_run / "manifold.png").exists()  # a 4-D latent space has no manifold plot
 
 
 def test_evaluate_sample_reconstruct(trained_run, tmp_path):
@@ -219,3 +216,37 @@ def test_compare_estimators_end_to_end(tmp_path):
     assert_png(out / "training_curves.png", 100, 100)
     again = run_cli("compare-estimators", "--dataset", "mnist-sample", "--out", out, check=False)
     assert again.returncode == 1 and "already holds a study" in again.stderr
+
+
+def test_plot_command_and_the_2d_manifold(tmp_path, capsys):
+    run_dir = tmp_path / "run2d"
+    quick = [a if a != "4" else "2" for a in QUICK]  # --latent-dim 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist-sample",
+                "--epochs",
+                "1",
+                "--out",
+                str(run_dir),
+                "--no-plots",
+                *quick,
+            ]
+        )
+        == 0
+    )
+    assert not (run_dir / "samples.png").exists()
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "pictures")]) == 0
+    names = {p.name for p in (tmp_path / "pictures").iterdir()}
+    assert names == {
+        "samples.png",
+        "reconstructions.png",
+        "latent_scatter.png",
+        "interpolation.png",
+        "training_curves.png",
+        "manifold.png",
+    }
+    for name in names:
+        assert_png(tmp_path / "pictures" / name)

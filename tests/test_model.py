@@ -107,3 +107,27 @@ def test_two_vaes_never_share_parameters():
     # and two runs with one seed in one process give the same parameters
     third = fit(config).vae
     assert all(torch.equal(a, b) for a, b in zip(before, third.parameters(), strict=True))
+
+
+def test_pictures_of_a_vae():
+    from matplotlib.figure import Figure
+
+    from pyro_vae.plots import (
+        interpolation_figure,
+        latent_scatter_figure,
+        manifold_figure,
+        metrics_figure,
+    )
+
+    x = torch.bernoulli(torch.full((30, 12), 0.4))
+    labels = torch.arange(30) % 3
+    flat = VAE(data_dim=12, latent_dim=2, hidden_sizes=(8,))
+    deep = VAE(data_dim=12, latent_dim=5, hidden_sizes=(8,))
+    assert isinstance(manifold_figure(flat, (3, 4), num_per_axis=5), Figure)
+    with pytest.raises(ConfigError, match="2-D latent space"):
+        manifold_figure(deep, (3, 4))
+    assert latent_scatter_figure(flat, x, labels).axes[0].get_title().endswith("2-D latent space")
+    assert "PCA of the 5-D" in latent_scatter_figure(deep, x, None).axes[0].get_title()
+    assert isinstance(interpolation_figure(deep, x[:4].reshape(2, 2, 12), (3, 4), steps=5), Figure)
+    history = [{"epoch": 1, "train_elbo": -9.0, "test_elbo": -8.0}]
+    assert len(metrics_figure(history).axes[0].lines) == 2
