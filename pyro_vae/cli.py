@@ -273,6 +273,33 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_posterior(args: argparse.Namespace) -> int:
+    from pyro_vae.posterior import check_posterior, posterior_figure
+
+    if min(args.num_samples, args.warmup, args.chains, args.num_particles) < 1:
+        raise ConfigError("--num-samples, --warmup, --chains and -K must be positive")
+    run = load_run(args.run_dir)
+    test = _test_images(run.config, args.data_dir)
+    bad = [i for i in args.index if not 0 <= i < len(test)]
+    if bad:
+        raise ConfigError(f"test image indices {bad} out of range 0..{len(test) - 1}")
+    out_dir = Path(args.out or args.run_dir)
+    checks = []
+    print(f"{'image':>6} {'ELBO':>9} {'log p(x)':>9} {'gap':>6} {'R-hat':>6} {'ESS':>6}")
+    for i in args.index:
+        check, idata = check_posterior(
+            run.vae, test[i], i, args.num_samples, args.warmup, args.chains,
+            args.num_particles, args.seed,
+        )  # fmt: skip
+        checks.append(check.to_dict())
+        print(f"{i:6d} {check.elbo:9.2f} {check.log_likelihood:9.2f} {check.gap:6.2f} "
+              f"{check.r_hat_max:6.3f} {check.ess_bulk_min:6.0f}")  # fmt: skip
+        _save(posterior_figure(run.vae, test[i], idata), out_dir / f"posterior_{i}.png")
+    write_json(out_dir / "posterior.json", checks)
+    print(f"gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), nats; written to {out_dir}")
+    return 0
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     images = _test_images(run.config, args.data_dir)[: args.num]
@@ -384,6 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR)")
     p.add_argument("--data-dir", help="data root, if not the one the run used")
     p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser(
+        "posterior",
+        help="the guide against NUTS samples of the true posterior",
+        description="For chosen test images, sample p(z|x) with Pyro's NUTS and the trained "
+        "decoder, report ArviZ's R-hat and effective sample size, the ELBO and the "
+        "importance-sampled log p(x) (their gap is KL(q || p(z|x))), and plot guide samples "
+        "against NUTS samples.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--index", type=int, nargs="+", default=[0], help="test images (default 0)")
+    p.add_argument("--num-samples", type=int, default=300, help="NUTS draws a chain (300)")
+    p.add_argument("--warmup", type=int, default=300, help="NUTS warm-up steps a chain (300)")
+    p.add_argument("--chains", type=int, default=2, help="NUTS chains, run in turn (2)")
+    p.add_argument("-K", "--num-particles", type=int, default=5000,
+                   help="importance samples for log p(x) (default 5000)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for posterior.json and PNGs (default RUN_DIR)")
+    p.add_argument("--data-dir", help="data root, if not the one the run used")
+    p.set_defaults(func=_cmd_posterior)
 
     p = sub.add_parser(
         "reconstruct",

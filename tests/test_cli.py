@@ -250,3 +250,19 @@ def test_plot_command_and_the_2d_manifold(tmp_path, capsys):
     }
     for name in names:
         assert_png(tmp_path / "pictures" / name)
+
+
+def test_posterior_command(trained_run, tmp_path, capsys):
+    out = tmp_path / "post"
+    argv = ["posterior", str(trained_run), "--index", "0", "3", "--num-samples", "60",
+            "--warmup", "60", "-K", "200", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    checks = json.loads((out / "posterior.json").read_text())
+    assert [c["index"] for c in checks] == [0, 3]
+    for c in checks:
+        assert c["gap"] == pytest.approx(c["log_likelihood"] - c["elbo"])
+        assert len(c["nuts_mean"]) == len(c["guide_mean"]) == 4
+        assert_png(out / f"posterior_{c['index']}.png", 100, 100)
+    assert "R-hat" in capsys.readouterr().out
+    err = _fails(["posterior", str(trained_run), "--index", "5000"], capsys)
+    assert "out of range" in err
