@@ -1,0 +1,61 @@
+"""Example: how close is the amortized guide to the true posterior?
+
+Trains a VAE, then for a few test digits samples the true posterior p(z|x) with Pyro's NUTS
+(the trained decoder held fixed), checks convergence with ArviZ, and compares: the gap
+log p(x) - ELBO is KL(q(z|x) || p(z|x)), the price of amortization on that image::
+
+    python examples/posterior_check.py --data-dir ../shared/data   # a few minutes on 2 cores
+    python examples/posterior_check.py --quick
+"""
+
+import argparse
+from pathlib import Path
+
+from pyro_vae import DataNotFoundError, TrainConfig, fit, load_dataset
+from pyro_vae.posterior import check_posterior, posterior_figure
+
+
+def main(args: argparse.Namespace) -> None:
+    try:
+        data = load_dataset(args.dataset, args.data_dir)
+    except DataNotFoundError as e:
+        print(f"{e}\nusing the bundled mnist-sample instead")
+        data = load_dataset("mnist-sample")
+    config = TrainConfig(
+        dataset=data.name, latent_dim=args.latent_dim, epochs=args.epochs,
+        train_size=args.train_size,
+    )  # fmt: skip
+    result = fit(config, data=data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(args.images):
+        x = result.test_images[i]
+        check, idata = check_posterior(
+            result.vae, x, i, args.num_samples, args.num_samples, num_particles=args.k
+        )
+        print(
+            f"test image {i}: ELBO {check.elbo:.2f}, log p(x) {check.log_likelihood:.2f}, "
+            f"gap {check.gap:.2f} nats; NUTS R-hat {check.r_hat_max:.3f}, "
+            f"ESS {check.ess_bulk_min:.0f}"
+        )
+        posterior_figure(result.vae, x, idata).savefig(out / f"posterior_{i}.png", dpi=80)
+    print(f"figures in {out}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--latent-dim", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--num-samples", type=int, default=300)
+    parser.add_argument("-k", type=int, default=5000)
+    parser.add_argument("--out", default="posterior-check")
+    parser.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
+    args = parser.parse_args()
+    if args.quick:
+        args.dataset, args.epochs, args.train_size, args.latent_dim = "mnist-sample", 1, 512, 4
+        args.images, args.num_samples, args.k = 1, 50, 200
+    main(args)
