@@ -28,8 +28,8 @@ __all__ = [
 
 
 def _tile(images: torch.Tensor, image_shape: tuple[int, int], ncols: int, pad: int = 1):
-    # (N, H*W) -> one (rows * (H + pad), ncols * (W + pad)) mosaic; ink is 1, and the padding
-    # 0.15 shows as thin light-grey lines once the mosaic is drawn as black ink on white
+    # (N, H*W) -> one (rows * (H + pad), ncols * (W + pad)) mosaic; the padding 0.15 shows as
+    # thin light-grey lines when drawn inverted (ink on paper), dark-grey ones otherwise
     h, w = image_shape
     n = images.shape[0]
     nrows = math.ceil(n / ncols)
@@ -45,15 +45,23 @@ def image_grid(
     image_shape: tuple[int, int],
     ncols: int | None = None,
     title: str | None = None,
+    invert: bool | None = None,
 ) -> Figure:
-    """A grid of grey images in ``[0, 1]`` (``(N, H*W)``), black ink on white."""
+    """A grid of grey images in ``[0, 1]`` (``(N, H*W)``).
+
+    ``invert`` draws value 1 as black (ink on paper, for digits); by default it is chosen from
+    the images: inverted when they are mostly dark (MNIST), as they are (faces) otherwise.
+    """
     n = images.shape[0]
     ncols = ncols or math.ceil(math.sqrt(n))
     canvas = _tile(images.clamp(0, 1), image_shape, ncols)
     scale = 6.0 / max(canvas.shape)
     fig = Figure(figsize=(canvas.shape[1] * scale + 0.2, canvas.shape[0] * scale + 0.6))
     ax = fig.add_subplot()
-    ax.imshow(1 - canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if invert is None:
+        invert = images.float().mean().item() < 0.5
+    shown = 1 - canvas.numpy() if invert else canvas.numpy()
+    ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)

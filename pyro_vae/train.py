@@ -225,8 +225,10 @@ def fit(
     :param data: images to use instead of loading ``config.dataset`` (e.g. synthetic data).
     :param resume: continue the run in ``run_dir`` from its checkpoint. With the same seed on
         the CPU this reproduces an uninterrupted run exactly.
-    :raises ConfigError, DataError, CheckpointError, TrainingDiverged: on the user's errors;
-        the last good checkpoint is never overwritten by a failed epoch.
+    :raises ConfigError: a setting out of range, or settings that clash.
+    :raises DataError: data the likelihood cannot score.
+    :raises CheckpointError: a damaged checkpoint, or a run folder that does not match.
+    :raises TrainingDiverged: the objective became NaN; the last good checkpoint is kept.
     """
     config.validate()
     run_dir = Path(run_dir) if run_dir is not None else None
