@@ -13,16 +13,18 @@ Tables (``gradients.csv``, ``training.csv``) and figures (``variance.png``,
 
 import argparse
 
-from pyro_vae import DataNotFoundError, TrainConfig, load_dataset
+from pyro_vae import TrainConfig, load_dataset
 from pyro_vae.compare import compare_estimators
+from pyro_vae.data import load_mnist_or_sample
 
 
 def main(args: argparse.Namespace) -> None:
-    try:
+    if args.dataset == "mnist":
+        data, note = load_mnist_or_sample(args.data_dir)
+        if note:
+            print(f"WARNING: {note}")
+    else:
         data = load_dataset(args.dataset, args.data_dir)
-    except DataNotFoundError as e:
-        print(f"{e}\nusing the bundled mnist-sample instead")
-        data = load_dataset("mnist-sample")
     config = TrainConfig(
         dataset=data.name, epochs=args.epochs, train_size=args.train_size, seed=args.seed
     )

@@ -9,15 +9,17 @@ budget, and compares what matters: the importance-sampled log-likelihood and act
 
 import argparse
 
-from pyro_vae import DataNotFoundError, TrainConfig, evaluate, fit, load_dataset
+from pyro_vae import TrainConfig, evaluate, fit, load_dataset
+from pyro_vae.data import load_mnist_or_sample
 
 
 def main(args: argparse.Namespace) -> None:
-    try:
+    if args.dataset == "mnist":
+        data, note = load_mnist_or_sample(args.data_dir)
+        if note:
+            print(f"WARNING: {note}")
+    else:
         data = load_dataset(args.dataset, args.data_dir)
-    except DataNotFoundError as e:
-        print(f"{e}\nusing the bundled mnist-sample instead")
-        data = load_dataset("mnist-sample")
     for objective, k in (("elbo", 1), ("iwae", args.k)):
         config = TrainConfig(
             dataset=data.name,

@@ -11,16 +11,18 @@ log p(x) - ELBO is KL(q(z|x) || p(z|x)), the price of amortization on that image
 import argparse
 from pathlib import Path
 
-from pyro_vae import DataNotFoundError, TrainConfig, fit, load_dataset
+from pyro_vae import TrainConfig, fit, load_dataset
+from pyro_vae.data import load_mnist_or_sample
 from pyro_vae.posterior import check_posterior, posterior_figure
 
 
 def main(args: argparse.Namespace) -> None:
-    try:
+    if args.dataset == "mnist":
+        data, note = load_mnist_or_sample(args.data_dir)
+        if note:
+            print(f"WARNING: {note}")
+    else:
         data = load_dataset(args.dataset, args.data_dir)
-    except DataNotFoundError as e:
-        print(f"{e}\nusing the bundled mnist-sample instead")
-        data = load_dataset("mnist-sample")
     config = TrainConfig(
         dataset=data.name, latent_dim=args.latent_dim, epochs=args.epochs,
         train_size=args.train_size,

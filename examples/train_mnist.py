@@ -10,16 +10,18 @@ log-likelihood), and draws the learned manifold and the test digits' latent mean
 import argparse
 from pathlib import Path
 
-from pyro_vae import DataNotFoundError, TrainConfig, evaluate, fit, load_dataset
+from pyro_vae import TrainConfig, evaluate, fit, load_dataset
+from pyro_vae.data import load_mnist_or_sample
 from pyro_vae.plots import latent_scatter_figure, manifold_figure
 
 
 def main(args: argparse.Namespace) -> None:
-    try:
+    if args.dataset == "mnist":
+        data, note = load_mnist_or_sample(args.data_dir)
+        if note:
+            print(f"WARNING: {note}")
+    else:
         data = load_dataset(args.dataset, args.data_dir)
-    except DataNotFoundError as e:
-        print(f"{e}\nusing the bundled mnist-sample instead")
-        data = load_dataset("mnist-sample")
     config = TrainConfig(
         dataset=data.name, latent_dim=2, epochs=args.epochs, train_size=args.train_size
     )

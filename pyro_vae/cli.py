@@ -19,12 +19,11 @@ from pyro_vae.checkpoint import load_checkpoint, write_json
 from pyro_vae.data import (
     BINARIZATIONS,
     DATASETS,
-    ImageData,
     load_dataset,
+    load_mnist_or_sample,
     prepare_images,
-    resolve_data_dir,
 )
-from pyro_vae.errors import CheckpointError, ConfigError, DataNotFoundError, PyroVAEError
+from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
@@ -138,21 +137,6 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     return given
 
 
-def _load_default_mnist(data_dir: str | None) -> tuple[ImageData, str | None]:
-    """MNIST, or the bundled sample with a loud warning when MNIST is missing and offline."""
-    try:
-        return load_dataset("mnist", data_dir), None
-    except DataNotFoundError as e:
-        note = (
-            f"MNIST was not found ({e}). Training on the bundled mnist-sample (5000 training and "
-            "1000 test digits) instead: its figures are NOT comparable with full-MNIST results. "
-            f"For the full set, put MNIST/raw/ under {resolve_data_dir(data_dir)}, pass "
-            "--data-dir or set PYRO_VAE_DATA_DIR, or run once online so torchvision downloads it."
-        )
-        print(f"\nWARNING: {note}\n", file=sys.stderr)
-        return load_dataset("mnist-sample"), note
-
-
 def _test_images(config: TrainConfig, data_dir: str | None) -> torch.Tensor:
     """The run's test images, binarized exactly as during training."""
     data = load_dataset(config.dataset, data_dir or config.data_dir)
@@ -216,7 +200,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig(**given)
         config.validate()  # before any data is touched
         if "dataset" not in given:
-            data, config.data_fallback = _load_default_mnist(config.data_dir)
+            data, config.data_fallback = load_mnist_or_sample(config.data_dir)
+            if config.data_fallback:
+                print(f"\nWARNING: {config.data_fallback}\n", file=sys.stderr)
             config.dataset = data.name
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.out or f"runs/{config.dataset}-{stamp}")

@@ -37,6 +37,7 @@ __all__ = [
     "check_support",
     "default_binarize",
     "load_dataset",
+    "load_mnist_or_sample",
     "prepare_images",
     "resolve_data_dir",
 ]
@@ -198,6 +199,26 @@ def load_dataset(
     if name == "frey-faces":
         return _load_frey(root, download)
     return _load_torchvision(name, root, download)
+
+
+def load_mnist_or_sample(
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[ImageData, str | None]:
+    """MNIST, or the bundled ``mnist-sample`` when MNIST is missing and cannot be downloaded.
+
+    :returns: the data and, after a fallback, a note that says what happened and how to get
+        the full set (``None`` otherwise). The caller shows it loudly and records it.
+    """
+    try:
+        return load_dataset("mnist", data_dir), None
+    except DataNotFoundError as e:
+        note = (
+            f"MNIST was not found ({e}). Using the bundled mnist-sample (5000 training and "
+            "1000 test digits) instead: its figures are NOT comparable with full-MNIST results. "
+            f"For the full set, put MNIST/raw/ under {resolve_data_dir(data_dir)}, pass "
+            "--data-dir or set PYRO_VAE_DATA_DIR, or run once online so torchvision downloads it."
+        )
+        return load_dataset("mnist-sample"), note
 
 
 def default_binarize(likelihood: str) -> str:

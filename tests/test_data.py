@@ -7,6 +7,7 @@ from pyro_vae.data import (
     binarize_once,
     check_support,
     load_dataset,
+    load_mnist_or_sample,
     prepare_images,
     resolve_data_dir,
 )
@@ -134,3 +135,13 @@ def test_support_checks():
             "bernoulli",
             0,
         )
+
+
+def test_mnist_falls_back_to_the_sample_with_a_note(tmp_path):
+    data, note = load_mnist_or_sample(tmp_path)
+    assert data.name == "mnist-sample" and str(tmp_path) in note and "NOT comparable" in note
+
+
+def test_mnist_without_fallback_when_present(data_dir):
+    data, note = load_mnist_or_sample(data_dir)
+    assert data.name == "mnist" and note is None
