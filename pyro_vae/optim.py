@@ -36,24 +36,37 @@ class JointAdam(PyroOptim):
         self.clip_norm = clip_norm
         self.optim: torch.optim.Adam | None = None
         self.names: dict[torch.Tensor, str] = {}
+        self.by_name: dict[str, torch.Tensor] = {}
         self._pending_state: dict[str, dict] = {}
 
     def _register(self, params: list[torch.Tensor]) -> None:
         store = pyro.get_param_store()
-        groups: dict[float, list[torch.Tensor]] = {}
         for p in params:
-            self.names[p] = store.param_name(p)
-            groups.setdefault(self.learning_rate(normalize_param_name(self.names[p])), []).append(p)
-        param_groups = [{"params": ps, "lr": lr} for lr, ps in groups.items()]
-        if self.optim is None:
-            self.optim = torch.optim.Adam(param_groups, foreach=True)
-        else:
-            for group in param_groups:
-                self.optim.add_param_group(group)
-        for p in params:
-            state = self._pending_state.pop(self.names[p], None)
+            name = store.param_name(p)
+            if name in self.by_name:
+                # The param store replaced this parameter's tensor (Pyro's decaying-average
+                # baseline does so every step): drop the old one, as a fresh per-tensor
+                # optimizer would, so the optimizer does not grow step after step.
+                self._forget(self.by_name[name])
+            self.names[p], self.by_name[name] = name, p
+            lr = self.learning_rate(normalize_param_name(name))
+            if self.optim is None:
+                self.optim = torch.optim.Adam([{"params": [p], "lr": lr}], foreach=True)
+            else:
+                group = next((g for g in self.optim.param_groups if g["lr"] == lr), None)
+                if group is None:
+                    self.optim.add_param_group({"params": [p], "lr": lr})
+                else:
+                    group["params"].append(p)
+            state = self._pending_state.pop(name, None)
             if state is not None:
                 self.optim.state[p] = {k: v.to(p.device) for k, v in state.items()}
+
+    def _forget(self, p: torch.Tensor) -> None:
+        del self.names[p]
+        self.optim.state.pop(p, None)
+        for group in self.optim.param_groups:
+            group["params"] = [q for q in group["params"] if q is not p]
 
     def __call__(self, params: Iterable[torch.Tensor], *args, **kwargs) -> None:
         params = [p for p in params if p.grad is not None]

@@ -210,7 +210,19 @@ def test_joint_adam_is_pyros_adam_bit_for_bit(monkeypatch):
 
     config = small(epochs=2, estimator="reinforce-nn-baseline", objective="elbo", clip_norm=5.0,
                    baseline_learning_rate=3e-2)  # fmt: skip
+    created, make_optimizer = [], train.make_optimizer
+
+    def recording(config):
+        created.append(make_optimizer(config))
+        return created[-1]
+
+    monkeypatch.setattr(train, "make_optimizer", recording)
     joint = fit(config)
+    # the decaying average is a new tensor every step: the optimizer must not grow with it
+    optim = created[0].optim
+    assert (
+        sum(len(g["params"]) for g in optim.param_groups) == len(list(joint.vae.parameters())) + 1
+    )
 
     def pyros_adam(config):
         def per_parameter(name):
