@@ -1,26 +1,41 @@
 """Training-step time of pyro_vae against hand-written PyTorch with exactly the same networks.
 
-Both sides use pyro_vae's ``Encoder`` and ``Decoder`` (784-400-20 ReLU), the same batches from
-``BatchLoader`` and Adam at 1e-3. The hand-written step is the analytic-KL negative ELBO written
-out (Bernoulli log-likelihood from logits plus ``-1/2 sum(1 + log s^2 - m^2 - s^2)``) with one
-``torch.optim.Adam``; the Pyro step is ``SVI.step`` with the ELBO named, either as
-``pyro-vae train`` runs it (pyro_vae's ``JointAdam``, Pyro's per-step validation off) or with
-Pyro's stock ``pyro.optim.Adam`` and validation on. Steps are timed
-alternately, A B A B ..., in one process, so both sides see the same machine load; the report
-is the median of the per-step time ratios::
+Every side uses pyro_vae's ``Encoder`` and ``Decoder`` (784-400-20 ReLU, the same initial
+weights), the same dynamically binarized MNIST batches from ``BatchLoader``, and Adam at 1e-3.
+
+Two hand-written PyTorch steps, both the analytic-KL negative ELBO written out
+(``F.binary_cross_entropy_with_logits`` plus ``sum -1/2 (1 + log s^2 - m^2 - s^2)``, one
+reparameterized sample):
+
+``hand-written``
+    ``torch.optim.Adam`` with its defaults, as people write it: the yardstick.
+``hand-written, fused Adam``
+    the fused Adam that pyro_vae's optimizer uses: the same floating-point work as pyro_vae's
+    step, so the ratio against it is what Pyro's tracing costs.
+
+The Pyro steps are ``SVI.step``: ``pyro-vae train``'s configuration (its ELBO, ``JointAdam``,
+validation off) with each ELBO class, and a plain Pyro VAE as Pyro's tutorial writes it
+(``pyro.optim.Adam``, Pyro's validation on). Each Pyro step is timed alternately
+with the two hand-written ones, in rotating order, in one process; the report gives medians of
+the per-round ratios. Peak memory is measured per side in a fresh process (``--memory``)::
 
     python benchmarks/speed.py --data-dir ../shared/data --steps 300
 """
 
 import argparse
+import json
 import statistics
-import time
+import subprocess
+import sys
+import warnings
 
 import pyro
+import pyro.distributions as dist
 import pyro.optim
 import torch
 import torch.nn.functional as F
-from pyro.infer import SVI
+from measure import machine, median_ratio, peak_memory, synchronize, time_alternately
+from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE
 from pyro_vae.data import BatchLoader, load_dataset, prepare_images
@@ -28,12 +43,28 @@ from pyro_vae.evaluate import kl_per_dimension
 from pyro_vae.objectives import make_elbo
 from pyro_vae.train import TrainConfig, make_optimizer
 
+HAND = "hand-written"
+SAME = "hand-written, fused Adam"
+# label: (objective, jit); None is the plain Pyro VAE
+PYRO_VARIANTS = {
+    "pyro-vae train (TraceMeanField_ELBO)": ("elbo-analytic-kl", False),
+    "Trace_ELBO": ("elbo", False),
+    "JitTraceMeanField_ELBO": ("elbo-analytic-kl", True),
+    "JitTrace_ELBO": ("elbo", True),
+    "plain Pyro (tutorial style)": None,
+}
 
-def hand_written_step(vae: VAE, optim: torch.optim.Optimizer):
+
+def hand_written_step(vae: VAE, fused: bool):
+    if fused:
+        optim = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    else:
+        optim = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
     def step(x):
-        loc, scale = vae.encoder(x)
+        loc, scale = vae.encoder(x)  # (B, Z) each
         z = loc + scale * torch.randn_like(loc)
-        logits = vae.decoder(z)[0]
+        logits = vae.decoder(z)[0]  # (B, D)
         log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
         loss = -(log_px_z - kl_per_dimension(loc, scale).sum())
         optim.zero_grad()
@@ -44,82 +75,132 @@ def hand_written_step(vae: VAE, optim: torch.optim.Optimizer):
     return step
 
 
-def pyro_step(vae: VAE, objective: str, jit: bool, stock: bool):
-    config = TrainConfig(objective=objective, jit=jit)
-    optim = pyro.optim.Adam({"lr": 1e-3}) if stock else make_optimizer(config)
-    svi = SVI(vae.model, vae.guide, optim, make_elbo(objective, jit=jit))
-    validate = stock
+def pyro_vae_step(vae: VAE, objective: str, jit: bool):
+    """``pyro-vae train``'s step: its ELBO, its optimizer, Pyro's validation off."""
+    svi = SVI(vae.model, vae.guide, make_optimizer(TrainConfig()), make_elbo(objective, jit=jit))
 
     def step(x):
-        with pyro.validation_enabled(validate):
+        with pyro.validation_enabled(False):
             return svi.step(x)
 
     return step
 
 
-def time_alternately(steps: dict, batches: list, warmup: int = 20) -> dict:
-    """Median per-step seconds of each variant, stepping them in turn on the same batch."""
-    times = {name: [] for name in steps}
-    for i, x in enumerate(batches):
-        for name, step in steps.items():
-            started = time.perf_counter()
+def plain_pyro_step(vae: VAE):
+    """A VAE as Pyro's tutorial writes it, on the same networks."""
+
+    def model(x):
+        pyro.module("decoder", vae.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 20), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=vae.decoder(z)[0]).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", vae.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = vae.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+
+    def step(x):
+        with pyro.validation_enabled(True):
+            return svi.step(x)
+
+    return step
+
+
+def make_step(label: str, vae: VAE):
+    if label == HAND:
+        return hand_written_step(vae, fused=False)
+    if label == SAME:
+        return hand_written_step(vae, fused=True)
+    if PYRO_VARIANTS[label] is None:
+        return plain_pyro_step(vae)
+    return pyro_vae_step(vae, *PYRO_VARIANTS[label])
+
+
+def batches_of(train: torch.Tensor, batch_size: int, steps: int, device: str) -> list:
+    loader = BatchLoader(train.to(device), batch_size, "dynamic", seed=0)
+    batches, epoch = [], 0
+    while len(batches) < steps:
+        batches += [b for b in loader.epoch(epoch) if len(b) == batch_size]
+        epoch += 1
+    return batches[:steps]
+
+
+def fresh_vaes(count: int, device: str) -> list[VAE]:
+    torch.manual_seed(0)
+    first = VAE(784).to(device)
+    others = [VAE(784).to(device) for _ in range(count - 1)]
+    for vae in others:
+        vae.load_state_dict(first.state_dict())
+    return [first, *others]
+
+
+def measure_memory(label: str, batches: list, device: str) -> float:
+    """Peak MiB that building the model and optimizer and taking the steps add (this process)."""
+    pyro.clear_param_store()
+    with peak_memory(device) as peak:
+        step = make_step(label, fresh_vaes(1, device)[0])
+        for x in batches:
             step(x)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - started)
-    return times
+        synchronize(device)
+    return peak["peak_mib"]
+
+
+def memory_in_fresh_process(args, label: str, batch_size: int) -> float:
+    command = [sys.executable, __file__, "--memory", label, "--batch-sizes", str(batch_size)]
+    command += ["--device", args.device] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="rounds timed, 20 more untimed")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--variants", nargs="+", choices=list(PYRO_VARIANTS), metavar="LABEL")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
+    parser.add_argument("--memory", metavar="LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
 
     data = load_dataset("mnist", args.data_dir)
     train, _ = prepare_images(data, "dynamic", "bernoulli", seed=0)
-    variants = {  # label: (objective, jit, stock Pyro optimizer and validation)
-        "TraceMeanField_ELBO (the default)": ("elbo-analytic-kl", False, False),
-        "Trace_ELBO": ("elbo", False, False),
-        "JitTraceMeanField_ELBO": ("elbo-analytic-kl", True, False),
-        "JitTrace_ELBO": ("elbo", True, False),
-        "TraceMeanField_ELBO, stock pyro.optim.Adam + validation": (
-            "elbo-analytic-kl",
-            False,
-            True,
-        ),
-        "Trace_ELBO, stock pyro.optim.Adam + validation": ("elbo", False, True),
-    }
-    print(f"torch {torch.__version__}, pyro {pyro.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print("| batch | pyro_vae step | median ms | hand-written ms | ratio (median of per-step) |")
-    print("|---|---|---|---|---|")
+    if args.memory:  # a child process: one side, 50 steps, one JSON line
+        batches = batches_of(train, args.batch_sizes[0], 50, args.device)
+        print(json.dumps({"peak_mib": measure_memory(args.memory, batches, args.device)}))
+        return
+
+    print(machine())
+    print(f"median of {args.steps} per-round step-time ratios; peak MiB over 50 steps\n")
+    print(f"| batch | pyro_vae step | ms | {HAND} ms | ratio | {SAME} ms | ratio | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    variants = args.variants or list(PYRO_VARIANTS)
     for batch_size in args.batch_sizes:
-        loader = BatchLoader(train, batch_size, "dynamic", seed=0)
-        batches = []
-        epoch = 0
-        while len(batches) < args.steps:
-            batches += list(loader.epoch(epoch))
-            epoch += 1
-        batches = [b for b in batches[: args.steps] if len(b) == batch_size]
-        for label, (objective, jit, stock) in variants.items():
+        batches = batches_of(train, batch_size, args.steps + 20, args.device)
+        for label in variants:
             pyro.clear_param_store()
-            torch.manual_seed(0)
-            reference = VAE(784)
-            mine = VAE(784)
-            mine.load_state_dict(reference.state_dict())
-            steps = {
-                "hand": hand_written_step(reference, torch.optim.Adam(reference.parameters())),
-                "pyro": pyro_step(mine, objective, jit, stock),
-            }
-            times = time_alternately(steps, batches)
-            ratios = [p / h for p, h in zip(times["pyro"], times["hand"], strict=True)]
+            sides = (label, HAND, SAME)
+            vaes = fresh_vaes(len(sides), args.device)
+            steps = {side: make_step(side, vae) for side, vae in zip(sides, vaes, strict=True)}
+            times = time_alternately(steps, batches, device=args.device)
+            ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+            memory = (
+                "" if args.no_memory else f"{memory_in_fresh_process(args, label, batch_size):.0f}"
+            )
             print(
-                f"| {batch_size} | {label} | {1000 * statistics.median(times['pyro']):.2f} | "
-                f"{1000 * statistics.median(times['hand']):.2f} | "
-                f"{statistics.median(ratios):.3f} |",
+                f"| {batch_size} | {label} | {ms[label]:.2f} | {ms[HAND]:.2f} | "
+                f"{median_ratio(times, label, HAND):.3f} | {ms[SAME]:.2f} | "
+                f"{median_ratio(times, label, SAME):.3f} | {memory} |",
                 flush=True,
             )
+        if not args.no_memory:
+            hand = [f"{memory_in_fresh_process(args, h, batch_size):.0f}" for h in (HAND, SAME)]
+            print(f"| {batch_size} | peak MiB of {HAND} / {SAME} | | | | | | {' / '.join(hand)} |")
 
 
 if __name__ == "__main__":

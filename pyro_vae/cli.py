@@ -28,6 +28,7 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.optim import LR_SCHEDULES
 from pyro_vae.plots import (
     interpolation_figure,
     latent_scatter_figure,
@@ -97,6 +98,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help=f"Adam learning rate (default {d.learning_rate})",
     )
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="constant (the default) or iwae: Burda et al. (2015), 3^i epochs at "
+        "10^(-i/7) times --lr for i = 0..7",
+    )
+    g.add_argument("--adam-eps", type=float, help=f"Adam's epsilon (default {d.adam_eps:g})")
     g.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")

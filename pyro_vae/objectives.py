@@ -10,7 +10,7 @@
     ``RenyiELBO(alpha=0)`` with ``K`` particles: ``E[log 1/K sum_k p(x, z_k) / q(z_k|x)]``, the
     importance-weighted bound of Burda et al. (2015), tighter than the ELBO for ``K > 1``.
 
-Particles are vectorized (one batched pass for ``K`` samples). Only ``elbo`` supports the
+Particles are vectorized (one batched pass for ``K > 1`` samples). Only ``elbo`` supports the
 score-function estimators and ``stl``: Pyro's ``TraceMeanField_ELBO`` assumes a
 reparameterized guide and uses the closed-form KL (which would bypass ``stl``'s stop-gradient
 density), and its ``RenyiELBO`` has no score-function gradient for a guide site. With a
@@ -76,7 +76,11 @@ def make_elbo(
     :param jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``).
     """
     check_objective(objective, estimator, num_particles, jit)
-    kwargs = dict(num_particles=int(num_particles), vectorize_particles=True, max_plate_nesting=1)
+    # One particle needs no particle plate: without it every site skips a broadcast.
+    vectorize = int(num_particles) > 1
+    kwargs = dict(
+        num_particles=int(num_particles), vectorize_particles=vectorize, max_plate_nesting=1
+    )
     if objective == "iwae":
         return infer.RenyiELBO(alpha=0.0, **kwargs)
     if uses_baseline(estimator):

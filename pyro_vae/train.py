@@ -49,7 +49,7 @@ from pyro_vae.objectives import (
     make_elbo,
     scratch_param_store,
 )
-from pyro_vae.optim import JointAdam
+from pyro_vae.optim import LR_SCHEDULES, JointAdam, lr_factor
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "elbo_per_image", "fit", "load_run"]
 
@@ -80,6 +80,8 @@ class TrainConfig:
     baseline_learning_rate: float = 1e-2  # Adam learning rate of the nn baseline
     num_particles: int = 1  # K: samples per image for the training objective
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # or "iwae": Burda et al.'s 3^i epochs at 10^(-i/7) times it
+    adam_eps: float = 1e-8  # Adam's epsilon; Burda et al. (2015) use 1e-4
     clip_norm: float | None = None  # clip each parameter's gradient norm (Pyro's clip_args)
     epochs: int = 10
     batch_size: int = 128
@@ -101,6 +103,7 @@ class TrainConfig:
             "binarize": BINARIZATIONS,
             "activation": tuple(ACTIVATIONS),
             "likelihood": LIKELIHOODS,
+            "lr_schedule": LR_SCHEDULES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -117,7 +120,7 @@ class TrainConfig:
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden_sizes)}")
         if self.train_size is not None and self.train_size < 1:
             raise ConfigError(f"train_size must be positive, got {self.train_size}")
-        for name in ("learning_rate", "baseline_learning_rate"):
+        for name in ("learning_rate", "baseline_learning_rate", "adam_eps"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {value}")
@@ -194,7 +197,7 @@ def make_optimizer(config: TrainConfig) -> JointAdam:
         baseline = name.startswith("baseline.")
         return config.baseline_learning_rate if baseline else config.learning_rate
 
-    return JointAdam(learning_rate, config.clip_norm)
+    return JointAdam(learning_rate, config.clip_norm, eps=config.adam_eps)
 
 
 def _load_images(config: TrainConfig, data: ImageData | None):
@@ -286,6 +289,8 @@ def fit(
         svi = SVI(vae.model, vae.guide, optim, elbo)
         for epoch in range(start_epoch, config.epochs):
             vae.train()
+            if config.lr_schedule != "constant":
+                optim.set_lr_factor(lr_factor(config.lr_schedule, epoch))
             started, total, count = time.perf_counter(), 0.0, 0
             bar = tqdm(
                 loader.epoch(epoch),

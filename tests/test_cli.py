@@ -142,6 +142,8 @@ def _fails(argv, capsys, code=1):
         (["train", "--latent-dim", "0"], 1, "latent_dim must be a positive integer"),
         (["train", "--lr", "0"], 1, "learning rate must be positive"),
         (["train", "-K", "0"], 1, "at least 1"),
+        (["train", "--lr-schedule", "cosine"], 2, "invalid choice: 'cosine'"),
+        (["train", "--adam-eps", "0"], 1, "adam eps must be positive"),
         (["train", "--eval-particles", "0", "--dataset", "mnist-sample"], 1, "at least 1"),
         (["train", "--dataset", "mnist-sample", "--binarize", "none"], 1, "grey levels"),
         (["train", "--estimator", "reinforce", "--objective", "iwae"], 1, "needs objective"),

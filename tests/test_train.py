@@ -1,4 +1,5 @@
 import json
+import math
 
 import pyro
 import pytest
@@ -7,6 +8,8 @@ import torch
 from pyro_vae import CheckpointError, ConfigError, DataError, TrainConfig, fit, load_run
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.data import load_dataset
+from pyro_vae.objectives import make_elbo
+from pyro_vae.optim import lr_factor
 from pyro_vae.train import CHECKPOINT_FILE, METRICS_FILE, TrainingDiverged, elbo_per_image
 
 SMALL = dict(
@@ -203,23 +206,35 @@ def test_real_mnist_few_hundred_steps(data_dir):
     assert -160 < elbo < -100, elbo
 
 
+def _recording_optimizers(monkeypatch, **joint_adam_options) -> list:
+    """Make fit's optimizer with these JointAdam options, and keep each one made."""
+    import pyro_vae.train as train
+
+    created, make_optimizer = [], train.make_optimizer
+
+    def recording(config):
+        optim = make_optimizer(config)
+        for name, value in joint_adam_options.items():
+            setattr(optim, name, value)
+        created.append(optim)
+        return optim
+
+    monkeypatch.setattr(train, "make_optimizer", recording)
+    return created
+
+
 def test_joint_adam_is_pyros_adam_bit_for_bit(monkeypatch):
-    """One multi-tensor Adam gives exactly what Pyro's one-Adam-per-tensor gives, with clipping
-    and the nn baseline's own learning rate."""
+    """The multi-tensor JointAdam gives exactly what Pyro's one-Adam-per-tensor gives, with
+    clipping and the nn baseline's own learning rate."""
     import pyro_vae.train as train
 
     config = small(epochs=2, estimator="reinforce-nn-baseline", objective="elbo", clip_norm=5.0,
                    baseline_learning_rate=3e-2)  # fmt: skip
-    created, make_optimizer = [], train.make_optimizer
-
-    def recording(config):
-        created.append(make_optimizer(config))
-        return created[-1]
-
-    monkeypatch.setattr(train, "make_optimizer", recording)
+    created = _recording_optimizers(monkeypatch, fused=False)
     joint = fit(config)
-    # the decaying average is a new tensor every step: the optimizer must not grow with it
     optim = created[0].optim
+    assert optim.defaults["foreach"] and not optim.defaults["fused"]
+    # the decaying average is a new tensor every step: the optimizer must not grow with it
     assert (
         sum(len(g["params"]) for g in optim.param_groups) == len(list(joint.vae.parameters())) + 1
     )
@@ -239,3 +254,42 @@ def test_joint_adam_is_pyros_adam_bit_for_bit(monkeypatch):
         {**row, "seconds": mine["seconds"]}
         for row, mine in zip(reference.history, joint.history, strict=True)
     ]
+
+
+def test_fused_adam_agrees_with_the_multi_tensor_one_to_rounding(monkeypatch):
+    config = small(epochs=1, train_size=256)
+    created = _recording_optimizers(monkeypatch)
+    fused = fit(config)
+    assert created[0].optim.defaults["fused"]  # the default, where this torch has it
+    for p in fused.vae.parameters():
+        assert p.grad is None  # set to None after each step, not zeroed
+    _recording_optimizers(monkeypatch, fused=False)
+    multi = fit(config)
+    for a, b in zip(fused.vae.parameters(), multi.vae.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(a, b) or a.numel() < 50  # they are different implementations
+
+
+def test_learning_rate_schedule_of_burda_et_al():
+    assert lr_factor("constant", 1234) == 1.0
+    stage = [round(-7 * math.log10(lr_factor("iwae", epoch))) for epoch in range(3281)]
+    # stage i lasts 3^i epochs: 1, 3, 9, ..., 2187 epochs, 3280 in all; then it stays at 7
+    assert [stage.count(i) for i in range(8)] == [1, 3, 9, 27, 81, 243, 729, 2187 + 1]
+    assert stage == sorted(stage) and stage[3279] == 7
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        lr_factor("cosine", 0)
+
+
+def test_training_follows_the_schedule_and_eps(monkeypatch):
+    created = _recording_optimizers(monkeypatch)
+    fit(small(epochs=2, train_size=128, lr_schedule="iwae", adam_eps=1e-4, learning_rate=2e-3))
+    group = created[0].optim.param_groups[0]
+    assert group["eps"] == 1e-4
+    assert group["lr"] == pytest.approx(2e-3 * 10 ** (-1 / 7), rel=1e-12)  # epoch 2: stage 1
+
+
+def test_particle_plate_only_for_several_particles():
+    assert not make_elbo("elbo-analytic-kl").vectorize_particles
+    assert not make_elbo("elbo", "reinforce-baseline").vectorize_particles
+    assert make_elbo("iwae", num_particles=5).vectorize_particles
+    assert make_elbo("elbo", num_particles=3).vectorize_particles
