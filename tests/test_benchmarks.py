@@ -1,0 +1,82 @@
+"""The benchmarks' references and machinery: what their comparisons rest on, at a tiny size.
+
+The benchmarks themselves take minutes to hours and are not run here; these tests check that
+the hand-written references compute what pyro_vae computes, so the tables compare like with like.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import VAE, fit
+from pyro_vae.data import ImageData
+from pyro_vae.evaluate import importance_sampled_log_likelihood
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import iwae_mnist  # noqa: E402
+import log_likelihood  # noqa: E402
+import measure  # noqa: E402
+
+
+def _tiny_mnist(n_train=120, n_test=30) -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    grey = torch.rand(n_train + n_test, 784, generator=g) ** 3  # mostly dark, like MNIST
+    return ImageData("mnist", grey[:n_train], None, grey[n_train:], None, (28, 28), "synthetic")
+
+
+@pytest.mark.parametrize("k, tolerance", [(1, 1e-5), (5, 1e-4)], ids=["vae", "iwae-k5"])
+def test_hand_written_iwae_reference_trains_like_pyro_vae(k, tolerance):
+    """Same start, batches, bound and Adam: after a pass of twelve steps the two trainings hold
+    the same parameters, to float32 rounding (they draw the same random numbers too; after the
+    first pass they no longer do, as fit's per-epoch test ELBO draws some)."""
+    data = _tiny_mnist(n_train=240)
+    config = iwae_mnist.paper_config(k, passes=1, seed=3, device="cpu")
+    mine = fit(config, data=data).vae
+    train = data.train_images
+    reference, _ = iwae_mnist.train_reference(config, train)
+    start = iwae_mnist.initial_vae(config, train)
+    for a, b, s in zip(mine.parameters(), reference.parameters(), start.parameters(), strict=True):
+        assert not torch.equal(a, s)  # both trained
+        assert torch.allclose(a, b, rtol=tolerance, atol=tolerance), (a - b).abs().max()
+
+
+def test_plain_log_likelihood_loop_is_pyro_vaes_estimate(float64):
+    """With the same seed both draw the same particles, chunk by chunk, so the plain loop must
+    give pyro_vae's estimate to rounding."""
+    vae = VAE(784, latent_dim=4, hidden_sizes=(16,)).eval()
+    x = torch.bernoulli(torch.rand(6, 784) ** 3)
+    torch.manual_seed(1)
+    mine, _ = importance_sampled_log_likelihood(vae.model, vae.guide, x, 1000, max_rows=600)
+    torch.manual_seed(1)
+    plain = log_likelihood.plain_log_likelihood(vae, x, 1000, max_rows=600)
+    assert torch.allclose(mine, plain, rtol=1e-12, atol=1e-10), mine - plain
+    torch.manual_seed(2)
+    other = log_likelihood.plain_log_likelihood(vae, x, 1000, max_rows=600)
+    assert not torch.allclose(mine, other, atol=1e-3)  # other draws: other estimates
+
+
+def test_peak_memory_sees_an_allocation():
+    # a fresh process: in this one the allocator may hand back memory it already holds
+    code = (
+        "import torch, measure\n"
+        "with measure.peak_memory() as peak:\n"
+        "    block = torch.ones(64 * 2**20 // 4)\n"
+        "    del block\n"
+        "print(peak['peak_mib'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=BENCHMARKS, capture_output=True, text=True, check=True
+    )
+    assert 60 < float(out.stdout) < 100
+
+
+def test_alternate_timing_rotates_the_order():
+    calls = []
+    steps = {name: (lambda x, name=name: calls.append(name)) for name in "abc"}
+    times = measure.time_alternately(steps, list(range(5)), warmup=2)
+    assert calls[:9] == list("abcbcacab")
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
