@@ -16,14 +16,13 @@ with the same network shapes::
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 
 import pyro
 import torch
 import torch.nn.functional as F
-from measure import machine, peak_memory, synchronize
+from measure import machine, peak_memory, peak_mib_in_fresh_process, synchronize
 
 from pyro_vae import TrainConfig, fit, load_run
 from pyro_vae.data import load_dataset, prepare_images
@@ -80,12 +79,10 @@ def load_vae(args, train: bool = True) -> tuple[VAE, torch.Tensor]:
 
 
 def memory_in_fresh_process(args, name: str) -> float:
-    command = [sys.executable, __file__, "--memory", name, "-K", str(args.num_particles)]
-    command += ["--device", args.device]
+    command = [__file__, "--memory", name, "-K", str(args.num_particles), "--device", args.device]
     command += ["--data-dir", args.data_dir] if args.data_dir else []
     command += ["--run", args.run] if args.run else []
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    return peak_mib_in_fresh_process(command)
 
 
 def main() -> None:

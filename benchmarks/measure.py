@@ -1,10 +1,13 @@
 """What the benchmarks share: alternate timing, peak memory, and the machine line of a report."""
 
 import contextlib
+import json
 import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -66,6 +69,23 @@ def peak_memory(device: str = "cpu") -> Iterator[dict]:
     before = _status_kib("VmRSS")
     yield result
     result["peak_mib"] = (_status_kib("VmHWM") - before) / 1024
+
+
+def peak_mib_in_fresh_process(command: list[str]) -> float:
+    """Run ``command`` (a script that prints ``peak_memory``'s dict as its last line) in a fresh
+    Python process and return its ``peak_mib``.
+
+    glibc's allocator keeps freed blocks of up to 32 MB in its heap, where allocations of other
+    sizes fragment them, so the resident set drifts with the order of allocations (two runs of
+    the same code differed by 700 MiB). The child runs with a fixed mmap threshold: every tensor
+    above 64 kB is mapped on allocation and unmapped when freed, so the resident set follows
+    the live tensors and the peak is repeatable.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    run = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, check=True, env=env
+    )
+    return json.loads(run.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 def synchronize(device: str) -> None:

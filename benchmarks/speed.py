@@ -23,10 +23,10 @@ the per-round ratios. Peak memory is measured per side in a fresh process (``--m
 """
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
-import subprocess
-import sys
 import warnings
 
 import pyro
@@ -34,7 +34,14 @@ import pyro.distributions as dist
 import pyro.optim
 import torch
 import torch.nn.functional as F
-from measure import machine, median_ratio, peak_memory, synchronize, time_alternately
+from measure import (
+    machine,
+    median_ratio,
+    peak_memory,
+    peak_mib_in_fresh_process,
+    synchronize,
+    time_alternately,
+)
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE
@@ -150,10 +157,29 @@ def measure_memory(label: str, batches: list, device: str) -> float:
 
 
 def memory_in_fresh_process(args, label: str, batch_size: int) -> float:
-    command = [sys.executable, __file__, "--memory", label, "--batch-sizes", str(batch_size)]
+    command = [__file__, "--memory", label, "--batch-sizes", str(batch_size)]
     command += ["--device", args.device] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    return peak_mib_in_fresh_process(command)
+
+
+def profile(label: str, batches: list, rows: int = 25) -> None:
+    """One side's steps (after 20 untimed) under ``cProfile`` (Python functions) and then under
+    torch's profiler (operators, with call counts), the costliest first."""
+    pyro.clear_param_store()
+    step = make_step(label, fresh_vaes(1, "cpu")[0])
+    for x in batches[:20]:
+        step(x)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for x in batches[20:]:
+        step(x)
+    profiler.disable()
+    print(f"{label}: {len(batches) - 20} steps")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(rows)
+    with torch.profiler.profile() as operators:
+        for x in batches[20:]:
+            step(x)
+    print(operators.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
@@ -164,12 +190,16 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(PYRO_VARIANTS), metavar="LABEL")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
+    parser.add_argument("--profile", metavar="LABEL", help="cProfile this side's steps instead")
     parser.add_argument("--memory", metavar="LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
 
     data = load_dataset("mnist", args.data_dir)
     train, _ = prepare_images(data, "dynamic", "bernoulli", seed=0)
+    if args.profile:
+        profile(args.profile, batches_of(train, args.batch_sizes[0], args.steps + 20, "cpu"))
+        return
     if args.memory:  # a child process: one side, 50 steps, one JSON line
         batches = batches_of(train, args.batch_sizes[0], 50, args.device)
         print(json.dumps({"peak_mib": measure_memory(args.memory, batches, args.device)}))

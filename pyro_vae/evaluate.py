@@ -26,8 +26,9 @@ __all__ = [
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active if Cov_x(E_q[z_u]) > 0.01
 # Particles x images decoded at once. On the CPU, 6 MB tensors (D = 784) are reused by the
-# allocator, while 200 MB ones are mapped afresh and page-faulted in on every chunk, which made
-# the whole estimate several times slower (benchmarks/log_likelihood.py). A GPU wants big ones.
+# allocator, while 200 MB ones are mapped afresh and page-faulted in on every chunk: 2**16 rows
+# made the estimate 1.5 times slower and 20 times bigger in memory (benchmarks/
+# log_likelihood.py). A GPU wants big chunks.
 MAX_ROWS = {"cpu": 2**11, "cuda": 2**16}
 
 

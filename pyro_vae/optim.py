@@ -4,9 +4,9 @@ Pyro's ``pyro.optim.Adam`` builds one ``torch.optim.Adam`` per parameter tensor 
 in turn: ten Python-level optimizer steps per SVI step for a one-hidden-layer VAE. On a small
 network that is a measurable share of the step (see ``benchmarks/speed.py``). :class:`JointAdam`
 steps all parameters with a single ``torch.optim.Adam``: by default PyTorch's fused kernel (one
-pass over each tensor; a third of the multi-tensor update's time on the CPU here), which agrees
-with Pyro's Adam to float32 rounding; with ``fused=False`` the multi-tensor update, which is bit
-for bit Pyro's (Adam's update is elementwise). After the step it sets the gradients to ``None``,
+pass over each tensor, the fastest update on the CPU too), which agrees with Pyro's Adam to
+float32 rounding; with ``fused=False`` the multi-tensor update, which is bit for bit Pyro's
+(Adam's update is elementwise). After the step it sets the gradients to ``None``,
 as ``zero_grad()`` does, so that ``SVI`` has no zeros to write and the next backward pass
 assigns gradients instead of adding them to zeros.
 """
