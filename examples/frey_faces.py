@@ -3,7 +3,7 @@
 1965 grey-level faces of 28x20 pixels; the decoder gives each pixel a mean and a learned scale.
 A 2-D latent space shows the manifold of expressions and poses::
 
-    python examples/frey_faces.py --data-dir ../shared/data      # about a minute on 2 cores
+    python examples/frey_faces.py --data-dir ../shared/data      # under a minute on 2 cores
     python examples/frey_faces.py --data-dir ../shared/data --quick
 """
 
