@@ -25,6 +25,7 @@ import time
 import pyro
 import torch
 import torch.nn.functional as F
+from reference_vae import log_weights
 
 from pyro_vae import TrainConfig, evaluate, fit
 from pyro_vae.data import BatchLoader, load_dataset, prepare_images
@@ -68,21 +69,13 @@ def initial_vae(config: TrainConfig, train: torch.Tensor) -> VAE:
 
 def hand_written_bound(vae: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
     """Per image, ``(B,)``: the analytic-KL ELBO for ``k = 1``, else the IWAE bound."""
-    loc, scale = vae.encoder(x)  # (B, Z) each
     if k == 1:
+        loc, scale = vae.encoder(x)  # (B, Z) each
         z = loc + scale * torch.randn_like(loc)
         logits = vae.decoder(z)[0]  # (B, D)
         log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         return log_px_z - kl_per_dimension(loc, scale).sum(-1)
-    eps = torch.randn(k, *loc.shape, device=x.device)
-    z = loc + scale * eps  # (k, B, Z)
-    logits = vae.decoder(z)[0]  # (k, B, D)
-    log_px_z = -F.binary_cross_entropy_with_logits(
-        logits, x.expand_as(logits), reduction="none"
-    ).sum(-1)
-    log_pz = -0.5 * z.pow(2).sum(-1)  # the 2 pi terms of p and q cancel
-    log_qz = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1)
-    return torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
+    return torch.logsumexp(log_weights(vae, x, k), dim=0) - math.log(k)
 
 
 def train_reference(config: TrainConfig, train: torch.Tensor) -> tuple[VAE, float]:

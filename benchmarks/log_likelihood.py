@@ -21,8 +21,8 @@ import time
 
 import pyro
 import torch
-import torch.nn.functional as F
 from measure import machine, peak_memory, peak_mib_in_fresh_process, synchronize
+from reference_vae import log_weights
 
 from pyro_vae import TrainConfig, fit, load_run
 from pyro_vae.data import load_dataset, prepare_images
@@ -35,21 +35,13 @@ IMPLEMENTATIONS = ("pyro_vae", "plain PyTorch", "pyro_vae, 65,536-row chunks")
 
 @torch.no_grad()
 def plain_log_likelihood(vae: VAE, x: torch.Tensor, num_particles: int, max_rows: int):
-    """``log 1/K sum_k p(x, z_k) / q(z_k|x)`` for a batch ``x`` (B, D), Bernoulli likelihood."""
-    loc, scale = vae.encoder(x)  # (B, Z) each
-    chunk = max(1, max_rows // len(x))
-    half_log_2pi = 0.5 * math.log(2 * math.pi) * loc.shape[-1]
-    parts = []
-    for start in range(0, num_particles, chunk):
-        eps = torch.randn(min(chunk, num_particles - start), *loc.shape, device=x.device)
-        z = loc + scale * eps  # (k, B, Z)
-        logits = vae.decoder(z)[0]  # (k, B, D)
-        log_px_z = -F.binary_cross_entropy_with_logits(
-            logits, x.expand_as(logits), reduction="none"
-        ).sum(-1)
-        log_pz = -0.5 * z.pow(2).sum(-1) - half_log_2pi
-        log_qz = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - half_log_2pi
-        parts.append(torch.logsumexp((log_px_z + log_pz - log_qz).double(), dim=0))
+    """``log 1/K sum_k p(x, z_k) / q(z_k|x)`` for a batch ``x`` (B, D), Bernoulli likelihood,
+    the particles in chunks of at most ``max_rows`` particle-image rows, as pyro_vae's."""
+    chunk, encoded = max(1, max_rows // len(x)), vae.encoder(x)
+    parts = [
+        torch.logsumexp(log_weights(vae, x, min(chunk, num_particles - start), encoded).double(), 0)
+        for start in range(0, num_particles, chunk)
+    ]
     return torch.logsumexp(torch.stack(parts), dim=0) - math.log(num_particles)  # (B,)
 
 

@@ -12,6 +12,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def log_weights(vae, x: torch.Tensor, num_particles: int, encoded=None) -> torch.Tensor:
+    """``log p(x, z_k) - log q(z_k|x)``, ``(K, B)``, for pyro_vae's networks (any ``vae`` with
+    its ``encoder`` and Bernoulli ``decoder``), written out without Pyro. ``encoded``: the
+    encoder's ``(loc, scale)`` for ``x``, if already computed."""
+    loc, scale = vae.encoder(x) if encoded is None else encoded  # (B, Z) each
+    eps = torch.randn(num_particles, *loc.shape, device=x.device, dtype=loc.dtype)
+    z = loc + scale * eps  # (K, B, Z)
+    logits = vae.decoder(z)[0]  # (K, B, D)
+    log_px_z = -F.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none"
+    ).sum(-1)
+    log_pz = (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
+    log_qz = (-0.5 * eps.pow(2) - scale.log() - HALF_LOG_2PI).sum(-1)
+    return log_px_z + log_pz - log_qz
+
 
 class ReferenceVAE(nn.Module):
     def __init__(self, data_dim: int = 784, hidden: int = 400, latent_dim: int = 20) -> None:
