@@ -12,22 +12,28 @@ Tables (``gradients.csv``, ``training.csv``) and figures (``variance.png``,
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 from pyro_vae import TrainConfig, load_dataset
 from pyro_vae.compare import compare_estimators
 from pyro_vae.data import load_mnist_or_sample
+from pyro_vae.errors import PyroVAEError
 
 
 def main(args: argparse.Namespace) -> None:
+    # compare_estimators() writes into --out; made first, so that it fails before any training
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.dataset == "mnist":
         data, note = load_mnist_or_sample(args.data_dir)
         if note:
             print(f"WARNING: {note}")
     else:
         data = load_dataset(args.dataset, args.data_dir)
-    config = TrainConfig(
-        dataset=data.name, epochs=args.epochs, train_size=args.train_size, seed=args.seed
-    )
+    config = TrainConfig(  # the score-function estimators need the plain ELBO, K = 1
+        dataset=data.name, objective="elbo", epochs=args.epochs, train_size=args.train_size,
+        seed=args.seed,
+    )  # fmt: skip
     result = compare_estimators(
         config,
         args.out,
@@ -48,7 +54,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--dataset", help="default mnist; mnist-sample with --quick")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=20000)
@@ -58,5 +64,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
     args = parser.parse_args()
     if args.quick:
-        args.dataset, args.epochs, args.train_size, args.num_estimates = "mnist-sample", 1, 512, 10
-    main(args)
+        args.epochs, args.train_size, args.num_estimates = 1, 512, 10
+    args.dataset = args.dataset or ("mnist-sample" if args.quick else "mnist")
+    try:
+        main(args)
+    except PyroVAEError as e:
+        sys.exit(f"{Path(__file__).name}: error: {e}")
+    except OSError as e:  # --out cannot be written
+        where = e.filename or args.out
+        sys.exit(f"{Path(__file__).name}: error: cannot write {where}: {e.strerror or e}")

@@ -8,13 +8,17 @@ A 2-D latent space shows the manifold of expressions and poses::
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from pyro_vae import TrainConfig, evaluate, fit, load_dataset
+from pyro_vae.errors import PyroVAEError
 from pyro_vae.plots import manifold_figure, samples_figure
 
 
 def main(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # first: an unwritable --out fails before training
     data = load_dataset("frey-faces", args.data_dir)
     config = TrainConfig(
         dataset="frey-faces",
@@ -31,8 +35,6 @@ def main(args: argparse.Namespace) -> None:
         f"log p(x) {scores.log_likelihood:.1f} nats/image (continuous densities, so positive "
         "values are possible)"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     manifold_figure(result.vae, data.image_shape, 12).savefig(out / "manifold.png", dpi=100)
     samples_figure(result.vae, data.image_shape, 36).savefig(out / "samples.png", dpi=100)
     print(f"wrote {out / 'manifold.png'} and {out / 'samples.png'}")
@@ -48,4 +50,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.num_particles = 3, 20
-    main(args)
+    try:
+        main(args)
+    except PyroVAEError as e:
+        sys.exit(f"{Path(__file__).name}: error: {e}")
+    except OSError as e:  # --out cannot be written
+        where = e.filename or args.out
+        sys.exit(f"{Path(__file__).name}: error: cannot write {where}: {e.strerror or e}")

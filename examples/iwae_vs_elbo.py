@@ -8,9 +8,12 @@ budget, and compares what matters: the importance-sampled log-likelihood and act
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 from pyro_vae import TrainConfig, evaluate, fit, load_dataset
 from pyro_vae.data import load_mnist_or_sample
+from pyro_vae.errors import PyroVAEError
 
 
 def main(args: argparse.Namespace) -> None:
@@ -41,7 +44,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--dataset", help="default mnist; mnist-sample with --quick")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
@@ -51,6 +54,10 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
     args = parser.parse_args()
     if args.quick:
-        args.dataset, args.epochs, args.train_size = "mnist-sample", 1, 1024
+        args.epochs, args.train_size = 1, 1024
         args.test_size, args.num_particles = 100, 20
-    main(args)
+    args.dataset = args.dataset or ("mnist-sample" if args.quick else "mnist")
+    try:
+        main(args)
+    except PyroVAEError as e:
+        sys.exit(f"{Path(__file__).name}: error: {e}")

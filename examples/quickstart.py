@@ -8,6 +8,8 @@ Two ways in: :func:`pyro_vae.fit` (the loop behind ``pyro-vae train``), and the 
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import pyro
 import torch
@@ -15,6 +17,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE, TrainConfig, evaluate, fit, load_dataset
 from pyro_vae.data import BatchLoader, load_mnist_or_sample, prepare_images
+from pyro_vae.errors import PyroVAEError
 
 
 def main(args: argparse.Namespace) -> None:
@@ -54,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--dataset", help="default mnist; mnist-sample with --quick")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-size", type=int, default=None)
@@ -63,6 +66,10 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a few seconds on the bundled sample")
     args = parser.parse_args()
     if args.quick:
-        args.dataset, args.epochs, args.train_size = "mnist-sample", 1, 1024
+        args.epochs, args.train_size = 1, 1024
         args.test_size, args.num_particles = 100, 20
-    main(args)
+    args.dataset = args.dataset or ("mnist-sample" if args.quick else "mnist")
+    try:
+        main(args)
+    except PyroVAEError as e:
+        sys.exit(f"{Path(__file__).name}: error: {e}")

@@ -8,14 +8,18 @@ log-likelihood), and draws the learned manifold and the test digits' latent mean
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from pyro_vae import TrainConfig, evaluate, fit, load_dataset
 from pyro_vae.data import load_mnist_or_sample
+from pyro_vae.errors import PyroVAEError
 from pyro_vae.plots import latent_scatter_figure, manifold_figure
 
 
 def main(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # first: an unwritable --out fails before training
     if args.dataset == "mnist":
         data, note = load_mnist_or_sample(args.data_dir)
         if note:
@@ -31,8 +35,6 @@ def main(args: argparse.Namespace) -> None:
         f"2-D latent space, {args.epochs} epochs: test ELBO {scores.test_elbo:.2f}, "
         f"log p(x) {scores.log_likelihood:.2f} nats/image (K = {args.num_particles})"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     manifold_figure(result.vae, data.image_shape).savefig(out / "manifold.png", dpi=100)
     scatter = latent_scatter_figure(result.vae, result.test_images, data.test_labels)
     scatter.savefig(out / "latent_scatter.png", dpi=100)
@@ -41,7 +43,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--dataset", help="default mnist; mnist-sample with --quick")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--train-size", type=int, default=None)
@@ -51,6 +53,13 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
     args = parser.parse_args()
     if args.quick:
-        args.dataset, args.epochs, args.train_size = "mnist-sample", 1, 1024
+        args.epochs, args.train_size = 1, 1024
         args.test_size, args.num_particles = 100, 20
-    main(args)
+    args.dataset = args.dataset or ("mnist-sample" if args.quick else "mnist")
+    try:
+        main(args)
+    except PyroVAEError as e:
+        sys.exit(f"{Path(__file__).name}: error: {e}")
+    except OSError as e:  # --out cannot be written
+        where = e.filename or args.out
+        sys.exit(f"{Path(__file__).name}: error: cannot write {where}: {e.strerror or e}")

@@ -10,7 +10,10 @@ from pyro_vae.errors import (
     ConfigError,
     DataError,
     DataNotFoundError,
+    NumericalError,
+    OutputError,
     PyroVAEError,
+    RunFolderBusy,
 )
 from pyro_vae.estimators import ESTIMATORS, guide_distribution
 from pyro_vae.evaluate import Evaluation, evaluate, importance_sampled_log_likelihood
@@ -30,7 +33,10 @@ __all__ = [
     "DataNotFoundError",
     "Evaluation",
     "ImageData",
+    "NumericalError",
+    "OutputError",
     "PyroVAEError",
+    "RunFolderBusy",
     "TrainConfig",
     "TrainResult",
     "evaluate",

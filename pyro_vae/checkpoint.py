@@ -1,48 +1,97 @@
-"""Checkpoints: written atomically, read with a clear error when damaged.
+"""Checkpoints and run files: written atomically, verified on load, never trusted when damaged.
 
-A checkpoint is one ``torch.save`` file holding the model's ``state_dict``, the Pyro optimizer's
-state, the run's config, the epoch, the metrics so far and the RNG states. It is written to a
-temporary file in the same folder, flushed to disk and renamed over the old one, so a crash
-or a failed run never leaves a half-written checkpoint in place of a good one.
+A checkpoint is one ``torch.save`` file holding the model's ``state_dict``, the optimizer's
+state, the run's config, the epoch, the metrics so far and the RNG states, plus a SHA-256
+``checksum`` of all of that: every tensor's bytes, dtype and shape, and every other value.
+``torch.load`` does not notice a flipped byte inside a tensor; :func:`load_checkpoint` does,
+and it also refuses NaN or infinite parameters and a structure that is not a pyro_vae
+checkpoint's.
+
+Every file is written to a temporary file in the same folder, flushed to disk and renamed
+over the old one, so a crash, a kill or a full disk never leaves a half-written file in place
+of a good one. The file gets the mode the user's umask gives a new file (``mkstemp``'s 0600
+would hide a shared run from colleagues). A kill during the write can leave the temporary
+behind (``.checkpoint.pt.XXXXXXXX.tmp``); :func:`remove_stale_temporaries` clears them when a
+process that holds the folder's lock opens it next.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
 import os
 import random
+import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-from pyro_vae.errors import CheckpointError
+from pyro_vae.errors import CheckpointError, OutputError
 
 __all__ = [
+    "atomic_write",
     "atomic_write_bytes",
     "get_rng_state",
     "load_checkpoint",
+    "preserved_rng",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "set_rng_state",
+    "state_checksum",
     "write_json",
 ]
 
-FORMAT = "pyro_vae.checkpoint/1"
+FORMAT = "pyro_vae.checkpoint/2"
+OLD_FORMATS = ("pyro_vae.checkpoint/1",)  # no checksum: read, but only structure-checked
 REQUIRED_KEYS = ("format", "config", "epoch", "model", "optimizer", "rng", "history")
+# mkstemp's names: ".NAME." + 8 characters of [a-z0-9_] + ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
-def _atomic_write(path: Path, write) -> None:
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    Readers see the old file or the new one, never half of one. A ``path`` that exists and is
+    not a regular file (``/dev/stdout``, a FIFO) is written directly.
+
+    :raises OutputError: the folder cannot be created or written, the disk is full, ...
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            with open(path, "wb") as f:  # a device or a pipe: no rename over it
+                write(f)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {_reason(e)}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {_reason(e)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -50,11 +99,39 @@ def _atomic_write(path: Path, write) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """Write ``obj`` as JSON, atomically. A NaN or infinite number (which JSON cannot hold,
+    e.g. the R-hat of a single chain) is written as ``null``: not available."""
+    text = json.dumps(_json_safe(obj), indent=2, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that killed writers left in ``folder``; returns what was removed.
+
+    Only safe for a caller that holds the folder's lock: nobody else is writing there.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            if _TEMPORARY.match(entry.name) and entry.is_file():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
 
 
 def get_rng_state() -> dict:
@@ -80,31 +157,143 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Leave the caller's global RNGs (torch, Python, NumPy, CUDA) as they were found."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def _feed(h, obj: Any) -> None:
+    # A canonical walk of the state: type tags, lengths and values, so that neither a changed
+    # value nor a changed structure can give the same digest.
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for value in obj:
+            _feed(h, value)
+    else:
+        text = repr(obj)
+        h.update(f"{type(obj).__name__}{len(text)};{text}".encode())
+
+
+def state_checksum(state: dict) -> str:
+    """``sha256:HEX`` over everything in ``state`` but its ``checksum`` entry."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "checksum"})
+    return f"sha256:{h.hexdigest()}"
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` (see :data:`REQUIRED_KEYS`) atomically to ``path``."""
-    state = {"format": FORMAT, **state}
+    """Write ``state`` (see :data:`REQUIRED_KEYS`) with its checksum, atomically, to ``path``.
+
+    :raises OutputError: the file cannot be written; the old checkpoint, if any, is kept.
+    """
+    state = {"format": FORMAT, **{k: v for k, v in state.items() if k != "format"}}
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    state["checksum"] = state_checksum(state)
+    atomic_write(Path(path), lambda f: torch.save(state, f))
+
+
+def _non_finite(tensors: dict, what: str) -> str | None:
+    for name, value in tensors.items():
+        if isinstance(value, dict):
+            found = _non_finite(value, f"{what} {name}")
+            if found:
+                return found
+        elif (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not torch.isfinite(value).all()
+        ):
+            return f"{what} {name}"
+    return None
+
+
+def _check_structure(path: Path, state: dict) -> None:
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is damaged: {what}")
+
+    if not isinstance(state["config"], dict):
+        raise bad(f"its config is {type(state['config']).__name__}, not a table of settings")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise bad(f"its epoch is {epoch!r}")
+    model = state["model"]
+    if not isinstance(model, dict) or not model:
+        raise bad("it holds no model parameters")
+    if not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise bad("its model state holds something other than tensors")
+    if not isinstance(state["optimizer"], dict):
+        raise bad("its optimizer state is not a table")
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise bad("its metrics history is not a list of rows")
+    for row in history:
+        for key in ("epoch", "step", "train_elbo", "test_elbo", "seconds"):
+            value = row.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f"its metrics history has {key} = {value!r}")
+    if len(history) != epoch:
+        raise bad(f"it says epoch {epoch} but its metrics history has {len(history)} rows")
+    shape = state.get("image_shape", [28, 28])
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) != 2
+        or not all(isinstance(s, int) and s > 0 for s in shape)
+    ):
+        raise bad(f"its image shape is {shape!r}")
+    where = _non_finite(model, "model parameter") or _non_finite(
+        state["optimizer"], "optimizer state of"
+    )
+    if where:
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite values in {where}")
+    if any(not math.isfinite(row[k]) for row in history for k in ("train_elbo", "test_elbo")):
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite ELBOs in its history")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint onto the CPU.
+    """Read a checkpoint onto the CPU, verified.
 
-    :raises CheckpointError: the file is missing, truncated, corrupt or not a pyro_vae checkpoint.
+    :raises CheckpointError: the file is missing, unreadable, truncated, fails its checksum,
+        holds NaN or infinite parameters, or is not a pyro_vae checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except (PermissionError, IsADirectoryError, FileNotFoundError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(e)}") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types on a damaged file
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{path} is not a pyro_vae checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {', '.join(missing)}")
+    if state["format"] == FORMAT:
+        try:
+            checksum = state_checksum(state)
+        except Exception as e:  # noqa: BLE001 - values of unexpected types
+            raise CheckpointError(f"checkpoint {path} is damaged ({e})") from None
+        if state.get("checksum") != checksum:
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: its contents do not match their checksum"
+            )
+    _check_structure(path, state)
     return state

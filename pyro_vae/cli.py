@@ -1,29 +1,38 @@
-"""The ``pyro-vae`` command: train, evaluate, sample, reconstruct.
+"""The ``pyro-vae`` command: train, evaluate, sample, reconstruct, plot, posterior, and the
+estimator study.
 
 Every error a user can cause ends in one line on stderr and a non-zero exit code: 2 for a
-malformed command line, 1 for everything else (missing data, a bad setting, a damaged
-checkpoint, a diverged run).
+malformed command line, 1 for everything else (missing or damaged data, a bad setting, a damaged
+checkpoint, an unwritable output, a run folder in use, a diverged run), 130 for Ctrl-C. A
+command that writes into a folder holds that folder's lock while it works
+(:mod:`pyro_vae.runfolder`), and checks that it can write there before it starts the work. A
+closed stdout (``pyro-vae train ... | head -1``) does not stop the work: the output goes
+nowhere, the files are written, and the exit code is the command's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from pyro_vae.checkpoint import load_checkpoint, write_json
+from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
 from pyro_vae.data import (
     BINARIZATIONS,
     DATASETS,
+    ImageData,
     load_dataset,
     load_mnist_or_sample,
     prepare_images,
 )
-from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
@@ -37,21 +46,104 @@ from pyro_vae.plots import (
     reconstructions_figure,
     samples_figure,
 )
-from pyro_vae.train import CHECKPOINT_FILE, TrainConfig, fit, load_run
+from pyro_vae.runfolder import locked_folder
+from pyro_vae.train import (
+    CHECKPOINT_FILE,
+    TrainConfig,
+    TrainResult,
+    check_device,
+    check_seed,
+    fit,
+    load_run,
+)
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 EVALUATION_FILE = "evaluation.json"
+MAX_PICTURES = 10_000  # images in one sample grid
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        # no abbreviations: "--estimator" must not silently mean "--estimators"
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+# -- checks made before any work ------------------------------------------------------------
+
+
+def _check_count(value: int, flag: str, low: int = 1, high: int | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{flag} must be {bound}, got {value}")
+
+
+def _picture_format(path: Path) -> str:
+    """The format a picture path asks for (no suffix: PNG), refused if matplotlib lacks it."""
+    from matplotlib.figure import Figure
+
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name")
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise OutputError(
+            f"cannot write {path}: unknown picture format '.{suffix}'; use one of "
+            + ", ".join(f".{f}" for f in sorted(formats))
+        )
+    return suffix
+
+
+def _save(fig, path: Path) -> None:
+    fmt = _picture_format(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
+    print(f"wrote {path}")
+
+
+def _lock_for_file(path: Path):
+    """The lock of the run folder a single output file goes into, if it goes into one."""
+    folder = path.parent
+    if (folder / CHECKPOINT_FILE).exists():
+        return locked_folder(folder)
+    return contextlib.nullcontext()
+
+
+def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
+    """The data set a run was trained on, checked against the run's model."""
+    data = load_dataset(run.config.dataset, data_dir or run.config.data_dir)
+    if data.data_dim != run.vae.data_dim:
+        raise CheckpointError(
+            f"the run in {run.run_dir} models images of {run.vae.data_dim} pixels, but "
+            f"{run.config.dataset} has {data.data_dim}"
+        )
+    return data
+
+
+def _test_images(run: TrainResult, data_dir: str | None) -> tuple[torch.Tensor, ImageData]:
+    """The run's test images, binarized exactly as during training."""
+    data = _run_data(run, data_dir)
+    config = run.config
+    return prepare_images(data, config.binarize, config.likelihood, config.seed)[1], data
+
+
+# -- train ----------------------------------------------------------------------------------
+
+
+def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> None:
+    """The TrainConfig flags. They default to None so that --resume can tell which were given.
+    The estimator study (``study``) trains with objective elbo and K = 1 and takes a list of
+    estimators: it gets neither --objective, -K nor --estimator."""
     d = TrainConfig()
-    # Config flags default to None so that --resume can tell which ones were given.
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
@@ -78,8 +170,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"default {d.activation}")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"default {d.likelihood}")
     g = p.add_argument_group("objective and optimizer")
-    g.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
-    g.add_argument("--estimator", choices=ESTIMATORS, help=f"default {d.estimator}")
+    if not study:
+        g.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
+        g.add_argument("--estimator", choices=ESTIMATORS, help=f"default {d.estimator}")
     g.add_argument(
         "--baseline-beta",
         type=float,
@@ -90,7 +183,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help=f"Adam learning rate of the nn baseline (default {d.baseline_learning_rate})",
     )
-    g.add_argument("-K", "--num-particles", type=int, help="samples per image (default 1)")
+    if not study:
+        g.add_argument("-K", "--num-particles", type=int, help="samples per image (default 1)")
     g.add_argument(
         "--lr",
         "--learning-rate",
@@ -108,16 +202,20 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    g.add_argument("--seed", type=int, help=f"default {d.seed}")
-    g.add_argument("--device", help="cpu or cuda (default cpu)")
+    g.add_argument("--seed", type=int, help=f"default {d.seed} (0 to 2**32 - 1)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     g.add_argument("--jit", action="store_const", const=True, help="Pyro's JIT-compiled ELBOs")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config_arguments(p)
     g = p.add_argument_group("run folder and final evaluation")
     g.add_argument("--out", help="run folder (default runs/DATASET-TIME)")
     g.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR; flags given must match its config, "
-        "except --epochs, --device and --data-dir",
+        "except --epochs (the total, above the epochs done), --device and --data-dir",
     )
     g.add_argument(
         "--eval-particles",
@@ -131,7 +229,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=1000,
         help="test images in the final evaluation (default 1000; 0 for all)",
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-plots", action="store_true", help="do not write the pictures")
 
 
@@ -145,36 +243,34 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     return given
 
 
-def _test_images(config: TrainConfig, data_dir: str | None) -> torch.Tensor:
-    """The run's test images, binarized exactly as during training."""
-    data = load_dataset(config.dataset, data_dir or config.data_dir)
-    return prepare_images(data, config.binarize, config.likelihood, config.seed)[1]
-
-
-def _evaluate_and_report(vae, config, test, run_dir: Path, num_particles, num_images) -> dict:
+def _evaluate_and_report(
+    vae, config, test, run_dir: Path, num_particles, num_images, progress
+) -> dict:
     images = test[:num_images] if num_images else test
     started = time.perf_counter()
-    result = evaluate(vae, images.to(next(vae.parameters()).device), num_particles).to_dict()
+    scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress)
+    result = scores.to_dict()
     result.update(dataset=config.dataset, seconds=time.perf_counter() - started)
-    write_json(run_dir / EVALUATION_FILE, result)
+
+    def pm(key: str) -> str:
+        return f" ± {result[key]:.2f}" if result[key] is not None else ""
+
+    # printed before it is written: a result that cannot be saved is still seen
     print(
         f"{config.dataset} test set, {result['num_images']} images, K = {num_particles}:\n"
-        f"  test ELBO        {result['test_elbo']:9.2f} ± {result['test_elbo_stderr']:.2f} "
-        "nats/image\n"
-        f"  log p(x) (IS)    {result['log_likelihood']:9.2f} ± "
-        f"{result['log_likelihood_stderr']:.2f} nats/image  (NLL {result['nll']:.2f})\n"
+        f"  test ELBO        {result['test_elbo']:9.2f}{pm('test_elbo_stderr')} nats/image\n"
+        f"  log p(x) (IS)    {result['log_likelihood']:9.2f}{pm('log_likelihood_stderr')} "
+        f"nats/image  (NLL {result['nll']:.2f})\n"
         f"  reconstruction   {result['reconstruction_nll']:9.2f} nats/image (-E_q log p(x|z))\n"
         f"  KL(q || p)       {result['kl']:9.2f} nats/image\n"
-        f"  active units     {result['active_units']} of {len(result['kl_per_dim'])}\n"
-        f"written to {run_dir / EVALUATION_FILE}"
+        f"  active units     {result['active_units']} of {len(result['kl_per_dim'])}"
     )
+    try:
+        write_json(run_dir / EVALUATION_FILE, result)
+    except OutputError as e:
+        raise OutputError(f"{e} (the figures above were not saved)") from None
+    print(f"written to {run_dir / EVALUATION_FILE}")
     return result
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"wrote {path}")
 
 
 def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Path) -> None:
@@ -187,8 +283,9 @@ def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Pa
         out_dir / "reconstructions.png",
     )
     _save(latent_scatter_figure(vae, test_images, test_labels), out_dir / "latent_scatter.png")
-    pairs = test_images[:12].reshape(6, 2, -1)
-    _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
+    if len(test_images) >= 2:
+        pairs = test_images[: 2 * min(6, len(test_images) // 2)].reshape(-1, 2, vae.data_dim)
+        _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
     if history:
         _save(metrics_figure(history), out_dir / "training_curves.png")
     if vae.latent_dim == 2:
@@ -196,135 +293,193 @@ def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Pa
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _check_count(args.eval_particles, "--eval-particles")
+    _check_count(args.eval_images, "--eval-images", low=0)
     given = _config_overrides(args)
+    progress = not args.no_progress and _progress()
     data = None
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise CheckpointError("give the run folder once: --resume RUN_DIR (without --out)")
         run_dir = Path(args.resume)
-        saved = TrainConfig.from_dict(load_checkpoint(run_dir / CHECKPOINT_FILE)["config"])
-        config = dataclasses.replace(saved, **given)
+        lock = locked_folder(run_dir)
     else:
         config = TrainConfig(**given)
-        config.validate()  # before any data is touched
-        if "dataset" not in given:
+        config.validate()  # before any folder or data is touched
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out or f"runs/{config.dataset}-{stamp}")
+        lock = locked_folder(run_dir, create=True)
+    with lock:
+        if args.resume:
+            saved = TrainConfig.from_dict(load_checkpoint(run_dir / CHECKPOINT_FILE)["config"])
+            config = dataclasses.replace(saved, **given)
+        elif (run_dir / CHECKPOINT_FILE).exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; resume it or choose another run folder"
+            )
+        elif "dataset" not in given:
             data, config.data_fallback = load_mnist_or_sample(config.data_dir)
             if config.data_fallback:
                 print(f"\nWARNING: {config.data_fallback}\n", file=sys.stderr)
             config.dataset = data.name
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out or f"runs/{config.dataset}-{stamp}")
-    _check_evaluation_args(args.eval_particles, args.eval_images)
-    config.progress = not args.no_progress and sys.stderr.isatty()
-    print(f"training in {run_dir}")
-    result = fit(config, run_dir, data=data, resume=bool(args.resume))
-    if result.history:
+        config.progress = progress
+        print(f"training in {run_dir}")
+        result = fit(config, run_dir, data=data, resume=bool(args.resume))
         last = result.history[-1]
         print(
             f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, "
             f"test ELBO {last['test_elbo']:.2f} nats/image, {last['seconds']:.0f} s of training"
         )
-    image_shape = result.image_shape
-    _evaluate_and_report(
-        result.vae, config, result.test_images, run_dir, args.eval_particles, args.eval_images
-    )
-    if not args.no_plots:
-        write_plots(result.vae, result.history, image_shape, result.test_images,
-                    result.test_labels, run_dir)  # fmt: skip
+        _evaluate_and_report(
+            result.vae,
+            config,
+            result.test_images,
+            run_dir,
+            args.eval_particles,
+            args.eval_images,
+            progress,
+        )
+        if not args.no_plots:
+            write_plots(result.vae, result.history, result.image_shape, result.test_images,
+                        result.test_labels, run_dir)  # fmt: skip
     return 0
 
 
-def _check_evaluation_args(num_particles: int, num_images: int) -> None:
-    if num_particles < 1:
-        raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
-    if num_images < 0:
-        raise ConfigError(f"the number of test images must be 0 (all) or more, got {num_images}")
+# -- evaluate, sample, reconstruct, plot, posterior -----------------------------------------
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    _check_evaluation_args(args.num_particles, args.num_images)
-    run = load_run(args.run_dir, args.device)
-    test = _test_images(run.config, args.data_dir)
-    _evaluate_and_report(
-        run.vae, run.config, test, Path(args.run_dir), args.num_particles, args.num_images
-    )
+    _check_count(args.num_particles, "-K")
+    _check_count(args.num_images, "--num-images", low=0)
+    check_device(args.device)
+    check_seed(args.seed, "--seed")
+    with locked_folder(args.run_dir):
+        run = load_run(args.run_dir, args.device)
+        test, _ = _test_images(run, args.data_dir)
+        config = dataclasses.replace(run.config, seed=args.seed)
+        _evaluate_and_report(
+            run.vae,
+            config,
+            test,
+            Path(args.run_dir),
+            args.num_particles,
+            args.num_images,
+            _progress(),
+        )
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    _check_count(args.num, "--num", high=MAX_PICTURES)
+    check_seed(args.seed, "--seed")
+    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    _picture_format(out)
     run = load_run(args.run_dir)
-    fig = samples_figure(run.vae, run.image_shape, args.num, args.seed)
-    _save(fig, Path(args.out or Path(args.run_dir) / "samples.png"))
+    with _lock_for_file(out):
+        _save(samples_figure(run.vae, run.image_shape, args.num, args.seed), out)
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    _check_count(args.num, "--num", high=MAX_PICTURES)
+    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
+    _picture_format(out)
+    run = load_run(args.run_dir)
+    images, _ = _test_images(run, args.data_dir)
+    _check_count(args.num, "--num", high=len(images))
+    images = images[: args.num]
+    fig = reconstructions_figure(images, run.vae.reconstruct(images), run.image_shape)
+    with _lock_for_file(out):
+        _save(fig, out)
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
-    data = load_dataset(run.config.dataset, args.data_dir or run.config.data_dir)
-    test = prepare_images(data, run.config.binarize, run.config.likelihood, run.config.seed)[1]
-    out_dir = Path(args.out or args.run_dir)
-    write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir)
+    test, data = _test_images(run, args.data_dir)
+    with locked_folder(args.out or args.run_dir, create=True) as out_dir:
+        write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir)
     return 0
 
 
 def _cmd_posterior(args: argparse.Namespace) -> int:
     from pyro_vae.posterior import check_posterior, posterior_figure
 
-    if min(args.num_samples, args.warmup, args.chains, args.num_particles) < 1:
-        raise ConfigError("--num-samples, --warmup, --chains and -K must be positive")
+    for value, flag in ((args.num_samples, "--num-samples"), (args.warmup, "--warmup"),
+                        (args.chains, "--chains"), (args.num_particles, "-K")):  # fmt: skip
+        _check_count(value, flag)
+    check_seed(args.seed, "--seed")
     run = load_run(args.run_dir)
-    test = _test_images(run.config, args.data_dir)
+    test, _ = _test_images(run, args.data_dir)
     bad = [i for i in args.index if not 0 <= i < len(test)]
     if bad:
         raise ConfigError(f"test image indices {bad} out of range 0..{len(test) - 1}")
-    out_dir = Path(args.out or args.run_dir)
-    checks = []
-    print(f"{'image':>6} {'ELBO':>9} {'log p(x)':>9} {'gap':>6} {'R-hat':>6} {'ESS':>6}")
-    for i in args.index:
-        check, idata = check_posterior(
-            run.vae, test[i], i, args.num_samples, args.warmup, args.chains,
-            args.num_particles, args.seed,
-        )  # fmt: skip
-        checks.append(check.to_dict())
-        print(f"{i:6d} {check.elbo:9.2f} {check.log_likelihood:9.2f} {check.gap:6.2f} "
-              f"{check.r_hat_max:6.3f} {check.ess_bulk_min:6.0f}")  # fmt: skip
-        _save(posterior_figure(run.vae, test[i], idata), out_dir / f"posterior_{i}.png")
-    write_json(out_dir / "posterior.json", checks)
-    print(f"gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), nats; written to {out_dir}")
+    # the folder is locked and known to be writable before minutes of NUTS
+    with locked_folder(args.out or args.run_dir, create=True) as out_dir:
+        checks = []
+        print(f"{'image':>6} {'ELBO':>9} {'log p(x)':>9} {'gap':>6} {'R-hat':>6} {'ESS':>6}")
+        for i in args.index:
+            check, idata = check_posterior(
+                run.vae, test[i], i, args.num_samples, args.warmup, args.chains,
+                args.num_particles, args.seed, progress=_progress(),
+            )  # fmt: skip
+            checks.append(check.to_dict())
+            print(f"{i:6d} {check.elbo:9.2f} {check.log_likelihood:9.2f} {check.gap:6.2f} "
+                  f"{check.r_hat_max:6.3f} {check.ess_bulk_min:6.0f}")  # fmt: skip
+            for warning in check.warnings:
+                print(f"pyro-vae posterior: warning: image {i}: {warning}", file=sys.stderr)
+            fig = posterior_figure(run.vae, test[i], idata, check=check)
+            _save(fig, out_dir / f"posterior_{i}.png")
+        write_json(out_dir / "posterior.json", checks)
+        print(f"gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), nats; written to {out_dir}")
     return 0
 
 
-def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    run = load_run(args.run_dir)
-    images = _test_images(run.config, args.data_dir)[: args.num]
-    fig = reconstructions_figure(images, run.vae.reconstruct(images), run.image_shape)
-    _save(fig, Path(args.out or Path(args.run_dir) / "reconstructions.png"))
-    return 0
+# -- the estimator study --------------------------------------------------------------------
+
+# flags of train that the study does not take, with the reason it gives
+_STUDY_REFUSES = {
+    "estimator": "compare-estimators takes --estimators (a list), not --estimator",
+    "resume": "compare-estimators cannot resume a study; start a new one with another --out",
+    "objective": "compare-estimators trains every estimator with objective elbo, K = 1 (the "
+    "score-function estimators need it); drop --objective",
+    "num_particles": "compare-estimators trains every estimator with objective elbo, K = 1 (the "
+    "score-function estimators need it); drop -K",
+    "eval_particles": "compare-estimators makes no final evaluation; drop --eval-particles",
+    "eval_images": "compare-estimators makes no final evaluation; drop --eval-images",
+    "no_plots": "compare-estimators always writes its two figures; drop --no-plots",
+}
 
 
 def _cmd_compare_estimators(args: argparse.Namespace) -> int:
     from pyro_vae.compare import compare_estimators
 
-    given = _config_overrides(args)
-    if "estimator" in given or args.resume:
-        raise ConfigError(
-            "compare-estimators takes --estimators (a list), not --estimator or --resume"
-        )
-    config = TrainConfig(**given)
+    for dest, message in _STUDY_REFUSES.items():
+        if getattr(args, dest, None) not in (None, False):
+            raise ConfigError(message)
+    config = TrainConfig(**{"objective": "elbo", **_config_overrides(args)})
     config.validate()
+    _check_count(args.num_estimates, "--num-estimates", low=2)
+    _check_count(args.reference_estimates, "--reference-estimates", low=2)
+    bad = [e for e in args.gradient_epochs if not 0 <= e <= config.epochs]
+    if bad:
+        raise ConfigError(
+            f"--gradient-epochs {' '.join(map(str, bad))} outside 0..{config.epochs} (--epochs): "
+            "gradients are measured at initialization (0) or after an epoch of the reparam run"
+        )
+    config.progress = not args.no_progress and _progress()
     out_dir = Path(args.out)
-    if (out_dir / "runs").exists():
-        raise CheckpointError(f"{out_dir} already holds a study; choose another --out")
-    if args.num_estimates < 2 or args.reference_estimates < 2:
-        raise ConfigError("--num-estimates and --reference-estimates must be at least 2")
-    result = compare_estimators(
-        config,
-        out_dir,
-        args.estimators,
-        args.gradient_epochs,
-        args.num_estimates,
-        args.reference_estimates,
-    )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputError(f"{out_dir} already holds files; the study writes a new folder")
+    with locked_folder(out_dir, create=True):
+        result = compare_estimators(
+            config,
+            out_dir,
+            args.estimators,
+            args.gradient_epochs,
+            args.num_estimates,
+            args.reference_estimates,
+        )
     print(
         f"{'stage':<10} {'estimator':<22} {'network':<8} {'variance':>10} "
         f"{'/ reparam':>10} {'SNR':>7} {'cosine':>7} {'ms':>7}"
@@ -343,6 +498,9 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
         )
     print(f"tables and figures in {out_dir}")
     return 0
+
+
+# -- the parser and main --------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,20 +536,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="evaluate the first N test images (default 0: all)",
     )
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same figures (0)")
     p.add_argument("--data-dir", help="data root, if not the one the run used")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "sample",
-        help="PNG grid of samples from the prior",
-        description="Decode z ~ N(0, I) and save the mean images as a PNG grid.",
+        help="picture of samples from the prior",
+        description="Decode z ~ N(0, I) and save the mean images as a grid (PNG, or the "
+        "format the file name's suffix names).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
-    p.add_argument("--data-dir", help="data root, if not the one the run used")
+    p.add_argument("--out", help="picture path (default RUN_DIR/samples.png)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -410,9 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
         "posterior",
         help="the guide against NUTS samples of the true posterior",
         description="For chosen test images, sample p(z|x) with Pyro's NUTS and the trained "
-        "decoder, report ArviZ's R-hat and effective sample size, the ELBO and the "
-        "importance-sampled log p(x) (their gap is KL(q || p(z|x))), and plot guide samples "
-        "against NUTS samples.",
+        "decoder, report ArviZ's R-hat and effective sample size (with a warning where they "
+        "say the chains cannot be trusted), the ELBO and the importance-sampled log p(x) "
+        "(their gap is KL(q || p(z|x))), and plot guide samples against NUTS samples.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--index", type=int, nargs="+", default=[0], help="test images (default 0)")
@@ -428,12 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "reconstruct",
-        help="PNG of test images over their reconstructions",
-        description="Save test images above their reconstructions E[x|z=mu(x)].",
+        help="picture of test images over their reconstructions",
+        description="Save test images above their reconstructions E[x|z=mu(x)] (PNG, or the "
+        "format the file name's suffix names).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--num", type=int, default=32, help="number of test images (default 32)")
-    p.add_argument("--out", help="PNG path (default RUN_DIR/reconstructions.png)")
+    p.add_argument("--out", help="picture path (default RUN_DIR/reconstructions.png)")
     p.add_argument("--data-dir", help="data root, if not the one the run used")
     p.set_defaults(func=_cmd_reconstruct)
 
@@ -443,9 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="On one model, one minibatch and the same parameters, draw "
         "many gradient estimates per estimator (at initialization and after "
         "chosen epochs of a reparam run); then train one model per estimator "
-        "with the same seed and budget. Writes CSV/JSON tables and figures.",
+        "with the same seed and budget, objective elbo, K = 1. Writes CSV/JSON tables and "
+        "figures into a new folder.",
     )
-    _add_train_arguments(p)
+    _add_config_arguments(p, study=True)
     p.add_argument(
         "--estimators",
         nargs="+",
@@ -458,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         default=[0],
-        help="measure gradients after these epochs of the reparam run (0: at "
-        "initialization; default 0)",
+        help="measure gradients after these epochs of the reparam run, each from 0 (at "
+        "initialization; the default) to --epochs",
     )
     p.add_argument(
         "--num-estimates",
@@ -473,21 +634,101 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="reparam estimates behind the reference mean (default 1000)",
     )
-    p.set_defaults(func=_cmd_compare_estimators, out="estimator-study")
+    p.add_argument("--out", default="estimator-study", help="a new folder (estimator-study)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # refused with a reason (see _STUDY_REFUSES), hidden from --help
+    hidden = argparse.SUPPRESS
+    p.add_argument("--estimator", help=hidden)
+    p.add_argument("--resume", help=hidden)
+    p.add_argument("--objective", help=hidden)
+    p.add_argument("-K", "--num-particles", type=int, help=hidden)
+    p.add_argument("--eval-particles", help=hidden)
+    p.add_argument("--eval-images", help=hidden)
+    p.add_argument("--no-plots", action="store_true", help=hidden)
+    p.set_defaults(func=_cmd_compare_estimators)
     return parser
 
 
+class _Guarded(io.TextIOBase):
+    """A text stream that goes quiet, instead of raising, once its reader has gone away.
+
+    ``pyro-vae train ... | head -1`` closes the pipe after one line; the run still finishes
+    and writes its folder, and Python's final flush finds ``/dev/null`` instead of a broken
+    pipe.
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.gone = False
+
+    def _went_away(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._went_away()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._went_away()
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self):
+        return self.stream.encoding
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Guarded(stdout), _Guarded(stderr)
     try:
-        return args.func(args)
-    except PyroVAEError as e:
-        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"pyro-vae {args.command}: interrupted", file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)  # exits 0 for --help, 2 for a malformed line
+        prefix = f"pyro-vae {args.command}"
+        try:
+            return args.func(args)
+        except PyroVAEError as e:
+            print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
+            return 1
+        except torch.cuda.OutOfMemoryError:
+            print(f"{prefix}: error: out of GPU memory; try a smaller --batch-size or -K",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        except MemoryError:
+            print(f"{prefix}: error: out of memory; try a smaller --batch-size or -K",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        except OSError as e:  # the machine's, not the code's: a vanished file, a dead disk
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            print(f"{prefix}: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.checkpoint import write_json
+from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, preserved_rng, write_json
 from pyro_vae.data import ImageData, binarize_once, load_dataset, prepare_images
+from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.gradients import gradient_samples, gradient_statistics
 from pyro_vae.model import VAE
@@ -80,10 +82,11 @@ def compare_gradients(
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def compare_estimators(
@@ -95,12 +98,43 @@ def compare_estimators(
     reference_samples: int = 1000,
     data: ImageData | None = None,
 ) -> EstimatorComparison:
-    """Run the whole study (see the module docstring) and write its tables and figures."""
+    """Run the whole study (see the module docstring) and write its tables and figures.
+
+    :param config: the settings every estimator trains with: objective ``elbo`` with one
+        particle, the only objective all estimators support (``config.estimator`` is ignored).
+    :param gradient_epochs: measure gradients after these epochs of the reparam run, each
+        from 0 (at initialization) to ``config.epochs``.
+    :raises ConfigError: another objective or ``K``, no estimator, an unknown one, gradient
+        epochs out of range, fewer than two estimates.
+    """
+    if not estimators:
+        raise ConfigError("no estimators to compare")
     for estimator in estimators:
         check_estimator(estimator)
-    config = dataclasses.replace(config, objective="elbo", num_particles=1)
+    if config.objective != "elbo" or config.num_particles != 1:
+        raise ConfigError(
+            "the estimator study trains every estimator with objective 'elbo' and K = 1 (the "
+            f"score-function estimators need it), got {config.objective!r} with K = "
+            f"{config.num_particles}"
+        )
+    config = dataclasses.replace(config, estimator="reparam")
     config.validate()
-    out_dir = Path(out_dir)
+    bad = [e for e in gradient_epochs if not 0 <= e <= config.epochs]
+    if not gradient_epochs or bad:
+        raise ConfigError(
+            f"gradient epochs {list(gradient_epochs)} must be given, each from 0 to "
+            f"{config.epochs} (the epochs of the run)"
+        )
+    if min(num_samples, reference_samples) < 2:
+        raise ConfigError("the numbers of gradient estimates must be at least 2")
+    with preserved_rng():
+        return _study(
+            config, Path(out_dir), estimators, gradient_epochs, num_samples, reference_samples,
+            data,
+        )  # fmt: skip
+
+
+def _study(config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data):
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data or load_dataset(config.dataset, config.data_dir)
     train, _ = prepare_images(data, config.binarize, config.likelihood, config.seed)
@@ -144,6 +178,9 @@ def compare_estimators(
     _write_csv(out_dir / "training.csv", training_rows)
     write_json(out_dir / "gradients.json", gradients)
     write_json(out_dir / "config.json", config.to_dict())
-    gradient_variance_figure(gradients).savefig(out_dir / "variance.png", dpi=100)
-    training_curves_figure(training).savefig(out_dir / "training_curves.png", dpi=100)
+    for name, fig in (
+        ("variance.png", gradient_variance_figure(gradients)),
+        ("training_curves.png", training_curves_figure(training)),
+    ):
+        atomic_write(out_dir / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
     return EstimatorComparison(gradients, training)

@@ -1,9 +1,10 @@
 """Image data sets held in memory, binarization, and minibatches.
 
-MNIST and Fashion-MNIST come through torchvision, Frey Face from ``frey_rawface.mat`` (the
-1965 faces of Kingma & Welling 2013), and ``mnist-sample`` is a small slice of MNIST shipped
-with the package so that the main command runs offline. Images are flattened float tensors in
-``[0, 1]``; batches are drawn from those tensors directly, with no per-image transforms.
+MNIST and Fashion-MNIST are read from their IDX files (torchvision only downloads them), Frey
+Face from ``frey_rawface.mat`` (the 1965 faces of Kingma & Welling 2013), and ``mnist-sample``
+is a small slice of MNIST shipped with the package so that the main command runs offline.
+Images are flattened float tensors in ``[0, 1]``; batches are drawn from those tensors
+directly, with no per-image transforms.
 
 Where data lives: the ``data_dir`` argument, else the ``PYRO_VAE_DATA_DIR`` environment
 variable, else ``~/.cache/pyro_vae/data`` (``$XDG_CACHE_HOME`` is honoured). The layout is
@@ -12,10 +13,14 @@ torchvision's (``MNIST/raw/...``, ``FashionMNIST/raw/...``) plus ``FreyFace/frey
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import shutil
+import stat
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -95,11 +100,53 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _not_found(name: str, where: Path, reason: str) -> DataNotFoundError:
+def _os_reason(error: OSError) -> str:
+    """``permission denied`` rather than ``[Errno 13] Permission denied: '/the/path'``."""
+    return error.strerror.lower() if error.strerror else _first_line(error)
+
+
+def _not_found(name: str, where: Path, reason: str, detail: str = "") -> DataNotFoundError:
+    detail = f" ({detail})" if detail else ""
     return DataNotFoundError(
-        f"{name} not found under {where} and not downloaded ({reason}); point --data-dir "
-        f"or ${DATA_DIR_ENV} at a folder that holds it (layout: see pyro_vae.data)"
+        f"{name} not found under {where}{detail} and not downloaded ({reason}); point "
+        f"--data-dir or ${DATA_DIR_ENV} at a folder that holds it (layout: see pyro_vae.data)"
     )
+
+
+def _damaged(dataset: str, path: Path, problem: str) -> DataError:
+    return DataError(f"damaged {dataset} file {path}: {problem}")
+
+
+def _unreadable(dataset: str, path: Path, problem: str) -> DataError:
+    return DataError(f"cannot read {dataset} file {path}: {problem}")
+
+
+def _lexists(path: Path, dataset: str) -> bool:
+    """Whether anything (a broken link included) is at ``path``; a folder on the way that
+    cannot be searched is an error, not an absence."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise _unreadable(dataset, path, _os_reason(e)) from None
+    return True
+
+
+def _check_regular_file(path: Path, dataset: str) -> int:
+    """The size of the regular file at ``path``, or a :class:`DataError` that says what is
+    there instead (a folder, a broken link, a device, an unreadable parent)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise _unreadable(dataset, path, "broken symbolic link") from None
+    except OSError as e:
+        raise _unreadable(dataset, path, _os_reason(e)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _unreadable(dataset, path, "it is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise _unreadable(dataset, path, "not a regular file")
+    return info.st_size
 
 
 def _to_flat_float(images: torch.Tensor) -> torch.Tensor:
@@ -107,33 +154,262 @@ def _to_flat_float(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> ImageData:
-    import torchvision
+# IDX, the format of LeCun's MNIST files: a big-endian magic number 0x000008NN (type 0x08 =
+# unsigned byte, NN = number of dimensions), NN big-endian uint32 sizes, then the bytes.
+IDX_MAGIC = {"labels": 0x00000801, "images": 0x00000803}
+IMAGE_SIZE = (28, 28)
+NUM_CLASSES = 10
+_IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # torchvision's class names
+_IDX_PREFIXES = {"train": "train", "test": "t10k"}
+_IDX_KINDS = ("images", "labels")
+_IDX_ARTICLES = {"images": "an images", "labels": "a labels"}
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}
-    cls = cls[name]
+
+def _idx_file_name(split: str, kind: str) -> str:
+    return f"{_IDX_PREFIXES[split]}-{kind}-idx{1 if kind == 'labels' else 3}-ubyte"
+
+
+def _idx_kind(file: str) -> str:
+    return "labels" if "-labels-" in file else "images"
+
+
+def _read_exactly(f, buffer: np.ndarray) -> int:
+    """Fill ``buffer`` from ``f``; the number of bytes read (fewer only at the end of ``f``)."""
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            break
+        done += got
+    return done
+
+
+def _parse_idx(f, size: int | None, path: Path, kind: str, dataset: str) -> np.ndarray:
+    """The array in an open IDX file; ``size`` is the file's length, ``None`` when unknown
+    (gzip)."""
+    other = "images" if kind == "labels" else "labels"
+    header = f.read(4)
+    if not header:
+        raise _damaged(dataset, path, "the file is empty (0 bytes)")
+    if len(header) < 4:
+        raise _damaged(dataset, path, f"only {len(header)} bytes, too short for an IDX header")
+    magic = int.from_bytes(header, "big")
+    if magic == IDX_MAGIC[other]:
+        raise _damaged(
+            dataset,
+            path,
+            f"looks like {_IDX_ARTICLES[other]} file where {_IDX_ARTICLES[kind]} file belongs "
+            f"(magic number 0x{magic:08x}, expected 0x{IDX_MAGIC[kind]:08x})",
+        )
+    if magic != IDX_MAGIC[kind]:
+        raise _damaged(
+            dataset,
+            path,
+            f"not an IDX {kind} file (magic number 0x{magic:08x}, expected "
+            f"0x{IDX_MAGIC[kind]:08x})",
+        )
+    ndim = magic & 0xFF
+    dims_bytes = f.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise _damaged(dataset, path, "truncated inside its header")
+    dims = [int(d) for d in np.frombuffer(dims_bytes, dtype=">u4")]
+    count = dims[0]
+    if kind == "images" and tuple(dims[1:]) != IMAGE_SIZE:
+        raise _damaged(dataset, path, f"the header says {dims[1]}x{dims[2]} images; expected 28x28")
+    if count == 0:
+        raise _damaged(dataset, path, f"the header says it holds no {kind}")
+    expected = math.prod(dims)
+    what = f"the {count} {kind} its header declares ({expected} bytes)"
+    if size is None:  # gzip: the length is known only once it is unpacked
+        rest = f.read()
+        available = len(rest)
+    else:  # a plain file: check its length before reading a byte of data
+        available = size - 4 * (ndim + 1)
+    if available < expected:
+        raise _damaged(dataset, path, f"truncated: {available} bytes of data, not {what}")
+    if available > expected:
+        raise _damaged(dataset, path, f"{available - expected} bytes too many after {what}")
+    if size is None:
+        data = np.frombuffer(rest, dtype=np.uint8).copy()  # writable, for torch.from_numpy
+    else:
+        data = np.empty(expected, dtype=np.uint8)
+        if _read_exactly(f, data) < expected:
+            raise _damaged(dataset, path, "truncated while it was being read")
+    return data.reshape(dims)
+
+
+def _read_idx(path: Path, kind: str, dataset: str) -> np.ndarray:
+    """Read and check one IDX file of ``kind`` ``"images"`` ``(N, 28, 28)`` or ``"labels"``
+    ``(N,)``, both uint8, plain or gzip-compressed; a :class:`DataError` names the file and
+    what is wrong with it."""
+    size = _check_regular_file(path, dataset)
+    compressed = path.name.endswith(".gz")
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except (RuntimeError, OSError) as e:
-        reason = f"downloading is off: ${OFFLINE_ENV}" if not download else _first_line(e)
-        raise _not_found(name, root / cls.__name__ / "raw", reason) from None
+        with open(path, "rb") as f:
+            if not compressed:
+                return _parse_idx(f, size, path, kind, dataset)
+            if size == 0:
+                raise _damaged(dataset, path, "the file is empty (0 bytes)")
+            with gzip.GzipFile(fileobj=f, mode="rb") as unzipped:
+                return _parse_idx(unzipped, None, path, kind, dataset)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise _damaged(dataset, path, f"not a valid gzip file ({_first_line(e)})") from None
+    except OSError as e:
+        raise _unreadable(dataset, path, _os_reason(e)) from None
+
+
+def _misplaced(root: Path, raw: Path, file: str) -> Path | None:
+    """Where ``file`` (or its ``.gz``) lies in a near miss of ``raw``: in its parent, in the
+    data root itself (``--data-dir`` at the raw folder), or in ``root/raw`` (``--data-dir`` at
+    the data set's folder)."""
+    for folder in (raw.parent, root, root / "raw"):
+        for name in (file, file + ".gz"):
+            if os.path.isfile(folder / name):
+                return folder / name
+    return None
+
+
+def _download_idx(name: str, raw: Path, missing: list[str]) -> None:
+    """Fetch the missing files from torchvision's mirrors (md5-checked, then un-gzipped)."""
+    import torchvision
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    cls = getattr(torchvision.datasets, _IDX_FOLDERS[name])
+    md5s = dict(cls.resources)
+    for file in missing:
+        archive = file + ".gz"
+        error: Exception | None = None
+        for mirror in cls.mirrors:
+            try:
+                download_and_extract_archive(
+                    mirror + archive, download_root=str(raw), filename=archive, md5=md5s[archive]
+                )
+                break
+            except (RuntimeError, OSError, EOFError, zlib.error) as e:  # URLError is an OSError
+                error = e
+        else:
+            detail = f"could not download {archive}: {_first_line(error)}"
+            raise _not_found(name, raw, detail) from None
+
+
+def _load_idx(name: str, root: Path, download: bool) -> ImageData:
+    """MNIST or Fashion-MNIST from the four IDX files in ``root/<MNIST|FashionMNIST>/raw``,
+    torchvision's layout."""
+    raw = root / _IDX_FOLDERS[name] / "raw"
+    if _lexists(raw, name) and not os.path.isdir(raw):
+        raise _unreadable(name, raw, "expected a folder holding the IDX files, found a file")
+    files = [_idx_file_name(split, kind) for split in _IDX_PREFIXES for kind in _IDX_KINDS]
+
+    def locate(file: str) -> Path | None:
+        for candidate in (raw / file, raw / (file + ".gz")):
+            if _lexists(candidate, name):
+                return candidate
+        return None
+
+    paths = {file: locate(file) for file in files}
+    # Files that are there are checked first: damage is an error even when other files are
+    # missing, so that a damaged MNIST never passes for an absent one.
+    arrays = {
+        file: _read_idx(path, _idx_kind(file), name)
+        for file, path in paths.items()
+        if path is not None
+    }
+    missing = [file for file in files if paths[file] is None]
+    if missing and download:
+        _download_idx(name, raw, missing)
+        for file in missing:
+            paths[file] = locate(file)
+            if paths[file] is None:
+                raise _not_found(name, raw, f"the download did not produce {file}")
+            arrays[file] = _read_idx(paths[file], _idx_kind(file), name)
+    elif missing:
+        detail = f"missing {', '.join(missing)}, plain or .gz"
+        found = [path for path in (_misplaced(root, raw, file) for file in missing) if path]
+        if found:
+            detail += f"; found {found[0].name} at {found[0]}; expected at {raw / found[0].name}"
+            if len(found) > 1:
+                detail += f" (and {len(found) - 1} more of the missing files beside it)"
+        raise _not_found(name, raw, f"downloading is off: ${OFFLINE_ENV}", detail)
+
+    splits = {}
+    for split in _IDX_PREFIXES:
+        image_file, label_file = (_idx_file_name(split, kind) for kind in _IDX_KINDS)
+        images, labels = arrays[image_file], arrays[label_file]
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"damaged {name} {split} set: {paths[image_file]} holds {images.shape[0]} "
+                f"images but {paths[label_file]} holds {labels.shape[0]} labels"
+            )
+        if labels.max() >= NUM_CLASSES:
+            position = int(np.argmax(labels >= NUM_CLASSES))
+            raise _damaged(
+                name,
+                paths[label_file],
+                f"label {labels[position]} at position {position} is outside 0..9",
+            )
+        splits[split] = (
+            _to_flat_float(torch.from_numpy(images)),
+            torch.from_numpy(labels).long(),
+        )
     return ImageData(
         name=name,
-        train_images=_to_flat_float(train.data),
-        train_labels=train.targets.long(),
-        test_images=_to_flat_float(test.data),
-        test_labels=test.targets.long(),
-        image_shape=(28, 28),
-        source=str(root / cls.__name__ / "raw"),
+        train_images=splits["train"][0],
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+        image_shape=IMAGE_SIZE,
+        source=str(raw),
     )
 
 
-def _load_frey(root: Path, download: bool) -> ImageData:
+FREY_SHAPE = (28, 20)
+
+
+def _read_frey(path: Path) -> np.ndarray:
+    """The ``ff`` matrix of ``frey_rawface.mat``, ``(560, N)`` uint8 with one face a column,
+    checked; a :class:`DataError` names the file and what is wrong with it."""
     import scipy.io
 
+    dataset = "frey-faces"
+    size = _check_regular_file(path, dataset)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise _unreadable(dataset, path, _os_reason(e)) from None
+    with f:
+        if size == 0:
+            raise _damaged(dataset, path, "the file is empty (0 bytes)")
+        try:
+            contents = scipy.io.loadmat(f)
+        except Exception as e:  # noqa: BLE001 - scipy raises many types on a bad file
+            raise _damaged(dataset, path, f"not a readable .mat file ({_first_line(e)})") from None
+    if "ff" not in contents:
+        names = [key for key in contents if not key.startswith("__")]
+        held = f"it holds {', '.join(names)}" if names else "it holds no variables"
+        raise _damaged(dataset, path, f"no variable 'ff' ({held})")
+    faces = contents["ff"]
+    rows = FREY_SHAPE[0] * FREY_SHAPE[1]
+    if faces.dtype.kind not in "uif":
+        raise _damaged(dataset, path, f"'ff' is not a numeric matrix (dtype {faces.dtype})")
+    if faces.ndim != 2 or faces.shape[0] != rows or faces.shape[1] == 0:
+        raise _damaged(
+            dataset,
+            path,
+            f"'ff' has shape {faces.shape}; expected ({rows}, N), one 28x20 face a column",
+        )
+    if faces.dtype != np.uint8:
+        if not np.isfinite(faces).all() or faces.min() < 0 or faces.max() > 255:
+            raise _damaged(dataset, path, "'ff' holds values outside the grey levels 0..255")
+        if (faces != np.round(faces)).any():
+            raise _damaged(dataset, path, "'ff' holds fractions; expected grey levels 0..255")
+        faces = faces.astype(np.uint8)
+    return faces
+
+
+def _load_frey(root: Path, download: bool) -> ImageData:
     path = root / "FreyFace" / "frey_rawface.mat"
-    if not path.exists():
+    if not _lexists(path, "frey-faces"):
         if not download:
             raise _not_found("frey-faces", path, f"downloading is off: ${OFFLINE_ENV}")
         try:
@@ -144,11 +420,8 @@ def _load_frey(root: Path, download: bool) -> ImageData:
             os.replace(tmp.name, path)
         except OSError as e:
             raise _not_found("frey-faces", path, _first_line(e)) from None
-    try:
-        faces = scipy.io.loadmat(str(path))["ff"]  # (560, 1965) uint8, one face a column
-    except Exception as e:  # noqa: BLE001 - scipy raises many types on a bad file
-        raise DataError(f"cannot read {path}: {_first_line(e)}") from None
-    faces = torch.from_numpy(np.ascontiguousarray(faces.T.reshape(-1, 28, 20)))
+    faces = _read_frey(path)  # (560, 1965) uint8, one face a column
+    faces = torch.from_numpy(np.ascontiguousarray(faces.T.reshape(-1, *FREY_SHAPE)))
     order = torch.randperm(faces.shape[0], generator=torch.Generator().manual_seed(0))
     images = _to_flat_float(faces[order])
     return ImageData(
@@ -157,7 +430,7 @@ def _load_frey(root: Path, download: bool) -> ImageData:
         train_labels=None,
         test_images=images[:FREY_NUM_TEST],
         test_labels=None,
-        image_shape=(28, 20),
+        image_shape=FREY_SHAPE,
         source=str(path),
     )
 
@@ -187,7 +460,10 @@ def load_dataset(
     :param download: fetch missing files from the internet (torchvision's mirrors for MNIST and
         Fashion-MNIST, S. Roweis's page for Frey Face); by default yes, unless the environment
         variable ``PYRO_VAE_OFFLINE`` is ``1``.
-    :raises DataNotFoundError: the files are missing and could not be downloaded.
+    :raises DataNotFoundError: the files are missing and could not be downloaded; the message
+        lists them, and says where a misplaced one was found.
+    :raises DataError: a file is there but unreadable or damaged (empty, truncated, the wrong
+        kind, labels outside 0..9, ...); the message names the file and the problem.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -198,7 +474,7 @@ def load_dataset(
     root = resolve_data_dir(data_dir)
     if name == "frey-faces":
         return _load_frey(root, download)
-    return _load_torchvision(name, root, download)
+    return _load_idx(name, root, download)
 
 
 def load_mnist_or_sample(

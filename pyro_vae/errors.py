@@ -1,11 +1,20 @@
 """Exceptions a user can cause.
 
-Every error that comes from the user's input (a flag, a data folder, a checkpoint) is a
-:class:`PyroVAEError`; the CLI turns it into a one-line message and a non-zero exit code.
-Anything else is a bug and keeps its traceback.
+Every error that comes from the user's input (a flag, a data folder, a checkpoint, an output
+path) is a :class:`PyroVAEError`; the CLI turns it into a one-line message and a non-zero exit
+code. Anything else is a bug and keeps its traceback.
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DataNotFoundError", "PyroVAEError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "NumericalError",
+    "OutputError",
+    "PyroVAEError",
+    "RunFolderBusy",
+]
 
 
 class PyroVAEError(Exception):
@@ -13,7 +22,7 @@ class PyroVAEError(Exception):
 
 
 class ConfigError(PyroVAEError, ValueError):
-    """A setting is out of range or two settings do not go together."""
+    """A setting is out of range, of the wrong type, or two settings do not go together."""
 
 
 class DataNotFoundError(PyroVAEError, FileNotFoundError):
@@ -21,8 +30,21 @@ class DataNotFoundError(PyroVAEError, FileNotFoundError):
 
 
 class DataError(PyroVAEError, ValueError):
-    """Data that a likelihood cannot score: NaN, or values outside its support."""
+    """Data that cannot be used: a damaged file, NaN, wrong shapes, values outside a
+    likelihood's support."""
 
 
 class CheckpointError(PyroVAEError):
-    """A checkpoint or run folder that cannot be read or does not match."""
+    """A checkpoint or run folder that cannot be read, is damaged, or does not match."""
+
+
+class OutputError(PyroVAEError):
+    """A result that cannot be written: an unwritable folder, a full disk, a bad file name."""
+
+
+class RunFolderBusy(PyroVAEError):
+    """Another process holds the run folder (see :mod:`pyro_vae.runfolder`)."""
+
+
+class NumericalError(PyroVAEError):
+    """A computation gave NaN or infinity where a number was due (nothing is written)."""

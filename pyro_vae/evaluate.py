@@ -8,17 +8,25 @@ binary images, higher is better); ``nll``, ``kl`` and ``reconstruction_nll`` are
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from dataclasses import asdict, dataclass
 
+import pyro
 import torch
+from tqdm.auto import tqdm
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.checkpoint import preserved_rng
+from pyro_vae.data import check_support
+from pyro_vae.errors import ConfigError, DataError, NumericalError
 from pyro_vae.model import VAE
 from pyro_vae.objectives import log_importance_weights, scratch_param_store
+from pyro_vae.train import check_seed
 
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
     "Evaluation",
+    "check_images",
     "evaluate",
     "importance_sampled_log_likelihood",
     "kl_per_dimension",
@@ -40,6 +48,7 @@ def importance_sampled_log_likelihood(
     num_particles: int = 1000,
     batch_size: int = 100,
     max_rows: int | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image ``log p(x)`` estimates by importance sampling from the guide, and ELBOs.
 
@@ -54,18 +63,27 @@ def importance_sampled_log_likelihood(
     ``K = 5000`` needs no more memory than ``K = 50``. The 10,000 MNIST test images at
     ``K = 5000`` take about four minutes on two CPU cores for the default 784-400-20 VAE.
 
+    :param progress: show a progress bar on stderr.
     :returns: ``(log_likelihood, elbo)``, each ``(N,)`` float64 nats; ``elbo`` is the mean of the
         same ``K`` log weights, the Monte Carlo ELBO.
     """
-    if int(num_particles) < 1:
-        raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
+    _check_count(num_particles, "the number of particles K")
+    _check_count(batch_size, "the batch size")
     if len(images) == 0:
-        raise ConfigError("no images to evaluate")
+        raise DataError("no images to evaluate")
     if max_rows is None:
         max_rows = MAX_ROWS["cuda" if images.is_cuda else "cpu"]
     chunk = max(1, min(num_particles, max_rows // max(1, min(batch_size, len(images)))))
     log_likelihoods, elbos = [], []
-    with scratch_param_store():
+    bar = tqdm(
+        total=len(images),
+        desc=f"log p(x), K = {num_particles}",
+        unit="image",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
+    with scratch_param_store(), bar:
         for x in images.split(batch_size):
             lse_parts, total = [], torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             for start in range(0, num_particles, chunk):
@@ -76,6 +94,7 @@ def importance_sampled_log_likelihood(
             lse = torch.logsumexp(torch.stack(lse_parts), dim=0)
             log_likelihoods.append(lse - math.log(num_particles))
             elbos.append(total / num_particles)
+            bar.update(x.shape[0])
     return torch.cat(log_likelihoods).cpu(), torch.cat(elbos).cpu()
 
 
@@ -88,8 +107,36 @@ def kl_per_dimension(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + 2 * scale.log() - loc.pow(2) - scale.pow(2))
 
 
-def _stderr(values: torch.Tensor) -> float:
-    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
+def _stderr(values: torch.Tensor) -> float | None:
+    return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else None
+
+
+def _check_count(value, what: str) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be a whole number of at least 1, got {value!r}")
+
+
+def check_images(vae: VAE, images, what: str = "the images") -> torch.Tensor:
+    """``images`` as a float tensor ``(N, D)`` on the VAE's device, or a :class:`DataError`
+    that says what is wrong: not a tensor, the wrong shape or dtype, none at all, values the
+    likelihood cannot score."""
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"{what} must be a torch.Tensor, got {type(images).__name__}")
+    d = vae.data_dim
+    if images.dim() != 2 or images.shape[1] != d:
+        flat = images.dim() > 2 and math.prod(images.shape[1:]) == d
+        hint = "; flatten them with images.reshape(len(images), -1)" if flat else ""
+        raise DataError(f"{what} must have shape (N, {d}), got {tuple(images.shape)}{hint}")
+    if not images.is_floating_point():
+        raise DataError(
+            f"{what} must be floating point in [0, 1], got {images.dtype} (divide 8-bit pixels "
+            "by 255)"
+        )
+    if len(images) == 0:
+        raise DataError(f"{what}: none to evaluate")
+    check_support(images, vae.likelihood, what)
+    parameter = next(vae.parameters())
+    return images.to(device=parameter.device, dtype=parameter.dtype)
 
 
 @dataclass
@@ -99,9 +146,9 @@ class Evaluation:
     num_images: int
     num_particles: int
     test_elbo: float  # E_q[log p(x,z) - log q(z|x)], from the same K samples
-    test_elbo_stderr: float  # standard error of test_elbo over images
+    test_elbo_stderr: float | None  # standard error of test_elbo over images (None for one)
     log_likelihood: float  # importance-sampled log p(x) with K samples
-    log_likelihood_stderr: float
+    log_likelihood_stderr: float | None
     nll: float  # -log_likelihood
     reconstruction_nll: float  # -E_q[log p(x|z)], one sample per image
     kl: float  # KL(q(z|x) || p(z)), closed form
@@ -114,24 +161,46 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    vae: VAE, images: torch.Tensor, num_particles: int = 1000, batch_size: int = 100
+    vae: VAE,
+    images: torch.Tensor,
+    num_particles: int = 1000,
+    batch_size: int = 100,
+    seed: int = 0,
+    progress: bool = False,
 ) -> Evaluation:
-    """Evaluate a VAE on test images ``(N, D)`` already binarized as in training."""
+    """Evaluate a VAE on test images ``(N, D)`` already binarized as in training.
+
+    The same ``seed`` gives the same figures; the caller's global RNGs are left as they were.
+
+    :param num_particles: ``K``, importance samples per image for ``log p(x)`` and the ELBO.
+    :param progress: show a progress bar on stderr.
+    :raises DataError: images of the wrong type, shape or dtype, none, or outside the
+        likelihood's support.
+    :raises ConfigError: ``num_particles``, ``batch_size`` or ``seed`` out of range.
+    :raises NumericalError: a figure came out NaN or infinite (the model's parameters hold
+        NaN, or the likelihood overflowed).
+    """
+    images = check_images(vae, images)
+    _check_count(num_particles, "the number of particles K")
+    _check_count(batch_size, "the batch size")
+    seed = check_seed(seed)
     vae.eval()
-    log_px, elbo = importance_sampled_log_likelihood(
-        vae.model, vae.guide, images, num_particles, batch_size
-    )
-    locs, recon, kls = [], [], []
-    for x in images.split(1000):
-        loc, scale = vae.encode(x)
-        z = loc + scale * torch.randn_like(scale)
-        recon.append(vae.likelihood_distribution(z).log_prob(x))
-        kls.append(kl_per_dimension(loc, scale))
-        locs.append(loc)
+    with preserved_rng():
+        pyro.set_rng_seed(seed)
+        log_px, elbo = importance_sampled_log_likelihood(
+            vae.model, vae.guide, images, num_particles, batch_size, progress=progress
+        )
+        locs, recon, kls = [], [], []
+        for x in images.split(1000):
+            loc, scale = vae.encode(x)
+            z = loc + scale * torch.randn_like(scale)
+            recon.append(vae.likelihood_distribution(z).log_prob(x))
+            kls.append(kl_per_dimension(loc, scale))
+            locs.append(loc)
     locs, kls = torch.cat(locs).double(), torch.cat(kls).double()
     kl_dims = kls.mean(0)
     n = len(images)
-    return Evaluation(
+    result = Evaluation(
         num_images=n,
         num_particles=int(num_particles),
         test_elbo=elbo.mean().item(),
@@ -142,5 +211,13 @@ def evaluate(
         reconstruction_nll=-torch.cat(recon).double().mean().item(),
         kl=kl_dims.sum().item(),
         kl_per_dim=kl_dims.tolist(),
-        active_units=int((locs.var(0) > ACTIVE_UNIT_THRESHOLD).sum()),
+        active_units=int((locs.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0,
     )
+    figures = ("test_elbo", "log_likelihood", "reconstruction_nll", "kl")
+    bad = [name for name in figures if not math.isfinite(getattr(result, name))]
+    if bad:
+        raise NumericalError(
+            f"the evaluation gave non-finite {', '.join(bad)}: the model's parameters hold NaN "
+            "or infinity, or its likelihood overflows on these images"
+        )
+    return result

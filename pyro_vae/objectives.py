@@ -58,6 +58,11 @@ def check_objective(
         raise ConfigError(f"estimator {estimator!r} needs objective 'elbo' ({why})")
     if uses_baseline(estimator) and int(num_particles) != 1:
         raise ConfigError(f"estimator {estimator!r} takes one particle (K = 1)")
+    if jit and uses_baseline(estimator):
+        raise ConfigError(
+            f"Pyro's JitTraceGraph_ELBO cannot trace the running-average baseline of estimator "
+            f"{estimator!r}; drop --jit"
+        )
     if jit and objective == "iwae":
         raise ConfigError("Pyro has no JIT-compiled RenyiELBO; drop --jit for objective 'iwae'")
 
@@ -84,8 +89,7 @@ def make_elbo(
     if objective == "iwae":
         return infer.RenyiELBO(alpha=0.0, **kwargs)
     if uses_baseline(estimator):
-        cls = infer.JitTraceGraph_ELBO if jit else infer.TraceGraph_ELBO
-        return cls(**kwargs, **({"ignore_jit_warnings": True} if jit else {}))
+        return infer.TraceGraph_ELBO(**kwargs)
     if jit:
         kwargs["ignore_jit_warnings"] = True
         cls = infer.JitTrace_ELBO if objective == "elbo" else infer.JitTraceMeanField_ELBO

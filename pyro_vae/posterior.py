@@ -5,12 +5,17 @@ form; Pyro's NUTS samples it with the trained decoder held fixed. ArviZ then giv
 convergence diagnostics (R-hat, effective sample size), and the guide's samples ``q(z|x)`` can
 be set against NUTS's. The gap ``log p(x) - ELBO`` equals ``KL(q(z|x) || p(z|x))``: how much
 the amortized guide loses on this image.
+
+NUTS's samples are trusted only when the chains agree (R-hat below :data:`R_HAT_MAX`) and hold
+enough independent draws (bulk ESS above :data:`ESS_PER_CHAIN_MIN` per chain); otherwise
+:func:`check_posterior` says so in :attr:`PosteriorCheck.warnings`.
 """
 
 from __future__ import annotations
 
+import textwrap
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,13 +25,26 @@ import torch
 from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
+from pyro_vae.checkpoint import preserved_rng
+from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import importance_sampled_log_likelihood
 from pyro_vae.model import VAE
 
 if TYPE_CHECKING:
     import arviz as az
 
-__all__ = ["PosteriorCheck", "check_posterior", "nuts_posterior", "posterior_figure"]
+__all__ = [
+    "ESS_PER_CHAIN_MIN",
+    "R_HAT_MAX",
+    "PosteriorCheck",
+    "check_posterior",
+    "nuts_posterior",
+    "posterior_figure",
+]
+
+# Vehtari et al. (2021): trust the draws when R-hat < 1.01 and bulk ESS > 100 per chain
+R_HAT_MAX = 1.01
+ESS_PER_CHAIN_MIN = 100
 
 
 def _arviz():
@@ -45,35 +63,46 @@ def nuts_posterior(
     warmup_steps: int = 500,
     num_chains: int = 2,
     seed: int = 0,
+    progress: bool = False,
 ) -> az.InferenceData:
     """Samples of ``p(z|x)`` for one image ``x`` (``(D,)``) by NUTS, as ArviZ ``InferenceData``.
 
     Chains run one after another from the guide's mean plus noise, each with its own seed; the
-    decoder's parameters are constants.
+    decoder's parameters are constants. The caller's global RNG states (torch, NumPy, Python)
+    are restored on return.
+
+    :param progress: show Pyro's progress bar (on stderr), one per chain.
+    :raises ConfigError: no draws, no chains, or a negative warm-up.
     """
-    x = x.reshape(1, -1)
-    latent_dim = vae.latent_dim
-
-    def model():
-        z = pyro.sample("z", dist.Normal(x.new_zeros(1, latent_dim), 1.0).to_event(1))
-        pyro.sample("x", vae.likelihood_distribution(z), obs=x)
-
-    loc, scale = vae.encode(x)
-    chains = []
-    for chain in range(num_chains):
-        pyro.set_rng_seed(seed + chain)
-        start = {"z": loc + 0.5 * scale * torch.randn_like(loc)}
-        mcmc = MCMC(
-            NUTS(model),
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            initial_params=start,
-            disable_progbar=True,
+    if min(num_samples, num_chains) < 1 or warmup_steps < 0:
+        raise ConfigError(
+            f"NUTS needs at least one draw and one chain and no negative warm-up, got "
+            f"{num_samples} draws, {num_chains} chains, {warmup_steps} warm-up steps"
         )
-        with pyro.get_param_store().scope(), torch.enable_grad():
-            mcmc.run()
-        chains.append(mcmc.get_samples()["z"].reshape(num_samples, latent_dim))
-    draws = torch.stack(chains).detach().cpu().numpy()  # (chains, draws, Z)
+    with preserved_rng():
+        x = x.reshape(1, -1)
+        latent_dim = vae.latent_dim
+
+        def model():
+            z = pyro.sample("z", dist.Normal(x.new_zeros(1, latent_dim), 1.0).to_event(1))
+            pyro.sample("x", vae.likelihood_distribution(z), obs=x)
+
+        loc, scale = vae.encode(x)
+        chains = []
+        for chain in range(num_chains):
+            pyro.set_rng_seed(seed + chain)
+            start = {"z": loc + 0.5 * scale * torch.randn_like(loc)}
+            mcmc = MCMC(
+                NUTS(model),
+                num_samples=num_samples,
+                warmup_steps=warmup_steps,
+                initial_params=start,
+                disable_progbar=not progress,
+            )
+            with pyro.get_param_store().scope(), torch.enable_grad():
+                mcmc.run()
+            chains.append(mcmc.get_samples()["z"].reshape(num_samples, latent_dim))
+        draws = torch.stack(chains).detach().cpu().numpy()  # (chains, draws, Z)
     return _arviz().from_dict(posterior={"z": draws}, dims={"z": ["latent"]})
 
 
@@ -85,13 +114,14 @@ class PosteriorCheck:
     elbo: float  # E_q[log p(x,z) - log q(z|x)], K importance samples
     log_likelihood: float  # importance-sampled log p(x), the same K samples
     gap: float  # log p(x) - ELBO = KL(q(z|x) || p(z|x)) >= 0, up to Monte Carlo error
-    r_hat_max: float  # over latent dimensions; below 1.01 is the usual bar
-    ess_bulk_min: float
+    r_hat_max: float  # over latent dimensions; trusted below R_HAT_MAX
+    ess_bulk_min: float  # over latent dimensions; trusted above ESS_PER_CHAIN_MIN per chain
     mcse_mean_max: float  # Monte Carlo standard error of the NUTS means
     nuts_mean: list[float]
     nuts_sd: list[float]
     guide_mean: list[float]
     guide_sd: list[float]
+    warnings: list[str] = field(default_factory=list)  # why NUTS's draws are not to be trusted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,14 +136,34 @@ def check_posterior(
     num_chains: int = 2,
     num_particles: int = 5000,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[PosteriorCheck, az.InferenceData]:
-    """NUTS on ``p(z|x)``, ArviZ's summary, and the ELBO gap for one image ``x``."""
-    idata = nuts_posterior(vae, x, num_samples, warmup_steps, num_chains, seed)
-    summary = _arviz().summary(idata, var_names=["z"], kind="all")
-    pyro.set_rng_seed(seed)
-    log_px, elbo = importance_sampled_log_likelihood(
-        vae.model, vae.guide, x.reshape(1, -1), num_particles
-    )
+    """NUTS on ``p(z|x)``, ArviZ's summary, and the ELBO gap for one image ``x``.
+
+    The NUTS draws are flagged in :attr:`PosteriorCheck.warnings` unless every latent dimension
+    has rank-normalized split R-hat below :data:`R_HAT_MAX` (the chains agree) and bulk ESS above
+    :data:`ESS_PER_CHAIN_MIN` times ``num_chains`` (enough independent draws for the means and
+    their Monte Carlo errors). The caller's global RNG states are restored on return.
+
+    :param progress: show Pyro's progress bar (on stderr) while NUTS runs.
+    :raises ConfigError: no draws, no chains, a negative warm-up, or no particles.
+
+    References:
+
+    A. Vehtari, A. Gelman, D. Simpson, B. Carpenter, P.-C. Bürkner (2021), "Rank-normalization,
+    folding, and localization: an improved R-hat for assessing convergence of MCMC", Bayesian
+    Analysis 16(2).
+    """
+    idata = nuts_posterior(vae, x, num_samples, warmup_steps, num_chains, seed, progress)
+    # unrounded: ArviZ's default rounding to 2 decimals would hide R-hat 1.014 > 1.01
+    summary = _arviz().summary(idata, var_names=["z"], kind="all", round_to="none")
+    r_hat = summary["r_hat"].to_numpy()  # (Z,)
+    ess_bulk = summary["ess_bulk"].to_numpy()  # (Z,)
+    with preserved_rng():
+        pyro.set_rng_seed(seed)
+        log_px, elbo = importance_sampled_log_likelihood(
+            vae.model, vae.guide, x.reshape(1, -1), num_particles
+        )
     loc, scale = vae.encode(x.reshape(1, -1))
     draws = idata.posterior["z"].values.reshape(-1, vae.latent_dim)
     check = PosteriorCheck(
@@ -128,16 +178,47 @@ def check_posterior(
         nuts_sd=draws.std(0).tolist(),
         guide_mean=loc[0].tolist(),
         guide_sd=scale[0].tolist(),
+        warnings=_convergence_warnings(r_hat, ess_bulk, num_chains),
     )
     return check, idata
 
 
+def _convergence_warnings(r_hat: np.ndarray, ess_bulk: np.ndarray, num_chains: int) -> list[str]:
+    """One line per failed diagnostic: what was measured, the bar, and what to do."""
+    found = []
+    # NaN (too few draws, or a chain that never moved) fails too
+    worst = int(np.argmax(np.nan_to_num(r_hat, nan=np.inf)))
+    if not r_hat[worst] < R_HAT_MAX:
+        found.append(
+            f"R-hat {r_hat[worst]:.3f} > {R_HAT_MAX} on z{worst}: the chains disagree; "
+            "draw more samples (--num-samples) or warm up longer (--warmup)"
+        )
+    ess_min = ESS_PER_CHAIN_MIN * num_chains
+    worst = int(np.argmin(np.nan_to_num(ess_bulk, nan=-np.inf)))
+    if not ess_bulk[worst] > ess_min:
+        found.append(
+            f"bulk ESS {ess_bulk[worst]:.0f} < {ess_min} ({ESS_PER_CHAIN_MIN} per chain x "
+            f"{num_chains} chains) on z{worst}: too few independent draws; draw more samples "
+            "(--num-samples) or run more chains (--chains)"
+        )
+    return found
+
+
 def posterior_figure(
-    vae: VAE, x: torch.Tensor, idata: az.InferenceData, num_dims: int = 4, seed: int = 0
+    vae: VAE,
+    x: torch.Tensor,
+    idata: az.InferenceData,
+    num_dims: int = 4,
+    seed: int = 0,
+    check: PosteriorCheck | None = None,
 ) -> Figure:
     """Guide samples against NUTS samples, for the latent dimensions where NUTS spreads most.
 
     The diagonal shows each dimension's marginal (histograms); below it, pairs of dimensions.
+
+    :param check: the :func:`check_posterior` result for the same draws; its warnings, if any,
+        are printed in red under the plots, so that an unconverged picture is not taken at
+        face value.
     """
     draws = idata.posterior["z"].values.reshape(-1, vae.latent_dim)  # (S, Z)
     loc, scale = vae.encode(x.reshape(1, -1))
@@ -146,7 +227,11 @@ def posterior_figure(
     guide = (loc + scale * eps).cpu().numpy()
     dims = np.argsort(-draws.std(0))[: min(num_dims, vae.latent_dim)]
     n = len(dims)
-    fig = Figure(figsize=(2.6 * n, 2.6 * n))
+    warned = bool(check and check.warnings)
+    width = max(2.6 * n, 5.2) if warned else 2.6 * n  # room for the warnings with one dimension
+    alert = _wrap_warnings(check.warnings, width) if warned else ""
+    alert_height = 0.16 * (alert.count("\n") + 1) if alert else 0.0  # inches, 'small' text
+    fig = Figure(figsize=(width, 2.6 * n + alert_height))
     for row, i in enumerate(dims):
         for col, j in enumerate(dims[: row + 1]):
             ax = fig.add_subplot(n, n, row * n + col + 1)
@@ -168,5 +253,15 @@ def posterior_figure(
             if col == 0:
                 ax.set_ylabel(f"z{i}")
     fig.suptitle("guide q(z|x) against NUTS samples of p(z|x)")
+    if alert:
+        fig.supxlabel(alert, color="red", fontsize="small")  # tight_layout makes room for it
     fig.tight_layout()
     return fig
+
+
+def _wrap_warnings(lines: list[str], width: float) -> str:
+    """The warnings as one block of text, wrapped to a figure ``width`` inches wide."""
+    chars = int(width * 14)  # 'small' text is about 8 pt: some 15 characters to the inch
+    return "\n".join(
+        textwrap.fill(line, chars, subsequent_indent="  ", break_on_hyphens=False) for line in lines
+    )

@@ -7,11 +7,17 @@ the end of every epoch) and ``metrics.jsonl`` (one line an epoch: ``epoch``, ``s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import numbers
+import os
+import re
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,16 @@ import torch
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None
+
 from pyro_vae.checkpoint import (
     atomic_write_bytes,
     get_rng_state,
     load_checkpoint,
+    preserved_rng,
     save_checkpoint,
     set_rng_state,
     write_json,
@@ -39,7 +51,7 @@ from pyro_vae.data import (
     load_dataset,
     prepare_images,
 )
-from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import check_estimator, uses_baseline
 from pyro_vae.model import VAE
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
@@ -50,16 +62,58 @@ from pyro_vae.objectives import (
     scratch_param_store,
 )
 from pyro_vae.optim import LR_SCHEDULES, JointAdam, lr_factor
+from pyro_vae.runfolder import locked_folder
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "elbo_per_image", "fit", "load_run"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_device",
+    "check_seed",
+    "elbo_per_image",
+    "fit",
+    "load_run",
+]
 
 CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.jsonl"
 # Settings that may change when a run is resumed; every other field must match.
 RESUMABLE_FIELDS = ("epochs", "device", "data_dir", "progress")
+MAX_SEED = 2**32 - 1  # NumPy's seed range, which pyro.set_rng_seed also seeds
+_DEVICE = re.compile(r"^(cpu|cuda)(:[0-9]+)?$")
 
 
 class TrainingDiverged(PyroVAEError):
     """The training objective became NaN or infinite."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """``seed`` as an int, if it is a whole number in NumPy's range ``0 .. 2**32 - 1``."""
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be a whole number from 0 to 2**32 - 1, got {seed!r}")
+    return int(seed)
+
+
+def check_device(device: Any) -> None:
+    """Raise :class:`ConfigError` unless ``device`` is ``cpu``, ``cuda`` or ``cuda:N`` here."""
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
 
 
 @dataclass
@@ -92,12 +146,44 @@ class TrainConfig:
     data_fallback: str | None = None  # set when MNIST was missing and mnist-sample was used
 
     def __post_init__(self) -> None:
-        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
-        if self.binarize is None:
+        # Conversions that lose nothing; anything else is left for validate() to name.
+        if isinstance(self.hidden_sizes, (list, tuple)):
+            self.hidden_sizes = tuple(int(h) if _is_int(h) else h for h in self.hidden_sizes)
+        if isinstance(self.data_dir, os.PathLike):
+            self.data_dir = os.fspath(self.data_dir)
+        if self.binarize is None and isinstance(self.likelihood, str):
             self.binarize = default_binarize(self.likelihood)
 
+    def _check_types(self) -> None:
+        def wrong(name: str, kind: str) -> ConfigError:
+            value = getattr(self, name)
+            return ConfigError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+
+        for name in ("latent_dim", "epochs", "batch_size", "num_particles"):
+            if not _is_int(getattr(self, name)):
+                raise wrong(name, "a whole number")
+        if self.train_size is not None and not _is_int(self.train_size):
+            raise wrong("train_size", "a whole number or None")
+        for name in ("baseline_beta", "baseline_learning_rate", "learning_rate", "adam_eps"):
+            if not _is_real(getattr(self, name)):
+                raise wrong(name, "a number")
+        if self.clip_norm is not None and not _is_real(self.clip_norm):
+            raise wrong("clip_norm", "a number or None")
+        for name in ("jit", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise wrong(name, "True or False")
+        for name in ("data_dir", "data_fallback"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise wrong(name, "a string or None")
+        if not isinstance(self.hidden_sizes, tuple) or not all(
+            _is_int(h) for h in self.hidden_sizes
+        ):
+            raise wrong("hidden_sizes", "a list of whole numbers")
+
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for values out of range or settings that clash."""
+        """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
+        that clash."""
+        self._check_types()
         choices = {
             "dataset": DATASETS,
             "binarize": BINARIZATIONS,
@@ -110,11 +196,13 @@ class TrainConfig:
                 raise ConfigError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
                 )
+        if not isinstance(self.estimator, str) or not isinstance(self.objective, str):
+            raise ConfigError("estimator and objective must be names (strings)")
         check_estimator(self.estimator)
         check_objective(self.objective, self.estimator, self.num_particles, self.jit)
         positive = ("latent_dim", "epochs", "batch_size")
         for name in positive:
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if any(h < 1 for h in self.hidden_sizes):
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden_sizes)}")
@@ -126,12 +214,13 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {value}")
         if not 0 <= self.baseline_beta < 1:
             raise ConfigError(f"baseline beta must be in [0, 1), got {self.baseline_beta}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ConfigError(f"clip norm must be positive, got {self.clip_norm}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device {self.device!r} asked for, but CUDA is not available here")
-        if not self.device.startswith(("cpu", "cuda")):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu or cuda")
+        clip = self.clip_norm
+        if clip is not None and not (clip > 0 and math.isfinite(clip)):
+            raise ConfigError(
+                f"clip norm must be a positive finite number (or none), got {self.clip_norm}"
+            )
+        check_seed(self.seed)
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -140,11 +229,25 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config stored in a run (``config.json`` or a checkpoint), checked.
+
+        :raises CheckpointError: unknown fields, values of the wrong type or out of range.
+        """
+        if not isinstance(d, dict):
+            raise CheckpointError(f"a stored config must be a table of settings, got {d!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(map(str, d)) - known)
         if unknown:
             raise CheckpointError(f"config has unknown fields {unknown}")
-        return cls(**d)
+        try:
+            config = cls(**d)
+            # where the run was trained may not be here: check the device's name only
+            if not isinstance(config.device, str) or not _DEVICE.match(config.device):
+                raise ConfigError(f"unknown device {config.device!r}")
+            dataclasses.replace(config, device="cpu").validate()
+        except (ConfigError, TypeError, ValueError) as e:
+            raise CheckpointError(f"the stored config is invalid: {e}") from None
+        return config
 
     def differences(self, other: TrainConfig) -> list[str]:
         """``"name: mine != other's"`` for each field that must match on resume."""
@@ -167,16 +270,59 @@ class TrainResult:
     test_labels: torch.Tensor | None = None
 
 
+def parameter_count(config: TrainConfig, data_dim: int) -> int:
+    """Weights and biases of the encoder and decoder (the nn baseline not included)."""
+    hidden, z = list(config.hidden_sizes), config.latent_dim
+    outputs = data_dim * (2 if config.likelihood == "gaussian" else 1)
+
+    def dense(sizes: list[int]) -> int:
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+    width = hidden[-1] if hidden else data_dim
+    encoder = dense([data_dim, *hidden]) + 2 * (width * z + z)
+    decoder = dense([z, *reversed(hidden)]) + (hidden[0] if hidden else z) * outputs + outputs
+    return encoder + decoder
+
+
+def _device_memory(device: str) -> int | None:
+    try:
+        if device.startswith("cuda"):
+            return torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
 def build_vae(config: TrainConfig, data_dim: int) -> VAE:
-    return VAE(
-        data_dim,
-        latent_dim=config.latent_dim,
-        hidden_sizes=config.hidden_sizes,
-        activation=config.activation,
-        likelihood=config.likelihood,
-        estimator=config.estimator,
-        baseline_beta=config.baseline_beta,
+    """The VAE a config describes, for images of ``data_dim`` pixels, on the CPU.
+
+    :raises ConfigError: the networks would not fit in the memory of ``config.device``.
+    """
+    count = parameter_count(config, data_dim)
+    needed = 4 * 4 * count  # float32 parameters, their gradients and Adam's two moments
+    memory = _device_memory(config.device)
+    too_big = ConfigError(
+        f"the networks would have {count:,} parameters, about {needed / 2**30:,.1f} GiB to "
+        f"train, more than {config.device} has"
+        + (f" ({memory / 2**30:,.1f} GiB)" if memory else "")
+        + "; choose smaller --hidden-sizes or --latent-dim"
     )
+    if memory is not None and needed > memory:
+        raise too_big
+    try:
+        return VAE(
+            data_dim,
+            latent_dim=config.latent_dim,
+            hidden_sizes=config.hidden_sizes,
+            activation=config.activation,
+            likelihood=config.likelihood,
+            estimator=config.estimator,
+            baseline_beta=config.baseline_beta,
+        )
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+            raise too_big from None
+        raise
 
 
 @torch.no_grad()
@@ -214,6 +360,70 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
 
 
+def _check_room(run_dir: Path, vae: VAE) -> None:
+    """Refuse to start a run whose checkpoint could not be written: the disk's free space and
+    the process's file-size limit (``ulimit -f``) against the checkpoint's size."""
+    tensors = sum(p.numel() * p.element_size() for p in vae.parameters())
+    needed = 3 * tensors + 2**20  # parameters and Adam's two moments, plus the rest
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        free = None
+    if free is not None and free < 2 * needed:  # the old checkpoint stays until the rename
+        raise OutputError(
+            f"{run_dir} has {free / 2**20:.1f} MiB free; a checkpoint of this model needs "
+            f"about {needed / 2**20:.1f} MiB (and the same again while it is replaced)"
+        )
+    if resource is not None:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and limit < needed:
+            raise OutputError(
+                f"the file-size limit (ulimit -f) is {limit / 2**20:.2f} MiB; a checkpoint of "
+                f"this model needs about {needed / 2**20:.1f} MiB"
+            )
+
+
+def _load_model_state(vae: VAE, state: dict, where: Path | str) -> None:
+    """``vae.load_state_dict(state)``, with a one-line :class:`CheckpointError` on mismatch."""
+    expected = vae.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            problems.append(f"{label}: {', '.join(names[:3])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"the model in {where} does not fit its config ({'; '.join(problems)})"
+        )
+    vae.load_state_dict(state)
+
+
+def _resume_state(config: TrainConfig, run_dir: Path) -> dict:
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    saved = TrainConfig.from_dict(checkpoint["config"])
+    diffs = saved.differences(config)
+    if diffs:
+        raise CheckpointError(
+            f"{run_dir} was trained with a different config ({'; '.join(diffs)}); "
+            "resume with the same settings or start a new run folder"
+        )
+    done = int(checkpoint["epoch"])
+    if config.epochs <= done:
+        raise ConfigError(
+            f"the run in {run_dir} has trained {done} epochs already, so epochs = "
+            f"{config.epochs} leaves nothing to train; ask for more than {done} to continue "
+            "(evaluate, plot and sample work on the run as it is)"
+        )
+    return checkpoint
+
+
 def fit(
     config: TrainConfig,
     run_dir: str | Path | None = None,
@@ -222,32 +432,53 @@ def fit(
 ) -> TrainResult:
     """Train a VAE with ``pyro.infer.SVI`` and Adam.
 
+    The caller's global RNGs and Pyro param store are left as they were found.
+
     :param config: the run's settings; validated first.
     :param run_dir: where to write the config, checkpoints and metrics (nothing is written if
-        ``None``). A folder that already holds a checkpoint is refused unless ``resume``.
+        ``None``). The folder is locked for the whole call (:mod:`pyro_vae.runfolder`); a
+        folder that already holds a checkpoint is refused unless ``resume``. A new run that
+        fails before its first checkpoint removes the files it wrote.
     :param data: images to use instead of loading ``config.dataset`` (e.g. synthetic data).
-    :param resume: continue the run in ``run_dir`` from its checkpoint. With the same seed on
-        the CPU this reproduces an uninterrupted run exactly.
-    :raises ConfigError: a setting out of range, or settings that clash.
+    :param resume: continue the run in ``run_dir`` from its checkpoint, to ``config.epochs``
+        epochs in all. With the same seed on the CPU this reproduces an uninterrupted run
+        exactly.
+    :raises ConfigError: a setting out of range, of the wrong type, or settings that clash;
+        a resumed run that already has ``config.epochs`` epochs.
     :raises DataError: data the likelihood cannot score.
     :raises CheckpointError: a damaged checkpoint, or a run folder that does not match.
+    :raises RunFolderBusy: another process holds ``run_dir``.
+    :raises OutputError: ``run_dir`` cannot be written; the last good checkpoint is kept.
     :raises TrainingDiverged: the objective became NaN; the last good checkpoint is kept.
     """
     config.validate()
+    if resume and run_dir is None:
+        raise ConfigError("resume needs a run folder")
     run_dir = Path(run_dir) if run_dir is not None else None
-    checkpoint = None
-    if resume:
-        if run_dir is None:
-            raise ConfigError("resume needs a run folder")
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
-        saved = TrainConfig.from_dict(checkpoint["config"])
-        diffs = saved.differences(config)
-        if diffs:
-            raise CheckpointError(
-                f"{run_dir} was trained with a different config ({'; '.join(diffs)}); "
-                "resume with the same settings or start a new run folder"
-            )
-    elif run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
+    if run_dir is None:
+        lock = contextlib.nullcontext()
+    else:
+        lock = locked_folder(run_dir, create=not resume)
+    with lock, preserved_rng():
+        return _fit(config, run_dir, data, resume)
+
+
+def _checkpoint_state(config, epoch, vae, optim, history, data, store) -> dict:
+    return {
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "model": vae.state_dict(),
+        "optimizer": optim.get_state(),
+        "rng": get_rng_state(),
+        "history": history,
+        "image_shape": list(data.image_shape),
+        "baseline_state": {k: v.detach() for k, v in store.items() if k.startswith("__baseline")},
+    }
+
+
+def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> TrainResult:
+    checkpoint = _resume_state(config, run_dir) if resume else None
+    if not resume and run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
         raise CheckpointError(
             f"{run_dir} already holds a run; resume it or choose another run folder"
         )
@@ -256,12 +487,14 @@ def fit(
     data, train_images, test_images = _load_images(config, data)
     vae = build_vae(config, data.data_dim).to(config.device)
     vae.init_output_bias(train_images.mean(0))
+    if run_dir is not None:
+        _check_room(run_dir, vae)
     optim = make_optimizer(config)
     history: list[dict[str, float]] = []
     baseline_state: dict[str, torch.Tensor] = {}
     start_epoch, step, seconds = 0, 0, 0.0
     if checkpoint is not None:
-        vae.load_state_dict(checkpoint["model"])
+        _load_model_state(vae, checkpoint["model"], run_dir / CHECKPOINT_FILE)
         optim.set_state(checkpoint["optimizer"])
         baseline_state = checkpoint.get("baseline_state", {})
         set_rng_state(checkpoint["rng"])
@@ -269,10 +502,6 @@ def fit(
         start_epoch = int(checkpoint["epoch"])
         if history:
             step, seconds = int(history[-1]["step"]), float(history[-1]["seconds"])
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG_FILE, config.to_dict())
-        _write_metrics(run_dir, history)
 
     # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
     drop_last = uses_baseline(config.estimator)
@@ -282,98 +511,127 @@ def fit(
     if len(loader) == 0:
         raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
     elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
-    with pyro.get_param_store().scope():
-        store = pyro.get_param_store()
-        for name, value in baseline_state.items():  # a resumed run's running averages
-            store[name] = value.to(config.device)
-        svi = SVI(vae.model, vae.guide, optim, elbo)
-        for epoch in range(start_epoch, config.epochs):
-            vae.train()
-            if config.lr_schedule != "constant":
-                optim.set_lr_factor(lr_factor(config.lr_schedule, epoch))
-            started, total, count = time.perf_counter(), 0.0, 0
-            bar = tqdm(
-                loader.epoch(epoch),
-                total=len(loader),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=not config.progress,
-                file=sys.stderr,
-                leave=False,
-            )
-            for x in bar:
-                step += 1
-                try:
-                    # the data were checked against the likelihood's support up front, so
-                    # Pyro's per-step validation only costs time (benchmarks/speed.py)
-                    with pyro.validation_enabled(False):
-                        loss = svi.step(x)
-                except ValueError as e:  # Pyro's validation of NaN distribution parameters
-                    loss, cause = math.nan, f" ({str(e).splitlines()[0]})"
-                else:
-                    cause = ""
-                if not math.isfinite(loss):
-                    kept = f"; the checkpoint of epoch {start_epoch} is kept" if checkpoint else ""
-                    raise TrainingDiverged(
-                        f"training diverged at epoch {epoch + 1}, step {step}: the objective "
-                        f"became {loss}{cause}{kept}; try a lower learning rate or a clip norm"
-                    )
-                total, count = total - loss, count + x.shape[0]
-                bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
-            seconds += time.perf_counter() - started
-            vae.eval()
-            row = {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_elbo": total / count,
-                "test_elbo": elbo_per_image(vae, test_images).mean().item(),
-                "seconds": seconds,
-            }
-            history.append(row)
-            if config.progress:
-                print(
-                    f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
-                    f"test ELBO {row['test_elbo']:.2f}  ({seconds:.0f} s)",
+    saved_epoch = start_epoch  # the epoch of the checkpoint on disk (0: none yet)
+    try:
+        if run_dir is not None:
+            write_json(run_dir / CONFIG_FILE, config.to_dict())
+            _write_metrics(run_dir, history)
+        with pyro.get_param_store().scope(), warnings.catch_warnings():
+            # Pyro warns "Encountered NaN: loss" before the step returns it; the divergence
+            # is reported below in one line of our own
+            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
+            store = pyro.get_param_store()
+            for name, value in baseline_state.items():  # a resumed run's running averages
+                store[name] = value.to(config.device)
+            svi = SVI(vae.model, vae.guide, optim, elbo)
+            for epoch in range(start_epoch, config.epochs):
+                vae.train()
+                if config.lr_schedule != "constant":
+                    optim.set_lr_factor(lr_factor(config.lr_schedule, epoch))
+                started, total, count = time.perf_counter(), 0.0, 0
+                bar = tqdm(
+                    loader.epoch(epoch),
+                    total=len(loader),
+                    desc=f"epoch {epoch + 1}/{config.epochs}",
+                    disable=not config.progress,
                     file=sys.stderr,
+                    leave=False,
                 )
-            if run_dir is not None:
-                save_checkpoint(
-                    run_dir / CHECKPOINT_FILE,
-                    {
-                        "config": config.to_dict(),
-                        "epoch": epoch + 1,
-                        "model": vae.state_dict(),
-                        "optimizer": optim.get_state(),
-                        "rng": get_rng_state(),
-                        "history": history,
-                        "image_shape": list(data.image_shape),
-                        "baseline_state": {
-                            k: v.detach() for k, v in store.items() if k.startswith("__baseline")
-                        },
-                    },
-                )
-                _write_metrics(run_dir, history)
-                checkpoint = True
-                start_epoch = epoch + 1
+                for x in bar:
+                    step += 1
+                    try:
+                        # the data were checked against the likelihood's support up front,
+                        # so Pyro's per-step validation only costs time (benchmarks/speed.py)
+                        with pyro.validation_enabled(False):
+                            loss = svi.step(x)
+                    except ValueError as e:  # Pyro's validation of NaN distribution parameters
+                        loss, cause = math.nan, f" ({str(e).splitlines()[0]})"
+                    else:
+                        cause = ""
+                    if not math.isfinite(loss):
+                        kept = (
+                            f"; the checkpoint of epoch {saved_epoch} is kept"
+                            if saved_epoch
+                            else ""
+                        )
+                        raise TrainingDiverged(
+                            f"training diverged at epoch {epoch + 1}, step {step}: the "
+                            f"objective became {loss}{cause}{kept}; try a lower learning rate "
+                            "or a clip norm"
+                        )
+                    total, count = total - loss, count + x.shape[0]
+                    bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
+                seconds += time.perf_counter() - started
+                vae.eval()
+                row = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_elbo": total / count,
+                    "test_elbo": elbo_per_image(vae, test_images).mean().item(),
+                    "seconds": seconds,
+                }
+                if not math.isfinite(row["test_elbo"]):
+                    kept = f"; the checkpoint of epoch {saved_epoch} is kept" if saved_epoch else ""
+                    raise TrainingDiverged(
+                        f"training diverged in epoch {epoch + 1}: the test ELBO became "
+                        f"{row['test_elbo']}{kept}; try a lower learning rate or a clip norm"
+                    )
+                history.append(row)
+                if config.progress:
+                    print(
+                        f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
+                        f"test ELBO {row['test_elbo']:.2f}  ({seconds:.0f} s)",
+                        file=sys.stderr,
+                    )
+                if run_dir is not None:
+                    state = _checkpoint_state(config, epoch + 1, vae, optim, history, data, store)
+                    try:
+                        save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+                        _write_metrics(run_dir, history)
+                    except OutputError as e:
+                        kept = (
+                            f"the checkpoint of epoch {saved_epoch} is kept"
+                            if saved_epoch
+                            else "no checkpoint was written"
+                        )
+                        raise OutputError(f"{e}; training stopped after epoch {epoch + 1}, "
+                                          f"{kept}") from None  # fmt: skip
+                    saved_epoch = epoch + 1
+    except BaseException:
+        if run_dir is not None and not saved_epoch:  # a new run that never saved: no debris
+            for name in (CONFIG_FILE, METRICS_FILE):
+                with contextlib.suppress(OSError):
+                    (run_dir / name).unlink()
+        raise
     return TrainResult(
         vae.eval(), history, config, data.image_shape, test_images, run_dir, data.test_labels
     )
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:
-    """The trained VAE, config and metrics history stored in a run folder."""
+    """The trained VAE, config and metrics history stored in a run folder.
+
+    :raises CheckpointError: no run folder, or a checkpoint that is damaged or does not fit.
+    :raises ConfigError: an unknown or unavailable ``device``.
+    """
+    check_device(device)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"no run folder at {run_dir}")
-    state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    path = run_dir / CHECKPOINT_FILE
+    state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
-    data_dim = state["model"]["decoder.out.weight"].shape[0]
-    if config.likelihood == "gaussian":
-        data_dim //= 2
-    vae = build_vae(config, data_dim)
-    try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint in {run_dir} does not fit its config: {e}") from None
+    out = state["model"].get("decoder.out.weight")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise CheckpointError(f"the model in {path} has no decoder output layer")
+    data_dim = out.shape[0] // (2 if config.likelihood == "gaussian" else 1)
+    vae = build_vae(dataclasses.replace(config, device="cpu"), data_dim)
+    _load_model_state(vae, state["model"], path)
     image_shape = tuple(state.get("image_shape", (28, 28)))
+    if image_shape[0] * image_shape[1] != data_dim:
+        raise CheckpointError(
+            f"the model in {path} has {data_dim} pixels per image, its image shape "
+            f"{image_shape} has {image_shape[0] * image_shape[1]}"
+        )
     history = list(state["history"])
     return TrainResult(vae.to(device).eval(), history, config, image_shape, run_dir=run_dir)

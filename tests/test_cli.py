@@ -217,7 +217,7 @@ def test_compare_estimators_end_to_end(tmp_path):
     assert_png(out / "variance.png", 100, 100)
     assert_png(out / "training_curves.png", 100, 100)
     again = run_cli("compare-estimators", "--dataset", "mnist-sample", "--out", out, check=False)
-    assert again.returncode == 1 and "already holds a study" in again.stderr
+    assert again.returncode == 1 and "already holds files" in again.stderr
 
 
 def test_plot_command_and_the_2d_manifold(tmp_path, capsys):

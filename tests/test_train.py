@@ -5,7 +5,15 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import CheckpointError, ConfigError, DataError, TrainConfig, fit, load_run
+from pyro_vae import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    OutputError,
+    TrainConfig,
+    fit,
+    load_run,
+)
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.data import load_dataset
 from pyro_vae.objectives import make_elbo
@@ -191,7 +199,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         save_checkpoint(path, {**state, "epoch": 2})
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind

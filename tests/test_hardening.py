@@ -1,0 +1,777 @@
+"""The safety net: every bad input ends in one line and changes nothing; a run folder has one
+owner; a damaged checkpoint is never trusted; a kill loses nothing.
+
+The table-driven test runs each bad command line against a trained run folder and checks:
+a non-zero exit code, exactly one line on stderr, no traceback, and every file of the run
+folder byte for byte as it was (and no new folder where a refused ``train --out`` pointed).
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae.checkpoint import load_checkpoint, state_checksum
+from pyro_vae.cli import main
+from pyro_vae.errors import CheckpointError
+from pyro_vae.runfolder import LOCK_FILE
+
+QUICK = ["--train-size", "512", "--batch-size", "64", "--hidden-sizes", "32", "--latent-dim",
+         "4", "--eval-particles", "10", "--eval-images", "40", "--no-progress"]  # fmt: skip
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYRO_VAE_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished two-epoch run on the bundled sample, with its pictures."""
+    run_dir = tmp_path_factory.mktemp("hardening") / "run"
+    proc = run_cli("train", "--dataset", "mnist-sample", "--epochs", "2", "--out", run_dir, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def damaged_mnist(tmp: Path) -> Path:
+    raw = tmp / "damaged" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (raw / name).write_bytes(b"")
+    return tmp / "damaged"
+
+
+# Each case: argv (RUN = the trained run folder, NEW = a folder that must not appear,
+# FILE = an existing plain file, DAMAGED = MNIST with zero-byte files), the words of the message.
+CASES = [
+    # train: settings
+    pytest.param(["train", "--seed", "-1"], "seed must be", id="train seed -1"),
+    pytest.param(["train", "--seed", str(2**40)], "seed must be", id="train seed 2**40"),
+    pytest.param(["train", "--device", "cpux"], "unknown device", id="train device cpux"),
+    pytest.param(["train", "--device", "cuda:7"], "CUDA", id="train device cuda:7"),
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--hidden-sizes", "1000000000"],
+        "parameters",
+        id="train hidden sizes 1e9",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--jit", "--estimator", "reinforce-baseline", "--objective", "elbo"],
+        "drop --jit",
+        id="train jit reinforce-baseline",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--jit", "--estimator", "reinforce-nn-baseline", "--objective", "elbo"],
+        "drop --jit",
+        id="train jit reinforce-nn-baseline",
+    ),  # fmt: skip
+    pytest.param(["train", "--clip-norm", "inf"], "clip norm", id="train clip norm inf"),
+    pytest.param(["train", "--lr", "nan"], "learning rate", id="train lr nan"),
+    pytest.param(["train", "--latent-dim", "0"], "latent_dim", id="train latent dim 0"),
+    pytest.param(["train", "--epochs", "0"], "epochs", id="train epochs 0"),
+    pytest.param(["train", "--estimat", "stl"], "unrecognized", id="train abbreviated flag"),
+    pytest.param(["train", "--eval-particles", "0"], "--eval-particles", id="train eval K 0"),
+    pytest.param(["train", "--eval-images", "-1"], "--eval-images", id="train eval images -1"),
+    pytest.param(
+        [
+            "train",
+            "--dataset",
+            "mnist-sample",
+            "--estimator",
+            "reinforce-baseline",
+            "--objective",
+            "elbo",
+            "--train-size",
+            "10",
+            "--batch-size",
+            "64",
+        ],
+        "fewer training images",
+        id="train fewer images than a batch",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--binarize", "none"],
+        "grey levels",
+        id="train grey levels for bernoulli",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist", "--data-dir", "EMPTY"], "not found", id="train missing data"
+    ),  # fmt: skip
+    pytest.param(["train", "--data-dir", "DAMAGED"], "empty", id="train damaged mnist"),
+    pytest.param(
+        ["train", "--dataset", "mnist", "--data-dir", "DAMAGED"],
+        "empty",
+        id="train damaged mnist named",
+    ),  # fmt: skip
+    # train: output folders
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--out", "/proc/pyro-vae-run"],
+        "cannot create",
+        id="train out under /proc",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--out", "FILE/run"],
+        "cannot create",
+        id="train out below a file",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--out", "FILE"],
+        "a file of that name",
+        id="train out is a file",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--out", "RUN"],
+        "already holds a run",
+        id="train out holds a run",
+    ),  # fmt: skip
+    # train: resume
+    pytest.param(
+        ["train", "--resume", "RUN", "--epochs", "1"],
+        "trained 2 epochs already",
+        id="resume epochs below done",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--resume", "RUN"], "trained 2 epochs already", id="resume a finished run"
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--resume", "RUN", "--epochs", "3", "--latent-dim", "7"],
+        "different config",
+        id="resume other latent dim",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--resume", "RUN", "--out", "NEW"],
+        "give the run folder once",
+        id="resume with another out",
+    ),  # fmt: skip
+    pytest.param(["train", "--resume", "NEW"], "no run folder", id="resume missing folder"),
+    # evaluate
+    pytest.param(["evaluate", "RUN", "-K", "0"], "-K", id="evaluate K 0"),
+    pytest.param(
+        ["evaluate", "RUN", "--num-images", "-1"], "--num-images", id="evaluate num images -1"
+    ),  # fmt: skip
+    pytest.param(
+        ["evaluate", "RUN", "--device", "foo"], "unknown device", id="evaluate device foo"
+    ),  # fmt: skip
+    pytest.param(["evaluate", "RUN", "--device", "cuda"], "CUDA", id="evaluate device cuda"),
+    pytest.param(["evaluate", "RUN", "--seed", "-1"], "--seed", id="evaluate seed -1"),
+    pytest.param(["evaluate", "NEW"], "no run folder", id="evaluate missing run"),
+    pytest.param(["evaluate", "FILE"], "no run folder", id="evaluate a file"),
+    # pictures
+    pytest.param(["sample", "RUN", "--num", "0"], "--num", id="sample num 0"),
+    pytest.param(["sample", "RUN", "--num", "-5"], "--num", id="sample num -5"),
+    pytest.param(["sample", "RUN", "--num", "1000000"], "--num", id="sample num 1e6"),
+    pytest.param(["sample", "RUN", "--seed", str(2**40)], "--seed", id="sample seed 2**40"),
+    pytest.param(
+        ["sample", "RUN", "--out", "NEW/x.xyz"],
+        "unknown picture format",
+        id="sample out unknown format",
+    ),  # fmt: skip
+    pytest.param(["sample", "RUN", "--out", "RUN"], "is a folder", id="sample out a folder"),
+    pytest.param(
+        ["sample", "RUN", "--out", "/proc/pyro-vae.png"],
+        "cannot write",
+        id="sample out under /proc",
+    ),  # fmt: skip
+    pytest.param(
+        ["sample", "RUN", "--out", "/dev/full"], "No space left", id="sample out a full device"
+    ),  # fmt: skip
+    pytest.param(["reconstruct", "RUN", "--num", "0"], "--num", id="reconstruct num 0"),
+    pytest.param(["reconstruct", "RUN", "--num", "-1"], "--num", id="reconstruct num -1"),
+    pytest.param(
+        ["reconstruct", "RUN", "--num", "5000"], "--num", id="reconstruct more than the test set"
+    ),  # fmt: skip
+    pytest.param(
+        ["plot", "RUN", "--out", "/proc/pyro-vae"], "cannot create", id="plot out under /proc"
+    ),  # fmt: skip
+    pytest.param(["plot", "RUN", "--out", "FILE"], "a file of that name", id="plot out a file"),
+    pytest.param(["plot", "NEW"], "no run folder", id="plot missing run"),
+    # posterior
+    pytest.param(["posterior", "RUN", "--chains", "0"], "--chains", id="posterior chains 0"),
+    pytest.param(
+        ["posterior", "RUN", "--index", "99999"], "out of range", id="posterior index out of range"
+    ),  # fmt: skip
+    pytest.param(["posterior", "RUN", "--seed", "-1"], "--seed", id="posterior seed -1"),
+    pytest.param(
+        ["posterior", "RUN", "--out", "/proc/pyro-vae"],
+        "cannot create",
+        id="posterior out under /proc",
+    ),  # fmt: skip
+    # the estimator study
+    pytest.param(
+        ["compare-estimators", "--gradient-epochs", "5", "--epochs", "1"],
+        "outside 0..1",
+        id="study gradient epoch past the run",
+    ),  # fmt: skip
+    pytest.param(
+        ["compare-estimators", "--gradient-epochs", "-1"], "outside", id="study gradient epoch -1"
+    ),  # fmt: skip
+    pytest.param(
+        ["compare-estimators", "--objective", "iwae"], "drop --objective", id="study objective iwae"
+    ),  # fmt: skip
+    pytest.param(["compare-estimators", "-K", "5"], "drop -K", id="study K 5"),
+    pytest.param(["compare-estimators", "--no-plots"], "drop --no-plots", id="study no plots"),
+    pytest.param(
+        ["compare-estimators", "--eval-particles", "5"],
+        "drop --eval-particles",
+        id="study eval particles",
+    ),  # fmt: skip
+    pytest.param(
+        ["compare-estimators", "--estimator", "stl"], "--estimators", id="study estimator"
+    ),  # fmt: skip
+    pytest.param(["compare-estimators", "--resume", "RUN"], "cannot resume", id="study resume"),
+    pytest.param(
+        ["compare-estimators", "--out", "RUN"], "already holds files", id="study into a run folder"
+    ),  # fmt: skip
+    pytest.param(
+        ["compare-estimators", "--num-estimates", "1"], "--num-estimates", id="study one estimate"
+    ),  # fmt: skip
+    pytest.param(["compare-estimators", "--seed", "-1"], "seed must be", id="study seed -1"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CASES)
+def test_bad_input_one_line_nonzero_and_nothing_changed(argv, message, run, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder\n")
+    places = {
+        "RUN": str(run),
+        "NEW": str(tmp_path / "new"),
+        "FILE": str(tmp_path / "file"),
+        "EMPTY": str(tmp_path / "empty"),
+        "DAMAGED": str(damaged_mnist(tmp_path)),
+    }
+    argv = [places.get(a, a.replace("FILE/", places["FILE"] + "/")) for a in argv]
+    if argv[0] in ("train", "compare-estimators") and "--out" not in argv:
+        if "--resume" not in argv:
+            argv += ["--out", places["NEW"]]
+    before = folder_hashes(run)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse: a malformed command line
+        code = e.code
+    err = capsys.readouterr().err
+    assert code not in (0, None), err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err
+    assert message in err, err
+    assert folder_hashes(run) == before
+    assert not (tmp_path / "new").exists()
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_bad_input_in_a_fresh_process_is_one_line_too(run, tmp_path):
+    # what a user sees: no warnings of Pyro's, PyTorch's or ArviZ's around the message
+    diverging = ["train", "--dataset", "mnist-sample", "--lr", "1e30", "--out", tmp_path / "new",
+                 *QUICK]  # fmt: skip
+    for argv in (["evaluate", run, "--device", "cuda:0"], ["sample", run, "--num", "0"],
+                 ["posterior", run, "--chains", "0"], diverging):  # fmt: skip
+        proc = run_cli(*argv)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# -- damaged checkpoints --------------------------------------------------------------------
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Edit a checkpoint's state and store it with a valid checksum: damage a checksum
+    cannot see, which the structure and value checks must."""
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    state["checksum"] = state_checksum(state)
+    torch.save(state, path)
+
+
+def _flip_tensor_byte(path: Path) -> None:
+    """Flip one byte in the middle of the largest tensor's stored bytes."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+        assert "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED
+    data = bytearray(path.read_bytes())
+    # the local header: 30 bytes, then the name and the extra field, then the data
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = [
+    pytest.param(_flip_tensor_byte, ["evaluate"], "checksum", id="tensor byte flipped"),
+    pytest.param(
+        lambda p: p.write_bytes(p.read_bytes()[:5000]), ["evaluate"], "corrupt", id="truncated"
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s["model"]["decoder.out.weight"].fill_(float("nan"))),
+        ["evaluate"],
+        "NaN",
+        id="nan weights",
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(
+            p,
+            lambda s: s["optimizer"].clear() or s["model"]["encoder.loc.bias"].fill_(float("inf")),
+        ),
+        ["sample"],
+        "NaN",
+        id="infinite weights",
+    ),
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s["config"].update(dataset="cifar")),
+        ["evaluate"],
+        "invalid",
+        id="config dataset unknown",
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(
+            p,
+            lambda s: s["config"].update(
+                dataset="frey-faces", likelihood="gaussian", binarize="none"
+            ),
+        ),
+        ["reconstruct"],
+        "does not fit",
+        id="config dataset changed",
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s.update(config=None)),
+        ["evaluate"],
+        "config",
+        id="config null",
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s["config"].update(latent_dim=2.5)),
+        ["sample"],
+        "latent_dim",
+        id="config latent dim 2.5",
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s.update(history={"epoch": 1})),
+        ["plot"],
+        "history",
+        id="history not a list",
+    ),  # fmt: skip
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s["model"].pop("decoder.out.bias")),
+        ["evaluate"],
+        "missing: decoder.out.bias",
+        id="state dict mismatch",
+    ),
+    pytest.param(
+        lambda p: _rewrite(p, lambda s: s["config"].update(hidden_sizes=[33])),
+        ["train", "--resume", "RUN", "--epochs", "3"],
+        "shape",
+        id="state dict shapes for resume",
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("damage, argv, message", DAMAGE)
+def test_damaged_checkpoint_is_refused_in_one_line(damage, argv, message, run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    damage(copy / "checkpoint.pt")
+    before = folder_hashes(copy)
+    argv = [a if a != "RUN" else str(copy) for a in argv]
+    if argv[0] != "train":
+        argv.insert(1, str(copy))
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and message in err, err
+    assert folder_hashes(copy) == before
+
+
+def test_a_flipped_tensor_byte_loads_in_torch_but_not_here(run, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(run / "checkpoint.pt", path)
+    good = load_checkpoint(path)
+    _flip_tensor_byte(path)
+    flipped = torch.load(path, weights_only=True)  # torch itself sees nothing wrong
+    changed = [k for k, v in good["model"].items() if not torch.equal(v, flipped["model"][k])]
+    assert len(changed) == 1
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+
+
+def test_checksum_covers_every_value(run):
+    state = load_checkpoint(run / "checkpoint.pt")
+    checksum = state_checksum(state)
+    for edit in (
+        lambda s: s.update(epoch=s["epoch"] + 1),
+        lambda s: s["history"][0].update(test_elbo=s["history"][0]["test_elbo"] + 1e-9),
+        lambda s: s["config"].update(seed=1),
+        lambda s: s["rng"].update(torch=s["rng"]["torch"].clone().fill_(0)),
+        lambda s: s["model"].update(extra=torch.zeros(0)),
+    ):
+        edited = torch.load(run / "checkpoint.pt", weights_only=True)
+        edit(edited)
+        assert state_checksum(edited) != checksum
+
+
+def test_non_finite_results_are_never_written(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "evaluation.json").unlink()
+    state = torch.load(copy / "checkpoint.pt", weights_only=True)
+    state["model"]["decoder.out.weight"][0, 0] = 1e38  # finite, but the likelihood overflows
+    state["model"]["decoder.body.0.weight"].fill_(1e30)
+    state["checksum"] = state_checksum(state)
+    torch.save(state, copy / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(copy), "-K", "5", "--num-images", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and err.count("\n") == 1, err
+    assert not (copy / "evaluation.json").exists()
+
+
+# -- the run folder's owner -----------------------------------------------------------------
+
+
+def test_two_runs_into_one_folder_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist-sample", "--epochs", "3", "--out", out, *QUICK]
+    argv[argv.index("512")] = "2048"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pyro_vae", *map(str, argv), "--seed", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYRO_VAE_OFFLINE": "1"},
+        )
+        for seed in (11, 22)
+    ]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    winner = 11 if results[0][0] == 0 else 22
+    loser_err = next(err for code, _, err in results if code == 1)
+    assert "in use by another pyro-vae process" in loser_err and loser_err.count("\n") == 1
+    # every file of the folder is the winner's
+    assert json.loads((out / "config.json").read_text())["seed"] == winner
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["seed"] == winner
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (out / "evaluation.json").exists() and (out / "samples.png").exists()
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_held_run_folder_refuses_every_writer(run, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from pyro_vae.runfolder import locked_folder
+            with locked_folder({str(run)!r}):
+                print("held", flush=True)
+                sys.stdin.readline()  # until the test lets go
+        """)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = folder_hashes(run)
+        for argv in (
+            ["evaluate", run, "-K", "2"],
+            ["plot", run],
+            ["sample", run],
+            ["posterior", run, "--num-samples", "5", "--warmup", "5"],
+            ["train", "--resume", run, "--epochs", "3"],
+            ["train", "--dataset", "mnist-sample", "--out", run],
+        ):
+            proc = run_cli(*argv)
+            assert proc.returncode == 1, (argv, proc.stderr)
+            assert proc.stderr.count("\n") == 1 and f"(pid {holder.pid})" in proc.stderr
+        assert folder_hashes(run) == before
+        # reading a run needs no lock: a picture written elsewhere is fine
+        assert run_cli("sample", run, "--out", tmp_path / "s.png").returncode == 0
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    assert not (run / LOCK_FILE).exists()
+
+
+# -- kills, temporaries, debris, modes ------------------------------------------------------
+
+KILLED_WRITER = """
+import os, sys, time, torch
+from pyro_vae import TrainConfig, fit
+
+real_save, calls = torch.save, []
+
+def slow_save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) < 2:
+        return real_save(obj, f, *args, **kwargs)
+    f.write(b"PK half a checkpoint")
+    f.flush()
+    open(sys.argv[2], "w").close()  # the signal: killed mid-write from here on
+    time.sleep(600)
+
+torch.save = slow_save
+config = TrainConfig(dataset="mnist-sample", train_size=256, batch_size=64, hidden_sizes=(16,),
+                     latent_dim=2, epochs=2)
+fit(config, sys.argv[1])
+"""
+
+
+def test_a_kill_during_the_checkpoint_write_loses_nothing(tmp_path, capsys):
+    run_dir, ready = tmp_path / "run", tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(run_dir), str(ready)],
+        env={**os.environ, "PYRO_VAE_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 300
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the writer never reached its second checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    temporaries = list(run_dir.glob(".checkpoint.pt.*.tmp"))
+    assert len(temporaries) == 1
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1  # the last good one
+    # the next run to take the folder clears the temporary, and resumes where it was
+    argv = ["train", "--resume", str(run_dir), "--epochs", "2", "--eval-particles", "5",
+            "--eval-images", "20", "--no-plots", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert not list(run_dir.glob(".*.tmp"))
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2
+
+
+def test_a_failed_new_run_leaves_no_debris(tmp_path, capsys):
+    out = tmp_path / "deep" / "run"
+    # diverges in its first epoch: a learning rate no network survives
+    argv = ["train", "--dataset", "mnist-sample", "--lr", "1e30", "--epochs", "2",
+            "--out", str(out), *QUICK]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and err.count("\n") == 1, err
+    assert not out.exists()
+    # into an existing folder: what the run wrote goes, what was there stays
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine\n")
+    assert main(argv) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_honour_the_umask(umask, mode, tmp_path, capsys):
+    old = os.umask(umask)
+    try:
+        argv = ["train", "--dataset", "mnist-sample", "--epochs", "1", "--out",
+                str(tmp_path / "run"), *QUICK]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert modes and all(m == mode for m in modes.values()), modes
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae", "train", "--dataset", "mnist-sample", "--epochs", "1",
+         "--out", str(out), *QUICK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYRO_VAE_OFFLINE": "1"},
+    )  # fmt: skip
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, err
+    assert first.startswith(b"training in") and err == ""
+    assert (out / "evaluation.json").exists() and (out / "samples.png").exists()
+
+
+def test_a_file_size_limit_is_found_before_training(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+    out = tmp_path / "run"
+    proc = run_cli("train", "--dataset", "mnist-sample", "--epochs", "1", "--out", out, *QUICK,
+                   preexec_fn=limit)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "ulimit -f" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_late_write_failure_still_shows_the_result(run, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    import pyro_vae.checkpoint
+
+    real = pyro_vae.checkpoint.atomic_write_bytes
+
+    def full(path, data):
+        if Path(path).name == "evaluation.json":
+            raise pyro_vae.checkpoint.OutputError(f"cannot write {path}: No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(pyro_vae.checkpoint, "atomic_write_bytes", full)
+    before = folder_hashes(copy)
+    capsys.readouterr()
+    assert main(["evaluate", str(copy), "-K", "5", "--num-images", "10"]) == 1
+    out, err = capsys.readouterr()
+    assert "test ELBO" in out and "log p(x)" in out  # the figures were printed
+    assert "No space left" in err and "not saved" in err and err.count("\n") == 1
+    assert folder_hashes(copy) == before
+
+
+def test_io_stream_guard_is_quiet_once_closed():
+    from pyro_vae.cli import _Guarded
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError
+
+        def fileno(self):
+            raise io.UnsupportedOperation
+
+    guarded = _Guarded(Closed())
+    assert guarded.write("x") == 1 and guarded.gone
+    guarded.flush()
+
+
+# -- the Python API -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(run):
+    from pyro_vae import load_run
+
+    return load_run(run)
+
+
+API_IMAGES = [
+    pytest.param(lambda x: x.clone().fill_(float("nan")), "NaN", id="nan images"),
+    pytest.param(lambda x: x * 0.5, "grey levels", id="grey images for bernoulli"),
+    pytest.param(lambda x: x[:0], "none to evaluate", id="zero images"),
+    pytest.param(lambda x: x.reshape(-1, 28, 28), "flatten", id="unflattened images"),
+    pytest.param(lambda x: x[:, :100], r"shape \(N, 784\)", id="wrong width"),
+    pytest.param(lambda x: x.to(torch.uint8), "floating point", id="uint8 images"),
+    pytest.param(lambda x: x.numpy(), "torch.Tensor", id="numpy images"),
+    pytest.param(lambda x: x.tolist(), "torch.Tensor", id="list of images"),
+    pytest.param(lambda x: x * 2, "grey levels", id="values above one"),
+]
+
+
+@pytest.mark.parametrize("make, message", API_IMAGES)
+def test_evaluate_refuses_bad_images(make, message, loaded):
+    from pyro_vae import DataError, evaluate
+
+    x = torch.bernoulli(torch.full((10, 784), 0.3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match=message):
+        evaluate(loaded.vae, make(x), num_particles=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        pytest.param({"num_particles": 0}, "at least 1", id="K 0"),
+        pytest.param({"num_particles": 2.5}, "whole number", id="K 2.5"),
+        pytest.param({"batch_size": 0}, "batch size", id="batch 0"),
+        pytest.param({"seed": -1}, "seed", id="seed -1"),
+        pytest.param({"seed": 2**40}, "seed", id="seed 2**40"),
+    ],
+)
+def test_evaluate_refuses_bad_settings(kwargs, message, loaded):
+    from pyro_vae import ConfigError, evaluate
+
+    x = torch.bernoulli(torch.full((4, 784), 0.3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match=message):
+        evaluate(loaded.vae, x, **kwargs)
+
+
+def test_evaluate_is_seeded_and_leaves_the_global_rng_alone(loaded):
+    import pyro
+
+    from pyro_vae import evaluate
+
+    x = torch.bernoulli(torch.full((20, 784), 0.2), generator=torch.Generator().manual_seed(1))
+    pyro.get_param_store()["mine"] = torch.ones(2)
+    rng, params = torch.get_rng_state(), dict(pyro.get_param_store().items())
+    a, b = evaluate(loaded.vae, x, 50, seed=3), evaluate(loaded.vae, x, 50, seed=3)
+    c = evaluate(loaded.vae, x, 50, seed=4)
+    assert a == b and a.log_likelihood != c.log_likelihood
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert dict(pyro.get_param_store().items()) == params
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        pytest.param({"latent_dim": 2.5}, "latent_dim must be a whole number", id="latent 2.5"),
+        pytest.param({"latent_dim": "20"}, "latent_dim must be a whole number", id="latent str"),
+        pytest.param({"epochs": True}, "epochs must be a whole number", id="epochs True"),
+        pytest.param({"hidden_sizes": (400.5,)}, "hidden_sizes", id="hidden 400.5"),
+        pytest.param({"hidden_sizes": 400}, "hidden_sizes", id="hidden not a list"),
+        pytest.param({"learning_rate": "fast"}, "learning_rate must be a number", id="lr str"),
+        pytest.param({"clip_norm": float("inf")}, "clip norm", id="clip inf"),
+        pytest.param({"seed": -1}, "seed", id="seed -1"),
+        pytest.param({"device": "cpux"}, "unknown device", id="device cpux"),
+        pytest.param({"dataset": 5}, "unknown dataset", id="dataset int"),
+        pytest.param({"jit": "yes"}, "jit must be True or False", id="jit str"),
+        pytest.param({"estimator": None}, "estimator", id="estimator None"),
+        pytest.param({"train_size": 0.5}, "train_size", id="train size 0.5"),
+    ],
+)
+def test_config_of_the_wrong_type_is_a_config_error(overrides, message, tmp_path):
+    from pyro_vae import ConfigError, TrainConfig, fit
+
+    with pytest.raises(ConfigError, match=message):
+        fit(TrainConfig(**{"dataset": "mnist-sample", **overrides}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_leaves_the_caller_as_it_found_it(tmp_path):
+    import pyro
+
+    from pyro_vae import TrainConfig, fit
+
+    pyro.get_param_store()["mine"] = torch.ones(3)
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    config = TrainConfig(dataset="mnist-sample", train_size=128, batch_size=64,
+                         hidden_sizes=(8,), latent_dim=2, epochs=1)  # fmt: skip
+    fit(config, tmp_path / "run")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert list(pyro.get_param_store().keys()) == ["mine"]
+
+
+def test_load_run_on_damage_is_a_checkpoint_error(run, tmp_path):
+    from pyro_vae import load_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _flip_tensor_byte(copy / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_run(copy)
