@@ -2,9 +2,15 @@
 
 Start with :class:`VAE` (the model and guide), :func:`fit` (training with SVI) and
 :func:`evaluate` (test ELBO and importance-sampled log-likelihood in nats per image).
+
+The names below are imported on first use, so that ``import pyro_vae`` (and the ``pyro-vae``
+command's start, which a Ctrl-C may interrupt) does not load PyTorch and Pyro until needed.
 """
 
-from pyro_vae.data import ImageData, load_dataset
+import importlib
+import sys
+import types
+
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
@@ -15,13 +21,27 @@ from pyro_vae.errors import (
     PyroVAEError,
     RunFolderBusy,
 )
-from pyro_vae.estimators import ESTIMATORS, guide_distribution
-from pyro_vae.evaluate import Evaluation, evaluate, importance_sampled_log_likelihood
-from pyro_vae.model import VAE
-from pyro_vae.objectives import OBJECTIVES, log_importance_weights, make_elbo
-from pyro_vae.train import TrainConfig, TrainResult, fit, load_run
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "ImageData": "pyro_vae.data",
+    "load_dataset": "pyro_vae.data",
+    "ESTIMATORS": "pyro_vae.estimators",
+    "guide_distribution": "pyro_vae.estimators",
+    "Evaluation": "pyro_vae.evaluate",
+    "evaluate": "pyro_vae.evaluate",
+    "importance_sampled_log_likelihood": "pyro_vae.evaluate",
+    "VAE": "pyro_vae.model",
+    "OBJECTIVES": "pyro_vae.objectives",
+    "log_importance_weights": "pyro_vae.objectives",
+    "make_elbo": "pyro_vae.objectives",
+    "TrainConfig": "pyro_vae.train",
+    "TrainResult": "pyro_vae.train",
+    "TrainingDiverged": "pyro_vae.train",
+    "fit": "pyro_vae.train",
+    "load_run": "pyro_vae.train",
+}
 
 __all__ = [
     "ESTIMATORS",
@@ -39,6 +59,7 @@ __all__ = [
     "RunFolderBusy",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "evaluate",
     "fit",
     "guide_distribution",
@@ -48,3 +69,28 @@ __all__ = [
     "log_importance_weights",
     "make_elbo",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    # Importing the submodule pyro_vae.evaluate makes Python set the package's attribute
+    # "evaluate" to that module; the function of that name must win, as it did when this
+    # file imported everything eagerly.
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -24,7 +24,9 @@ import math
 import os
 import random
 import re
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -48,10 +50,10 @@ __all__ = [
 ]
 
 FORMAT = "pyro_vae.checkpoint/2"
-OLD_FORMATS = ("pyro_vae.checkpoint/1",)  # no checksum: read, but only structure-checked
+OLD_FORMATS = ("pyro_vae.checkpoint/1",)  # no checksum: read only when asked to
 REQUIRED_KEYS = ("format", "config", "epoch", "model", "optimizer", "rng", "history")
-# mkstemp's names: ".NAME." + 8 characters of [a-z0-9_] + ".tmp"
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# mkstemp's names for the files pyro_vae writes: ".NAME." + 8 characters of [a-z0-9_] + ".tmp"
+_TEMPORARY = re.compile(r"^\.(checkpoint\.pt|[\w-]+\.(json|jsonl|csv|png))\.[a-z0-9_]{8}\.tmp$")
 
 
 def _reason(error: OSError) -> str:
@@ -62,6 +64,36 @@ def _umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it is to set it
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver them.
+
+    A KeyboardInterrupt raised inside ``torch.save``'s writer surfaces as a RuntimeError from
+    its C++ code; deferring it keeps the write whole and the interruption an interruption.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handlers = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handlers[signum] = signal.getsignal(signum)
+        signal.signal(signum, lambda s, frame: caught.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in caught[:1]:
+            handler = handlers[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -83,12 +115,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except OSError as e:
         raise OutputError(f"cannot write {path}: {_reason(e)}") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _signals_deferred():
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {_reason(e)}") from None
@@ -249,6 +282,22 @@ def _check_structure(path: Path, state: dict) -> None:
                 raise bad(f"its metrics history has {key} = {value!r}")
     if len(history) != epoch:
         raise bad(f"it says epoch {epoch} but its metrics history has {len(history)} rows")
+    rng = state["rng"]
+    if (
+        not isinstance(rng, dict)
+        or not isinstance(rng.get("torch"), torch.Tensor)
+        or rng["torch"].dtype != torch.uint8
+        or not isinstance(rng.get("python"), (list, tuple))
+        or not isinstance(rng.get("numpy"), (list, tuple))
+        or len(rng["numpy"]) != 5
+        or not isinstance(rng["numpy"][1], torch.Tensor)
+    ):
+        raise bad("its RNG state is not one pyro_vae wrote")
+    baselines = state.get("baseline_state", {})
+    if not isinstance(baselines, dict) or not all(
+        isinstance(v, torch.Tensor) for v in baselines.values()
+    ):
+        raise bad("its baseline state is not a table of tensors")
     shape = state.get("image_shape", [28, 28])
     if (
         not isinstance(shape, (list, tuple))
@@ -265,11 +314,14 @@ def _check_structure(path: Path, state: dict) -> None:
         raise CheckpointError(f"checkpoint {path} holds NaN or infinite ELBOs in its history")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, allow_unverified: bool = False) -> dict:
     """Read a checkpoint onto the CPU, verified.
 
+    :param allow_unverified: also read checkpoints of the first format, which carry no
+        checksum (their structure and values are still checked, their bytes cannot be).
     :raises CheckpointError: the file is missing, unreadable, truncated, fails its checksum,
-        holds NaN or infinite parameters, or is not a pyro_vae checkpoint.
+        holds NaN or infinite parameters, is of the first format (unless allowed), or is not a
+        pyro_vae checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -286,6 +338,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {', '.join(missing)}")
+    if state["format"] != FORMAT and not allow_unverified:
+        raise CheckpointError(
+            f"checkpoint {path} has no checksum (an earlier pyro_vae wrote it), so damage to it "
+            "cannot be detected; retrain, or read it anyway with pyro_vae.checkpoint."
+            "load_checkpoint(path, allow_unverified=True)"
+        )
     if state["format"] == FORMAT:
         try:
             checksum = state_checksum(state)

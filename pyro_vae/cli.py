@@ -17,7 +17,9 @@ import contextlib
 import dataclasses
 import io
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +48,7 @@ from pyro_vae.plots import (
     reconstructions_figure,
     samples_figure,
 )
-from pyro_vae.runfolder import locked_folder
+from pyro_vae.runfolder import LOCK_FILE, locked_folder
 from pyro_vae.train import (
     CHECKPOINT_FILE,
     TrainConfig,
@@ -111,9 +113,10 @@ def _save(fig, path: Path) -> None:
 
 
 def _lock_for_file(path: Path):
-    """The lock of the run folder a single output file goes into, if it goes into one."""
+    """The lock of the run folder a single output file goes into, if it goes into one (a
+    folder with a checkpoint, or one that a run holds now, before its first checkpoint)."""
     folder = path.parent
-    if (folder / CHECKPOINT_FILE).exists():
+    if (folder / CHECKPOINT_FILE).exists() or (folder / LOCK_FILE).exists():
         return locked_folder(folder)
     return contextlib.nullcontext()
 
@@ -430,7 +433,8 @@ def _cmd_posterior(args: argparse.Namespace) -> int:
                 print(f"pyro-vae posterior: warning: image {i}: {warning}", file=sys.stderr)
             fig = posterior_figure(run.vae, test[i], idata, check=check)
             _save(fig, out_dir / f"posterior_{i}.png")
-        write_json(out_dir / "posterior.json", checks)
+            # after each image: an interrupted check leaves a table that matches its pictures
+            write_json(out_dir / "posterior.json", checks)
         print(f"gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), nats; written to {out_dir}")
     return 0
 
@@ -649,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that the same clean-up runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
 class _Guarded(io.TextIOBase):
     """A text stream that goes quiet, instead of raising, once its reader has gone away.
 
@@ -668,11 +680,13 @@ class _Guarded(io.TextIOBase):
             os.dup2(devnull, self.stream.fileno())
             os.close(devnull)
 
+    # A closed pipe, or stdout on a full disk (`> /dev/full`): the output is lost either way,
+    # the work and its files are not.
     def write(self, text: str) -> int:
         if not self.gone:
             try:
                 self.stream.write(text)
-            except BrokenPipeError:
+            except OSError:
                 self._went_away()
         return len(text)
 
@@ -680,7 +694,7 @@ class _Guarded(io.TextIOBase):
         if not self.gone:
             try:
                 self.stream.flush()
-            except BrokenPipeError:
+            except OSError:
                 self._went_away()
 
     def isatty(self) -> bool:
@@ -698,9 +712,17 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _open_or_devnull(stream):
+    # a stream closed before we started (`pyro-vae ... >&-`) is None in Python
+    return stream if stream is not None else open(os.devnull, "w")  # noqa: SIM115
+
+
 def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Guarded(stdout), _Guarded(stderr)
+    sys.stdout = _Guarded(_open_or_devnull(stdout))
+    sys.stderr = _Guarded(_open_or_devnull(stderr))
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args = build_parser().parse_args(argv)  # exits 0 for --help, 2 for a malformed line
         prefix = f"pyro-vae {args.command}"
@@ -717,14 +739,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: error: out of memory; try a smaller --batch-size or -K",
                   file=sys.stderr)  # fmt: skip
             return 1
+        except RuntimeError as e:
+            if "allocate" not in str(e) and "out of memory" not in str(e):
+                raise  # a bug: keep the traceback
+            print(f"{prefix}: error: out of memory ({_one_line(e)[:160]}); try a smaller "
+                  "--batch-size or -K", file=sys.stderr)  # fmt: skip
+            return 1
         except OSError as e:  # the machine's, not the code's: a vanished file, a dead disk
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             print(f"{prefix}: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
             return 1
+        except _Terminated:
+            print(f"{prefix}: terminated", file=sys.stderr)
+            return 143
         except KeyboardInterrupt:
             print(f"{prefix}: interrupted", file=sys.stderr)
             return 130
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, on_term)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()

@@ -421,6 +421,12 @@ def _load_frey(root: Path, download: bool) -> ImageData:
         except OSError as e:
             raise _not_found("frey-faces", path, _first_line(e)) from None
     faces = _read_frey(path)  # (560, 1965) uint8, one face a column
+    if faces.shape[1] <= FREY_NUM_TEST:
+        problem = (
+            f"'ff' holds {faces.shape[1]} faces; {FREY_NUM_TEST} are held out for testing, so "
+            f"it needs more than {FREY_NUM_TEST} (the file has 1965)"
+        )
+        raise _damaged("frey-faces", path, problem)
     faces = torch.from_numpy(np.ascontiguousarray(faces.T.reshape(-1, *FREY_SHAPE)))
     order = torch.randperm(faces.shape[0], generator=torch.Generator().manual_seed(0))
     images = _to_flat_float(faces[order])
@@ -535,6 +541,12 @@ def prepare_images(
     if binarize not in BINARIZATIONS:
         raise DataError(f"unknown binarization {binarize!r}; choose one of {BINARIZATIONS}")
     train, test = data.train_images, data.test_images
+    for images, split in ((train, "train"), (test, "test")):
+        if images.dim() != 2 or images.shape[0] == 0 or images.shape[1] != data.data_dim:
+            raise DataError(
+                f"{data.name} {split} images must be (N, {data.data_dim}) with N > 0, got "
+                f"{tuple(images.shape)}"
+            )
     check_support(train, None, f"{data.name} train images")
     check_support(test, None, f"{data.name} test images")
     if binarize != "none":

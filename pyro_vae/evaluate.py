@@ -69,6 +69,11 @@ def importance_sampled_log_likelihood(
     """
     _check_count(num_particles, "the number of particles K")
     _check_count(batch_size, "the batch size")
+    if not isinstance(images, torch.Tensor) or images.dim() != 2:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DataError(f"images must be a torch.Tensor of shape (N, D), got {shape}")
+    if not images.is_floating_point():
+        raise DataError(f"images must be floating point in [0, 1], got {images.dtype}")
     if len(images) == 0:
         raise DataError("no images to evaluate")
     if max_rows is None:
@@ -181,6 +186,8 @@ def evaluate(
         NaN, or the likelihood overflowed).
     """
     images = check_images(vae, images)
+    if not all(torch.isfinite(p).all() for p in vae.parameters()):
+        raise NumericalError("the model's parameters hold NaN or infinity; nothing to evaluate")
     _check_count(num_particles, "the number of particles K")
     _check_count(batch_size, "the batch size")
     seed = check_seed(seed)

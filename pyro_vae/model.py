@@ -15,6 +15,7 @@ Pyro scales and scores them image by image.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import pyro
@@ -56,12 +57,23 @@ class VAE(nn.Module):
         baseline_beta: float = 0.9,
     ) -> None:
         super().__init__()
-        if int(data_dim) < 1 or int(latent_dim) < 1:
+
+        def whole(value) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        if not (whole(data_dim) and whole(latent_dim)) or data_dim < 1 or latent_dim < 1:
             raise ConfigError(
-                f"data and latent sizes must be positive, got {data_dim} and {latent_dim}"
+                f"data and latent sizes must be positive whole numbers, got {data_dim!r} and "
+                f"{latent_dim!r}"
             )
-        if any(int(h) < 1 for h in hidden_sizes):
-            raise ConfigError(f"hidden sizes must be positive, got {list(hidden_sizes)}")
+        if (
+            isinstance(hidden_sizes, (str, bytes))
+            or not isinstance(hidden_sizes, Sequence)
+            or not all(whole(h) and h >= 1 for h in hidden_sizes)
+        ):
+            raise ConfigError(
+                f"hidden sizes must be a list of positive whole numbers, got {hidden_sizes!r}"
+            )
         if likelihood not in LIKELIHOODS:
             raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         check_estimator(estimator)

@@ -13,6 +13,7 @@ enough independent draws (bulk ESS above :data:`ESS_PER_CHAIN_MIN` per chain); o
 
 from __future__ import annotations
 
+import numbers
 import textwrap
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,9 +27,10 @@ from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
 from pyro_vae.checkpoint import preserved_rng
-from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import importance_sampled_log_likelihood
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.evaluate import check_images, importance_sampled_log_likelihood
 from pyro_vae.model import VAE
+from pyro_vae.train import MAX_SEED
 
 if TYPE_CHECKING:
     import arviz as az
@@ -56,6 +58,16 @@ def _arviz():
     return arviz
 
 
+def _one_image(vae: VAE, x) -> torch.Tensor:
+    """``x`` as one checked image ``(D,)``, or a :class:`DataError`."""
+    if isinstance(x, torch.Tensor) and x.dim() == 1:
+        x = x.reshape(1, -1)
+    x = check_images(vae, x, "the image")
+    if len(x) != 1:
+        raise DataError(f"the posterior check takes one image (D,), got {len(x)} images")
+    return x[0]
+
+
 def nuts_posterior(
     vae: VAE,
     x: torch.Tensor,
@@ -74,10 +86,21 @@ def nuts_posterior(
     :param progress: show Pyro's progress bar (on stderr), one per chain.
     :raises ConfigError: no draws, no chains, or a negative warm-up.
     """
+    x = _one_image(vae, x)
+    counts = (num_samples, warmup_steps, num_chains, seed)
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in counts):
+        raise ConfigError(
+            f"draws, warm-up steps, chains and seed must be whole numbers, got {counts}"
+        )
     if min(num_samples, num_chains) < 1 or warmup_steps < 0:
         raise ConfigError(
             f"NUTS needs at least one draw and one chain and no negative warm-up, got "
             f"{num_samples} draws, {num_chains} chains, {warmup_steps} warm-up steps"
+        )
+    if not 0 <= seed <= MAX_SEED - (num_chains - 1):
+        raise ConfigError(
+            f"chain c is seeded with seed + c: the seed must be from 0 to 2**32 - {num_chains} "
+            f"for {num_chains} chains, got {seed}"
         )
     with preserved_rng():
         x = x.reshape(1, -1)
@@ -154,6 +177,9 @@ def check_posterior(
     folding, and localization: an improved R-hat for assessing convergence of MCMC", Bayesian
     Analysis 16(2).
     """
+    x = _one_image(vae, x)
+    if not isinstance(num_particles, numbers.Integral) or num_particles < 1:
+        raise ConfigError(f"K must be a whole number of at least 1, got {num_particles!r}")
     idata = nuts_posterior(vae, x, num_samples, warmup_steps, num_chains, seed, progress)
     # unrounded: ArviZ's default rounding to 2 decimals would hide R-hat 1.014 > 1.01
     summary = _arviz().summary(idata, var_names=["z"], kind="all", round_to="none")

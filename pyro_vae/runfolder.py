@@ -47,8 +47,12 @@ def _acquire(folder: Path) -> int:
     lock_path = folder / LOCK_FILE
     while True:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            # O_NOFOLLOW: a symbolic link planted as the lock file would have us write our
+            # pid into whatever it points at
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise OutputError(f"{lock_path} is a symbolic link; remove it") from None
             raise OutputError(f"cannot write into {folder}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -86,16 +90,19 @@ def locked_folder(folder: str | os.PathLike, create: bool = False) -> Iterator[P
     :raises OutputError: the folder cannot be created or written.
     :raises CheckpointError: the folder does not exist and ``create`` is false.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise OutputError(f"a folder must be a path, got {folder!r}")
     folder = Path(folder)
-    created = False
+    created: list[Path] = []  # the folders made here, deepest first
     if not folder.is_dir():
         if not create:
             raise CheckpointError(f"no run folder at {folder}")
         if folder.exists():
             raise OutputError(f"cannot use {folder} as a folder: a file of that name exists")
+        missing = [folder, *(p for p in folder.parents if not p.exists())]
         try:
             folder.mkdir(parents=True)
-            created = True
+            created = [p for p in missing if p == folder or p in folder.parents]
         except FileExistsError:  # another process made it meanwhile: share it, not own it
             pass
         except OSError as e:
@@ -122,7 +129,9 @@ def locked_folder(folder: str | os.PathLike, create: bool = False) -> Iterator[P
         # opened it just before is sent round again by _acquire's check.
         with contextlib.suppress(OSError):
             (folder / LOCK_FILE).unlink()
-        if created:  # a folder made here and left empty (a run that failed) goes too
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        # folders made here and left empty (a run that failed) go too, down to what was there
+        for made in created:
+            if made.is_dir() and not any(made.iterdir()):
+                with contextlib.suppress(OSError):
+                    made.rmdir()
         os.close(fd)  # releases the lock

@@ -352,12 +352,37 @@ def _load_images(config: TrainConfig, data: ImageData | None):
     train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
     if config.train_size is not None:
         train = train[: config.train_size]
-    return data, train.to(config.device), test.to(config.device)
+    # images of another float type (float64 arrays, say) meet float32 networks
+    return data, train.to(config.device, torch.float32), test.to(config.device, torch.float32)
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(row) + "\n" for row in history)
     atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
+
+
+@torch.no_grad()
+def _finite(vae: VAE, x: torch.Tensor) -> bool:
+    """Whether the parameters, and the networks' outputs on ``x``, are all finite numbers."""
+    if not all(torch.isfinite(p).all() for p in vae.parameters()):
+        return False
+    loc, scale = vae.encoder(x)
+    outputs = (loc, scale, *vae.decoder(loc))
+    return all(torch.isfinite(t).all() for t in outputs)
+
+
+def _check_step_memory(config: TrainConfig, data_dim: int) -> None:
+    """Refuse a batch of particles whose activations could not fit in the device's memory."""
+    widths = data_dim * 3 + 2 * sum(config.hidden_sizes) + 4 * config.latent_dim
+    rows = config.num_particles * config.batch_size
+    needed = 4 * 3 * rows * widths  # float32, forward values and their gradients, roughly
+    memory = _device_memory(config.device)
+    if memory is not None and needed > memory:
+        raise ConfigError(
+            f"K = {config.num_particles} particles for each of {config.batch_size} images need "
+            f"about {needed / 2**30:,.1f} GiB a step, more than {config.device} has "
+            f"({memory / 2**30:,.1f} GiB); lower -K or --batch-size"
+        )
 
 
 def _check_room(run_dir: Path, vae: VAE) -> None:
@@ -451,9 +476,13 @@ def fit(
     :raises OutputError: ``run_dir`` cannot be written; the last good checkpoint is kept.
     :raises TrainingDiverged: the objective became NaN; the last good checkpoint is kept.
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"fit takes a TrainConfig, got {type(config).__name__}")
     config.validate()
     if resume and run_dir is None:
         raise ConfigError("resume needs a run folder")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"run_dir must be a path, got {run_dir!r}")
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is None:
         lock = contextlib.nullcontext()
@@ -485,7 +514,8 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
 
     pyro.set_rng_seed(config.seed)
     data, train_images, test_images = _load_images(config, data)
-    vae = build_vae(config, data.data_dim).to(config.device)
+    vae = build_vae(config, data.data_dim).to(config.device)  # checks the parameters' size
+    _check_step_memory(config, data.data_dim)
     vae.init_output_bias(train_images.mean(0))
     if run_dir is not None:
         _check_room(run_dir, vae)
@@ -497,7 +527,13 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
         _load_model_state(vae, checkpoint["model"], run_dir / CHECKPOINT_FILE)
         optim.set_state(checkpoint["optimizer"])
         baseline_state = checkpoint.get("baseline_state", {})
-        set_rng_state(checkpoint["rng"])
+        try:
+            set_rng_state(checkpoint["rng"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {run_dir / CHECKPOINT_FILE} is damaged: its RNG state cannot be "
+                f"restored ({str(e).strip().splitlines()[0]})"
+            ) from None
         history = list(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"])
         if history:
@@ -512,8 +548,16 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
         raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
     elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
     saved_epoch = start_epoch  # the epoch of the checkpoint on disk (0: none yet)
+    # What a new run finds in its folder (a killed run's config, a file of the user's) is put
+    # back if it fails before its first checkpoint; a resumed run rewrites config.json and
+    # metrics.jsonl only beside a new checkpoint, so they never disagree with it.
+    found = {}
+    if run_dir is not None and not resume:
+        for name in (CONFIG_FILE, METRICS_FILE):
+            with contextlib.suppress(OSError):
+                found[name] = (run_dir / name).read_bytes()
     try:
-        if run_dir is not None:
+        if run_dir is not None and not resume:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
             _write_metrics(run_dir, history)
         with pyro.get_param_store().scope(), warnings.catch_warnings():
@@ -544,8 +588,12 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
                         # so Pyro's per-step validation only costs time (benchmarks/speed.py)
                         with pyro.validation_enabled(False):
                             loss = svi.step(x)
-                    except ValueError as e:  # Pyro's validation of NaN distribution parameters
-                        loss, cause = math.nan, f" ({str(e).splitlines()[0]})"
+                    except (ValueError, RuntimeError) as e:
+                        # NaN parameters fail inside Pyro or torch (a NaN scale cannot be
+                        # sampled) before the loss can say so
+                        if isinstance(e, RuntimeError) and _finite(vae, x):
+                            raise
+                        loss, cause = math.nan, f" ({str(e).strip().splitlines()[0]})"
                     else:
                         cause = ""
                     if not math.isfinite(loss):
@@ -587,6 +635,7 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
                     state = _checkpoint_state(config, epoch + 1, vae, optim, history, data, store)
                     try:
                         save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+                        write_json(run_dir / CONFIG_FILE, config.to_dict())
                         _write_metrics(run_dir, history)
                     except OutputError as e:
                         kept = (
@@ -598,10 +647,14 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
                                           f"{kept}") from None  # fmt: skip
                     saved_epoch = epoch + 1
     except BaseException:
-        if run_dir is not None and not saved_epoch:  # a new run that never saved: no debris
+        # a new run that never saved a checkpoint leaves the folder as it found it
+        if run_dir is not None and not resume and not (run_dir / CHECKPOINT_FILE).exists():
             for name in (CONFIG_FILE, METRICS_FILE):
-                with contextlib.suppress(OSError):
-                    (run_dir / name).unlink()
+                with contextlib.suppress(OSError, PyroVAEError):
+                    if name in found:
+                        atomic_write_bytes(run_dir / name, found[name])
+                    else:
+                        (run_dir / name).unlink()
         raise
     return TrainResult(
         vae.eval(), history, config, data.image_shape, test_images, run_dir, data.test_labels
@@ -615,9 +668,16 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:
     :raises ConfigError: an unknown or unavailable ``device``.
     """
     check_device(device)
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise CheckpointError(f"a run folder is a path, got {run_dir!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"no run folder at {run_dir}")
+    with preserved_rng():  # building the networks draws their initial weights
+        return _load_run(run_dir, device)
+
+
+def _load_run(run_dir: Path, device: str) -> TrainResult:
     path = run_dir / CHECKPOINT_FILE
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])

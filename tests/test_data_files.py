@@ -390,7 +390,7 @@ def write_frey(root, contents=None, raw: bytes | None = None):
     return path
 
 
-FACES = np.random.default_rng(0).integers(0, 256, (560, 40), dtype=np.uint8)
+FACES = np.random.default_rng(0).integers(0, 256, (560, 240), dtype=np.uint8)
 
 FREY_DAMAGE = [
     pytest.param(None, b"", "the file is empty (0 bytes)", id="frey zero bytes"),
@@ -399,20 +399,21 @@ FREY_DAMAGE = [
     ),
     pytest.param(None, "truncated", "not a readable .mat file", id="frey truncated"),
     pytest.param({"faces": FACES}, None, "no variable 'ff' (it holds faces)", id="frey no ff"),
+    pytest.param({"ff": FACES[:, :150]}, None, "'ff' holds 150 faces", id="frey too few faces"),
     pytest.param(
         {"ff": FACES[:500]},
         None,
-        "'ff' has shape (500, 40); expected (560, N)",
+        "'ff' has shape (500, 240); expected (560, N)",
         id="frey ff wrong shape",
     ),
     pytest.param(
         {"ff": FACES.T},
         None,
-        "'ff' has shape (40, 560); expected (560, N)",
+        "'ff' has shape (240, 560); expected (560, N)",
         id="frey ff transposed",
     ),
     pytest.param(
-        {"ff": FACES.reshape(560, 20, 2)}, None, "'ff' has shape (560, 20, 2)", id="frey ff 3-D"
+        {"ff": FACES.reshape(560, 120, 2)}, None, "'ff' has shape (560, 120, 2)", id="frey ff 3-D"
     ),
     pytest.param(
         {"ff": FACES.astype(np.float64) * 2},
@@ -471,8 +472,8 @@ def test_frey_permission_error_is_a_data_error(tmp_path, monkeypatch):
 def test_frey_grey_levels_of_any_numeric_type(tmp_path, dtype):
     write_frey(tmp_path, frey_mat(FACES.astype(dtype)))
     frey = load_dataset("frey-faces", tmp_path)
-    faces = torch.from_numpy(FACES.T.reshape(-1, 28, 20).copy()).reshape(40, -1).float() / 255
-    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    faces = torch.from_numpy(FACES.T.reshape(-1, 28, 20).copy()).reshape(240, -1).float() / 255
+    order = torch.randperm(240, generator=torch.Generator().manual_seed(0))
     assert torch.equal(torch.cat([frey.test_images, frey.train_images]), faces[order])
 
 

@@ -92,6 +92,9 @@ CASES = [
         id="train jit reinforce-nn-baseline",
     ),  # fmt: skip
     pytest.param(["train", "--clip-norm", "inf"], "clip norm", id="train clip norm inf"),
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "-K", "100000000"], "lower -K", id="train K 1e8"
+    ),  # fmt: skip
     pytest.param(["train", "--lr", "nan"], "learning rate", id="train lr nan"),
     pytest.param(["train", "--latent-dim", "0"], "latent_dim", id="train latent dim 0"),
     pytest.param(["train", "--epochs", "0"], "epochs", id="train epochs 0"),
@@ -218,6 +221,11 @@ CASES = [
     ),  # fmt: skip
     pytest.param(["posterior", "RUN", "--seed", "-1"], "--seed", id="posterior seed -1"),
     pytest.param(
+        ["posterior", "RUN", "--seed", str(2**32 - 1)],
+        "2**32 - 2",
+        id="posterior last chain's seed past the range",
+    ),  # fmt: skip
+    pytest.param(
         ["posterior", "RUN", "--out", "/proc/pyro-vae"],
         "cannot create",
         id="posterior out under /proc",
@@ -289,10 +297,14 @@ def test_bad_input_in_a_fresh_process_is_one_line_too(run, tmp_path):
     # what a user sees: no warnings of Pyro's, PyTorch's or ArviZ's around the message
     diverging = ["train", "--dataset", "mnist-sample", "--lr", "1e30", "--out", tmp_path / "new",
                  *QUICK]  # fmt: skip
+    # REINFORCE's NaN scale fails inside torch's sampler, before any loss is NaN
+    reinforce = [*diverging, "--estimator", "reinforce", "--objective", "elbo"]
     for argv in (["evaluate", run, "--device", "cuda:0"], ["sample", run, "--num", "0"],
-                 ["posterior", run, "--chains", "0"], diverging):  # fmt: skip
+                 ["posterior", run, "--chains", "0"], diverging, reinforce):  # fmt: skip
         proc = run_cli(*argv)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()
 
 
 # -- damaged checkpoints --------------------------------------------------------------------
@@ -775,3 +787,239 @@ def test_load_run_on_damage_is_a_checkpoint_error(run, tmp_path):
     _flip_tensor_byte(copy / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="checksum"):
         load_run(copy)
+
+
+def _interrupt_when(proc: subprocess.Popen, ready) -> tuple[int, str]:
+    deadline = time.monotonic() + 300
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def test_ctrl_c_is_one_line_at_any_moment(tmp_path):
+    env = {**os.environ, "PYRO_VAE_OFFLINE": "1"}
+    # while PyTorch loads
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", "--help"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    started = time.monotonic()
+    code, err = _interrupt_when(proc, lambda: time.monotonic() - started > 0.3)
+    assert code in (0, 130) and "Traceback" not in err and err.count("\n") <= 1, err
+    # in the second epoch: the first epoch's checkpoint stays, and resumes
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist-sample", "--epochs", "50", "--out", str(out), *QUICK]
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    code, err = _interrupt_when(proc, lambda: (out / "checkpoint.pt").exists())
+    assert code == 130 and err == "pyro-vae train: interrupted\n", err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+    assert not list(out.glob(".*.tmp")) and not (out / LOCK_FILE).exists()
+
+
+def test_a_closed_stdout_before_the_start(run, tmp_path):
+    proc = run_cli("sample", run, "--out", tmp_path / "s.png", preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "s.png").exists()
+
+
+def test_unverifiable_old_format_checkpoints_are_refused(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    state = torch.load(copy / "checkpoint.pt", weights_only=True)
+    del state["checksum"]
+    state["format"] = "pyro_vae.checkpoint/1"
+    for value in state["model"].values():
+        value.fill_(0.5)  # an edit no check can see without a checksum
+    torch.save(state, copy / "checkpoint.pt")
+    before = folder_hashes(copy)
+    for argv in (["evaluate", str(copy)], ["train", "--resume", str(copy), "--epochs", "3"]):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "no checksum" in err and err.count("\n") == 1, err
+    assert folder_hashes(copy) == before
+    # read when asked, with the other checks
+    assert load_checkpoint(copy / "checkpoint.pt", allow_unverified=True)["epoch"] == 2
+    state["rng"] = {"python": []}
+    torch.save(state, copy / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="RNG state"):
+        load_checkpoint(copy / "checkpoint.pt", allow_unverified=True)
+
+
+# -- found by an adversarial pass -----------------------------------------------------------
+
+
+def test_a_failed_new_run_puts_back_what_it_found(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")  # a killed run's, or the user's
+    (out / "metrics.jsonl").write_text("notes\n")
+    before = folder_hashes(out)
+    argv = ["train", "--dataset", "mnist-sample", "--lr", "1e30", "--out", str(out), *QUICK]
+    assert main(argv) == 1
+    assert folder_hashes(out) == before
+
+
+def test_a_failed_resume_leaves_config_and_metrics_alone(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = folder_hashes(copy)
+    # the resumed epochs diverge: nothing of the run may change
+    _rewrite(copy / "checkpoint.pt", lambda s: s["config"].update(learning_rate=1e30))
+    json_config = json.loads((copy / "config.json").read_text())
+    argv = ["train", "--resume", str(copy), "--epochs", "5", *QUICK[-5:]]
+    assert main(argv) == 1
+    assert "diverged" in capsys.readouterr().err
+    assert json.loads((copy / "config.json").read_text()) == json_config
+    assert (copy / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert set(folder_hashes(copy)) == set(before)
+
+
+def test_a_symlinked_lock_file_is_refused(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    (copy / LOCK_FILE).symlink_to(outside)
+    capsys.readouterr()
+    assert main(["evaluate", str(copy), "-K", "2", "--num-images", "5"]) == 1
+    assert "symbolic link" in capsys.readouterr().err
+    assert outside.read_text() == "precious\n"
+
+
+def test_only_pyro_vae_temporaries_are_cleared(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / ".notes.abcdefgh.tmp").write_text("mine\n")
+    (copy / ".checkpoint.pt.abcdefgh.tmp").write_bytes(b"half")
+    assert main(["evaluate", str(copy), "-K", "2", "--num-images", "5"]) == 0
+    assert (copy / ".notes.abcdefgh.tmp").exists()
+    assert not (copy / ".checkpoint.pt.abcdefgh.tmp").exists()
+
+
+def test_a_picture_into_a_folder_a_run_holds_is_refused(run, tmp_path, capsys):
+    from pyro_vae.runfolder import locked_folder
+
+    held = tmp_path / "training"
+    with locked_folder(held, create=True):
+        proc = run_cli("sample", run, "--out", held / "s.png")
+    assert proc.returncode == 1 and "in use" in proc.stderr
+    assert not held.exists()
+
+
+def test_sigterm_is_one_line_and_cleans_up(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist-sample", "--epochs", "50", "--out", str(out), *QUICK]
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", *argv],
+                            env={**os.environ, "PYRO_VAE_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.terminate()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and err == "pyro-vae train: terminated\n", err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+    assert not (out / LOCK_FILE).exists() and not list(out.glob(".*.tmp"))
+
+
+def test_stdout_on_a_full_disk_does_not_stop_the_run(run, tmp_path):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pyro_vae", "sample", run, "--out", tmp_path / "s.png"],
+            stdout=full, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYRO_VAE_OFFLINE": "1"},
+        )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "s.png").exists()
+
+
+def test_load_run_leaves_the_rng_alone(run):
+    from pyro_vae import load_run
+
+    rng = torch.get_rng_state()
+    load_run(run)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        pytest.param(lambda x: x.numpy(), id="numpy image"),
+        pytest.param(lambda x: x[:100], id="wrong width"),
+        pytest.param(lambda x: x.repeat(2, 1), id="two images"),
+        pytest.param(lambda x: x * 0.5, id="grey image"),
+        pytest.param(lambda x: x.to(torch.uint8), id="uint8 image"),
+    ],
+)
+def test_posterior_check_refuses_bad_images(x, loaded):
+    from pyro_vae import DataError
+    from pyro_vae.posterior import check_posterior
+
+    image = torch.bernoulli(torch.full((784,), 0.3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError):
+        check_posterior(loaded.vae, x(image), num_samples=5, warmup_steps=5)
+
+
+def test_evaluate_with_nan_parameters_is_a_numerical_error(run):
+    from pyro_vae import NumericalError, evaluate, load_run
+
+    vae = load_run(run).vae
+    with torch.no_grad():
+        vae.decoder.out.bias.fill_(float("nan"))
+    x = torch.bernoulli(torch.full((4, 784), 0.3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NumericalError):
+        evaluate(vae, x, 3)
+
+
+def test_fit_takes_float64_images():
+    from pyro_vae import TrainConfig, fit
+    from pyro_vae.data import load_dataset
+
+    data = load_dataset("mnist-sample")
+    import dataclasses
+
+    data = dataclasses.replace(data, train_images=data.train_images.double(),
+                               test_images=data.test_images.double())  # fmt: skip
+    config = TrainConfig(dataset="mnist-sample", train_size=128, batch_size=64,
+                         hidden_sizes=(8,), latent_dim=2, epochs=1)  # fmt: skip
+    assert fit(config, data=data).history[0]["test_elbo"] < 0
+
+
+INTERRUPTED_WRITER = """
+import sys, time, torch
+from pyro_vae.cli import main
+
+real_save, calls = torch.save, []
+
+def slow_save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        open(sys.argv[2], "w").close()  # the signal: interrupt me now
+        try:
+            time.sleep(3)
+        except KeyboardInterrupt:  # what torch's C++ writer makes of one
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = slow_save
+sys.exit(main(["train", "--dataset", "mnist-sample", "--train-size", "256", "--batch-size", "64",
+               "--hidden-sizes", "16", "--latent-dim", "2", "--epochs", "5", "--no-progress",
+               "--out", sys.argv[1]]))
+"""
+
+
+def test_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path):
+    run_dir, ready = tmp_path / "run", tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_WRITER, str(run_dir), str(ready)],
+        env={**os.environ, "PYRO_VAE_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    code, err = _interrupt_when(proc, ready.exists)
+    assert code == 130 and err == "pyro-vae train: interrupted\n", err
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2  # the write finished
+    assert not list(run_dir.glob(".*.tmp"))

@@ -23,6 +23,6 @@ def test_setup_commands_name_real_commands_and_extras():
     assert "pip install ." in commands[0] and "pyro-vae train" in commands[0]
     assert 'pip install -e ".[test]"' in commands[1] and "pytest" in commands[1]
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert 'test = ["pytest' in pyproject and 'pyro-vae = "pyro_vae.cli:main"' in pyproject
+    assert 'test = ["pytest' in pyproject and 'pyro-vae = "pyro_vae._entry:main"' in pyproject
     # the main command's flags parse
     build_parser().parse_args(["train", "--out", "runs/mnist"])
