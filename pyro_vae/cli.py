@@ -3,7 +3,8 @@ estimator study.
 
 Every error a user can cause ends in one line on stderr and a non-zero exit code: 2 for a
 malformed command line, 1 for everything else (missing or damaged data, a bad setting, a damaged
-checkpoint, an unwritable output, a run folder in use, a diverged run), 130 for Ctrl-C. A
+checkpoint, an unwritable output, a run folder in use, a diverged run), 130 for Ctrl-C, 143
+for SIGTERM. A
 command that writes into a folder holds that folder's lock while it works
 (:mod:`pyro_vae.runfolder`), and checks that it can write there before it starts the work. A
 closed stdout (``pyro-vae train ... | head -1``) does not stop the work: the output goes

@@ -29,7 +29,7 @@ import torch
 
 from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, preserved_rng, write_json
 from pyro_vae.data import ImageData, binarize_once, load_dataset, prepare_images
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.gradients import gradient_samples, gradient_statistics
 from pyro_vae.model import VAE
@@ -125,6 +125,11 @@ def compare_estimators(
             f"gradient epochs {list(gradient_epochs)} must be given, each from 0 to "
             f"{config.epochs} (the epochs of the run)"
         )
+    counts = (num_samples, reference_samples, *gradient_epochs)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+        raise ConfigError(f"numbers of estimates and gradient epochs must be whole, got {counts}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise OutputError(f"cannot use {out_dir} as a folder: a file of that name exists")
     if min(num_samples, reference_samples) < 2:
         raise ConfigError("the numbers of gradient estimates must be at least 2")
     with preserved_rng():

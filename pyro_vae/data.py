@@ -471,6 +471,8 @@ def load_dataset(
     :raises DataError: a file is there but unreadable or damaged (empty, truncated, the wrong
         kind, labels outside 0..9, ...); the message names the file and the problem.
     """
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise DataError(f"data_dir must be a path, got {data_dir!r}")
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name == "mnist-sample":
