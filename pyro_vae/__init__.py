@@ -34,13 +34,15 @@ _LAZY = {
     "importance_sampled_log_likelihood": "pyro_vae.evaluate",
     "VAE": "pyro_vae.model",
     "OBJECTIVES": "pyro_vae.objectives",
-    "log_importance_weights": "pyro_vae.objectives",
+    "log_importance_weights": "pyro_vae.evaluate",
     "make_elbo": "pyro_vae.objectives",
     "TrainConfig": "pyro_vae.train",
     "TrainResult": "pyro_vae.train",
     "TrainingDiverged": "pyro_vae.train",
     "fit": "pyro_vae.train",
     "load_run": "pyro_vae.train",
+    "run_images": "pyro_vae.train",
+    "isolated": "pyro_vae.isolation",
 }
 
 __all__ = [
@@ -63,11 +65,13 @@ __all__ = [
     "evaluate",
     "fit",
     "guide_distribution",
+    "isolated",
     "importance_sampled_log_likelihood",
     "load_dataset",
     "load_run",
     "log_importance_weights",
     "make_elbo",
+    "run_images",
 ]
 
 

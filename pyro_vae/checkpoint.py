@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import signal
 import tempfile
@@ -31,7 +30,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 from pyro_vae.errors import CheckpointError, OutputError
@@ -39,12 +37,9 @@ from pyro_vae.errors import CheckpointError, OutputError
 __all__ = [
     "atomic_write",
     "atomic_write_bytes",
-    "get_rng_state",
     "load_checkpoint",
-    "preserved_rng",
     "remove_stale_temporaries",
     "save_checkpoint",
-    "set_rng_state",
     "state_checksum",
     "write_json",
 ]
@@ -165,39 +160,6 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
                     entry.unlink()
                     removed.append(entry)
     return removed
-
-
-def get_rng_state() -> dict:
-    """Torch (CPU and CUDA), Python and NumPy RNG states, in a form ``torch.load`` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Leave the caller's global RNGs (torch, Python, NumPy, CUDA) as they were found."""
-    state = get_rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
 
 
 def _feed(h, obj: Any) -> None:

@@ -22,22 +22,17 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
-from pyro_vae.data import (
-    BINARIZATIONS,
-    DATASETS,
-    ImageData,
-    load_dataset,
-    load_mnist_or_sample,
-    prepare_images,
-)
+from pyro_vae.data import BINARIZATIONS, DATASETS, DataFallbackWarning, ImageData, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
+from pyro_vae.isolation import check_seed
 from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.optim import LR_SCHEDULES
@@ -55,9 +50,9 @@ from pyro_vae.train import (
     TrainConfig,
     TrainResult,
     check_device,
-    check_seed,
     fit,
     load_run,
+    run_images,
 )
 
 __all__ = ["build_parser", "main"]
@@ -136,8 +131,20 @@ def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
 def _test_images(run: TrainResult, data_dir: str | None) -> tuple[torch.Tensor, ImageData]:
     """The run's test images, binarized exactly as during training."""
     data = _run_data(run, data_dir)
-    config = run.config
-    return prepare_images(data, config.binarize, config.likelihood, config.seed)[1], data
+    return run_images(run.config, data)[2], data
+
+
+def _mnist_or_sample(data_dir: str | None) -> ImageData:
+    """MNIST, else the bundled sample with a warning that stands out on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataFallbackWarning)
+        data = load_dataset("mnist", data_dir, fallback=True)
+    for w in caught:
+        if issubclass(w.category, DataFallbackWarning):
+            print(f"\nWARNING: {w.message}\n", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return data
 
 
 # -- train ----------------------------------------------------------------------------------
@@ -237,7 +244,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plots", action="store_true", help="do not write the pictures")
 
 
-CONFIG_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "data_fallback"]
+CONFIG_FLAGS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def _config_overrides(args: argparse.Namespace) -> dict:
@@ -322,13 +329,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{run_dir} already holds a run; resume it or choose another run folder"
             )
         elif "dataset" not in given:
-            data, config.data_fallback = load_mnist_or_sample(config.data_dir)
-            if config.data_fallback:
-                print(f"\nWARNING: {config.data_fallback}\n", file=sys.stderr)
+            data = _mnist_or_sample(config.data_dir)
             config.dataset = data.name
-        config.progress = progress
         print(f"training in {run_dir}")
-        result = fit(config, run_dir, data=data, resume=bool(args.resume))
+        result = fit(config, run_dir, data, bool(args.resume), progress)
         last = result.history[-1]
         print(
             f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, "
@@ -472,7 +476,6 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
             f"--gradient-epochs {' '.join(map(str, bad))} outside 0..{config.epochs} (--epochs): "
             "gradients are measured at initialization (0) or after an epoch of the reparam run"
         )
-    config.progress = not args.no_progress and _progress()
     out_dir = Path(args.out)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise OutputError(f"{out_dir} already holds files; the study writes a new folder")
@@ -484,6 +487,7 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
             args.gradient_epochs,
             args.num_estimates,
             args.reference_estimates,
+            progress=not args.no_progress and _progress(),
         )
     print(
         f"{'stage':<10} {'estimator':<22} {'network':<8} {'variance':>10} "

@@ -24,17 +24,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyro
 import torch
 
-from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, preserved_rng, write_json
-from pyro_vae.data import ImageData, binarize_once, load_dataset, prepare_images
+from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, write_json
+from pyro_vae.data import ImageData, binarize_once
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.gradients import gradient_samples, gradient_statistics
+from pyro_vae.isolation import isolated
 from pyro_vae.model import VAE
 from pyro_vae.plots import gradient_variance_figure, training_curves_figure
-from pyro_vae.train import TrainConfig, build_vae, fit
+from pyro_vae.train import TrainConfig, build_vae, fit, run_images
 
 __all__ = ["EstimatorComparison", "compare_estimators", "compare_gradients"]
 
@@ -97,6 +97,7 @@ def compare_estimators(
     num_samples: int = 200,
     reference_samples: int = 1000,
     data: ImageData | None = None,
+    progress: bool = False,
 ) -> EstimatorComparison:
     """Run the whole study (see the module docstring) and write its tables and figures.
 
@@ -104,6 +105,7 @@ def compare_estimators(
         particle, the only objective all estimators support (``config.estimator`` is ignored).
     :param gradient_epochs: measure gradients after these epochs of the reparam run, each
         from 0 (at initialization) to ``config.epochs``.
+    :param progress: show the training runs' progress bars on stderr.
     :raises ConfigError: another objective or ``K``, no estimator, an unknown one, gradient
         epochs out of range, fewer than two estimates.
     """
@@ -132,17 +134,18 @@ def compare_estimators(
         raise OutputError(f"cannot use {out_dir} as a folder: a file of that name exists")
     if min(num_samples, reference_samples) < 2:
         raise ConfigError("the numbers of gradient estimates must be at least 2")
-    with preserved_rng():
+    with isolated(config.seed):
         return _study(
             config, Path(out_dir), estimators, gradient_epochs, num_samples, reference_samples,
-            data,
+            data, progress,
         )  # fmt: skip
 
 
-def _study(config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data):
+def _study(
+    config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data, progress
+):
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = data or load_dataset(config.dataset, config.data_dir)
-    train, _ = prepare_images(data, config.binarize, config.likelihood, config.seed)
+    data, train, _ = run_images(dataclasses.replace(config, train_size=None), data)
     batch = train[: config.batch_size]
     if config.binarize == "dynamic":
         batch = binarize_once(batch, config.seed)
@@ -154,7 +157,6 @@ def _study(config, out_dir, estimators, gradient_epochs, num_samples, reference_
         )
         return [{"stage": stage, **row} for row in rows]
 
-    pyro.set_rng_seed(config.seed)
     initial = build_vae(config, data.data_dim).to(config.device)
     initial.init_output_bias(train.mean(0).to(config.device))
     gradients = study("init", initial) if 0 in gradient_epochs else []
@@ -166,17 +168,19 @@ def _study(config, out_dir, estimators, gradient_epochs, num_samples, reference_
     done = 0
     for epoch in sorted(e for e in set(gradient_epochs) if 0 < e < config.epochs):
         staged = dataclasses.replace(reparam_config, epochs=epoch)
-        result = fit(staged, runs / "reparam", data=data, resume=done > 0)
+        result = fit(staged, runs / "reparam", data, resume=done > 0, progress=progress)
         gradients += study(f"epoch {epoch}", result.vae)
         done = epoch
-    result = fit(reparam_config, runs / "reparam", data=data, resume=done > 0)
+    result = fit(reparam_config, runs / "reparam", data, done > 0, progress)
     if config.epochs in gradient_epochs:
         gradients += study(f"epoch {config.epochs}", result.vae)
     training["reparam"] = result.history
     for estimator in estimators:
         if estimator != "reparam":
             estimator_config = dataclasses.replace(config, estimator=estimator)
-            training[estimator] = fit(estimator_config, runs / estimator, data=data).history
+            training[estimator] = fit(
+                estimator_config, runs / estimator, data, progress=progress
+            ).history
 
     _write_csv(out_dir / "gradients.csv", gradients)
     training_rows = [{"estimator": e, **row} for e, rows in training.items() for row in rows]

@@ -20,6 +20,7 @@ import shutil
 import stat
 import tempfile
 import urllib.request
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_vae.checks import require_choice, require_whole
 from pyro_vae.errors import DataError, DataNotFoundError
 
 __all__ = [
@@ -38,7 +40,9 @@ __all__ = [
     "OFFLINE_ENV",
     "BatchLoader",
     "ImageData",
+    "DataFallbackWarning",
     "binarize_once",
+    "check_data_settings",
     "check_support",
     "default_binarize",
     "load_dataset",
@@ -456,8 +460,26 @@ def _load_sample() -> ImageData:
     )
 
 
+class DataFallbackWarning(UserWarning):
+    """MNIST was missing, and the bundled ``mnist-sample`` is used instead."""
+
+
+def check_data_settings(
+    dataset: str, binarize: str, train_size: int | None, batch_size: int
+) -> None:
+    """Raise :class:`pyro_vae.ConfigError` for data settings out of range."""
+    require_choice(dataset, "dataset", DATASETS)
+    require_choice(binarize, "binarize", BINARIZATIONS)
+    if train_size is not None:
+        require_whole(train_size, "train_size")
+    require_whole(batch_size, "batch_size")
+
+
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, download: bool | None = None
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool | None = None,
+    fallback: bool = False,
 ) -> ImageData:
     """Load a data set by name into memory.
 
@@ -466,6 +488,10 @@ def load_dataset(
     :param download: fetch missing files from the internet (torchvision's mirrors for MNIST and
         Fashion-MNIST, S. Roweis's page for Frey Face); by default yes, unless the environment
         variable ``PYRO_VAE_OFFLINE`` is ``1``.
+    :param fallback: for ``mnist`` only: when MNIST is missing and cannot be downloaded, load
+        the bundled ``mnist-sample`` instead (its ``name`` says so) and warn with a
+        :class:`DataFallbackWarning` that says what happened and how to get the full set.
+        The examples and ``pyro-vae train`` use this, so that they run offline.
     :raises DataNotFoundError: the files are missing and could not be downloaded; the message
         lists them, and says where a misplaced one was found.
     :raises DataError: a file is there but unreadable or damaged (empty, truncated, the wrong
@@ -477,6 +503,11 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name == "mnist-sample":
         return _load_sample()
+    if fallback and name == "mnist":
+        data, note = load_mnist_or_sample(data_dir, download)
+        if note:
+            warnings.warn(note, DataFallbackWarning, stacklevel=2)
+        return data
     if download is None:
         download = os.environ.get(OFFLINE_ENV, "").lower() not in ("1", "true", "yes")
     root = resolve_data_dir(data_dir)
@@ -486,7 +517,7 @@ def load_dataset(
 
 
 def load_mnist_or_sample(
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None, download: bool | None = None
 ) -> tuple[ImageData, str | None]:
     """MNIST, or the bundled ``mnist-sample`` when MNIST is missing and cannot be downloaded.
 
@@ -494,7 +525,7 @@ def load_mnist_or_sample(
         the full set (``None`` otherwise). The caller shows it loudly and records it.
     """
     try:
-        return load_dataset("mnist", data_dir), None
+        return load_dataset("mnist", data_dir, download), None
     except DataNotFoundError as e:
         note = (
             f"MNIST was not found ({e}). Using the bundled mnist-sample (5000 training and "

@@ -45,6 +45,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
+from pyro_vae.checks import is_real, require_choice
 from pyro_vae.errors import ConfigError
 
 __all__ = [
@@ -77,9 +78,15 @@ class StickingTheLandingNormal(dist.Normal):
         return dist.Normal(self.loc.detach(), self.scale.detach()).log_prob(value)
 
 
-def check_estimator(estimator: str) -> None:
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+def check_estimator(estimator: str, baseline_beta: float | None = None) -> None:
+    """Raise :class:`ConfigError` for an unknown estimator, or a decay ``baseline_beta`` of the
+    running-average baseline outside ``[0, 1)``."""
+    require_choice(estimator, "estimator", ESTIMATORS)
+    if baseline_beta is not None:
+        if not is_real(baseline_beta):
+            raise ConfigError(f"baseline_beta must be a number, got {baseline_beta!r}")
+        if not 0 <= baseline_beta < 1:
+            raise ConfigError(f"baseline beta must be in [0, 1), got {baseline_beta}")
 
 
 def is_reparameterized(estimator: str) -> bool:

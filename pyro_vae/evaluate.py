@@ -14,14 +14,13 @@ from dataclasses import asdict, dataclass
 
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
-from pyro_vae.checkpoint import preserved_rng
 from pyro_vae.data import check_support
 from pyro_vae.errors import ConfigError, DataError, NumericalError
+from pyro_vae.isolation import check_seed, isolated
 from pyro_vae.model import VAE
-from pyro_vae.objectives import log_importance_weights, scratch_param_store
-from pyro_vae.train import check_seed
 
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
@@ -30,6 +29,7 @@ __all__ = [
     "evaluate",
     "importance_sampled_log_likelihood",
     "kl_per_dimension",
+    "log_importance_weights",
 ]
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active if Cov_x(E_q[z_u]) > 0.01
@@ -38,6 +38,39 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active if Cov_x(E
 # made the estimate 1.5 times slower and 20 times bigger in memory (benchmarks/
 # log_likelihood.py). A GPU wants big chunks.
 MAX_ROWS = {"cpu": 2**11, "cuda": 2**16}
+
+
+def _vectorized(fn, num_particles: int):
+    # What Pyro's ELBOs do with vectorize_particles=True: one extra plate, left of the data plate.
+    def wrapped(*args, **kwargs):
+        with pyro.plate("particles", num_particles, dim=-2):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def log_importance_weights(model, guide, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+    """``log w_k = log p(x, z_k) - log q(z_k|x)`` with ``z_k ~ q(z|x)``, shape ``(K, B)``.
+
+    Computed from Pyro traces of the given ``model`` and ``guide`` (each taking the batch ``x``
+    and holding one ``pyro.plate`` over it), so it works for any such pair. Their mean over ``k``
+    estimates the ELBO; ``logsumexp_k - log K`` is the IWAE bound (Burda et al. 2015). Draws
+    from the current RNG streams and registers the networks in the current param store: wrap
+    it in :func:`pyro_vae.isolation.isolated` to keep the caller's.
+    """
+    if int(num_particles) < 1:
+        raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
+    guide_trace = poutine.trace(_vectorized(guide, num_particles)).get_trace(x)
+    replayed = poutine.replay(_vectorized(model, num_particles), trace=guide_trace)
+    model_trace = poutine.trace(replayed).get_trace(x)
+    shape = (num_particles, x.shape[0])
+    log_w = x.new_zeros(shape)
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                log_w = log_w + sign * site["log_prob"].expand(shape)
+    return log_w
 
 
 @torch.no_grad()
@@ -62,6 +95,9 @@ def importance_sampled_log_likelihood(
     default :data:`MAX_ROWS` for the images' device) and combined with a ``logsumexp``, so
     ``K = 5000`` needs no more memory than ``K = 50``. The 10,000 MNIST test images at
     ``K = 5000`` take about four minutes on two CPU cores for the default 784-400-20 VAE.
+
+    The particles are drawn from the caller's RNG streams (as ``pyro.sample`` draws); the
+    caller's param store is seen but not added to. :func:`evaluate` seeds and restores the RNGs.
 
     :param progress: show a progress bar on stderr.
     :returns: ``(log_likelihood, elbo)``, each ``(N,)`` float64 nats; ``elbo`` is the mean of the
@@ -88,7 +124,7 @@ def importance_sampled_log_likelihood(
         file=sys.stderr,
         leave=False,
     )
-    with scratch_param_store(), bar:
+    with isolated(params="inherit", rng="continue"), bar:
         for x in images.split(batch_size):
             lse_parts, total = [], torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             for start in range(0, num_particles, chunk):
@@ -191,19 +227,22 @@ def evaluate(
     _check_count(num_particles, "the number of particles K")
     _check_count(batch_size, "the batch size")
     seed = check_seed(seed)
-    vae.eval()
-    with preserved_rng():
-        pyro.set_rng_seed(seed)
-        log_px, elbo = importance_sampled_log_likelihood(
-            vae.model, vae.guide, images, num_particles, batch_size, progress=progress
-        )
-        locs, recon, kls = [], [], []
-        for x in images.split(1000):
-            loc, scale = vae.encode(x)
-            z = loc + scale * torch.randn_like(scale)
-            recon.append(vae.likelihood_distribution(z).log_prob(x))
-            kls.append(kl_per_dimension(loc, scale))
-            locs.append(loc)
+    training = vae.training
+    vae.eval()  # batch statistics and dropout off: each image is scored on its own
+    try:
+        with isolated(seed, params="inherit"):
+            log_px, elbo = importance_sampled_log_likelihood(
+                vae.model, vae.guide, images, num_particles, batch_size, progress=progress
+            )
+            locs, recon, kls = [], [], []
+            for x in images.split(1000):
+                loc, scale = vae.encode(x)
+                z = loc + scale * torch.randn_like(scale)
+                recon.append(vae.likelihood_distribution(z).log_prob(x))
+                kls.append(kl_per_dimension(loc, scale))
+                locs.append(loc)
+    finally:
+        vae.train(training)
     locs, kls = torch.cat(locs).double(), torch.cat(kls).double()
     kl_dims = kls.mean(0)
     n = len(images)

@@ -14,10 +14,10 @@ import math
 import time
 from dataclasses import dataclass
 
-import pyro
 import torch
 
 from pyro_vae.estimators import check_estimator, uses_baseline
+from pyro_vae.isolation import isolated
 from pyro_vae.model import VAE
 from pyro_vae.networks import Baseline
 from pyro_vae.objectives import make_elbo
@@ -65,7 +65,7 @@ def gradient_samples(
         vae.baseline = Baseline(vae.data_dim).to(x.device)
     elbo = make_elbo("elbo", estimator)
     networks = [vae.encoder, vae.decoder]
-    with pyro.get_param_store().scope():
+    with isolated(params="fresh", rng="continue"):
         if uses_baseline(estimator):
             params = list(vae.baseline.parameters()) if vae.baseline is not None else []
             optim = torch.optim.Adam(params, lr=baseline_learning_rate) if params else None

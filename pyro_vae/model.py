@@ -15,7 +15,6 @@ Pyro scales and scores them image by image.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import pyro
@@ -23,9 +22,10 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.checks import is_whole
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import baseline_options, check_estimator, guide_distribution
-from pyro_vae.networks import LIKELIHOODS, Baseline, Decoder, Encoder
+from pyro_vae.networks import Baseline, Decoder, Encoder, check_network_settings
 
 __all__ = ["VAE"]
 
@@ -58,35 +58,17 @@ class VAE(nn.Module):
     ) -> None:
         super().__init__()
 
-        def whole(value) -> bool:
-            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-        if not (whole(data_dim) and whole(latent_dim)) or data_dim < 1 or latent_dim < 1:
-            raise ConfigError(
-                f"data and latent sizes must be positive whole numbers, got {data_dim!r} and "
-                f"{latent_dim!r}"
-            )
-        if (
-            isinstance(hidden_sizes, (str, bytes))
-            or not isinstance(hidden_sizes, Sequence)
-            or not all(whole(h) and h >= 1 for h in hidden_sizes)
-        ):
-            raise ConfigError(
-                f"hidden sizes must be a list of positive whole numbers, got {hidden_sizes!r}"
-            )
-        if likelihood not in LIKELIHOODS:
-            raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
-        check_estimator(estimator)
+        if not (is_whole(data_dim) and data_dim >= 1):
+            raise ConfigError(f"data_dim must be a positive whole number, got {data_dim!r}")
+        hidden_sizes = check_network_settings(latent_dim, hidden_sizes, activation, likelihood)
+        check_estimator(estimator, baseline_beta)
         self.data_dim = int(data_dim)
         self.latent_dim = int(latent_dim)
         self.likelihood = likelihood
         self.estimator = estimator
-        hidden_sizes = [int(h) for h in hidden_sizes]
         self.encoder = Encoder(self.data_dim, self.latent_dim, hidden_sizes, activation)
         self.decoder = Decoder(self.data_dim, self.latent_dim, hidden_sizes, activation, likelihood)
         self.baseline_beta = float(baseline_beta)
-        if not 0 <= self.baseline_beta < 1:
-            raise ConfigError(f"baseline beta must be in [0, 1), got {baseline_beta}")
         # the reinforce-nn-baseline's b(x); registered with Pyro in the guide
         self.baseline = Baseline(self.data_dim) if estimator == "reinforce-nn-baseline" else None
 

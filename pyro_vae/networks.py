@@ -13,9 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_vae.checks import is_whole, require_choice, require_whole
 from pyro_vae.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "LIKELIHOODS", "Baseline", "Decoder", "Encoder", "mlp"]
+__all__ = [
+    "ACTIVATIONS",
+    "LIKELIHOODS",
+    "Baseline",
+    "Decoder",
+    "Encoder",
+    "check_network_settings",
+    "mlp",
+]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
@@ -26,10 +35,29 @@ MIN_ENCODER_SCALE = 1e-5
 MIN_DECODER_SCALE = 1e-3
 
 
+def check_network_settings(
+    latent_dim: int, hidden_sizes: Sequence[int], activation: str, likelihood: str
+) -> tuple[int, ...]:
+    """Raise :class:`ConfigError` for a setting of the networks that cannot build; the hidden
+    sizes as a tuple of ints."""
+    require_whole(latent_dim, "latent_dim")
+    if (
+        isinstance(hidden_sizes, (str, bytes))
+        or not isinstance(hidden_sizes, Sequence)
+        or not all(is_whole(h) and h >= 1 for h in hidden_sizes)
+    ):
+        raise ConfigError(
+            f"hidden sizes must be a list of positive whole numbers, got "
+            f"hidden_sizes={hidden_sizes!r}"
+        )
+    require_choice(activation, "activation", tuple(ACTIVATIONS))
+    require_choice(likelihood, "likelihood", LIKELIHOODS)
+    return tuple(int(h) for h in hidden_sizes)
+
+
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     """Linear layers of the given sizes, each followed by the activation."""
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {activation!r}; choose one of {list(ACTIVATIONS)}")
+    require_choice(activation, "activation", tuple(ACTIVATIONS))
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
         layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
@@ -78,8 +106,7 @@ class Decoder(nn.Module):
         likelihood: str = "bernoulli",
     ) -> None:
         super().__init__()
-        if likelihood not in LIKELIHOODS:
-            raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+        require_choice(likelihood, "likelihood", LIKELIHOODS)
         self.likelihood = likelihood
         hidden = list(reversed(hidden_sizes))
         self.body = mlp([latent_dim, *hidden], activation)

@@ -19,23 +19,16 @@ baseline estimator, ``elbo`` is estimated by ``TraceGraph_ELBO``, which implemen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import pyro
 import pyro.infer as infer
-import torch
-from pyro import poutine
 
+from pyro_vae.checks import is_whole, require_flag
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import is_reparameterized, uses_baseline
 
 __all__ = [
     "OBJECTIVES",
     "check_objective",
-    "log_importance_weights",
     "make_elbo",
-    "scratch_param_store",
 ]
 
 OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae")
@@ -45,10 +38,13 @@ def check_objective(
     objective: str, estimator: str = "reparam", num_particles: int = 1, jit: bool = False
 ) -> None:
     """Raise :class:`ConfigError` unless the combination can train."""
-    if objective not in OBJECTIVES:
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-    if int(num_particles) < 1:
+    if not is_whole(num_particles):
+        raise ConfigError(f"num_particles must be a whole number, got {num_particles!r}")
+    if num_particles < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
+    require_flag(jit, "jit")
     if estimator != "reparam" and objective != "elbo":
         why = (
             "its density must not be replaced by the closed-form KL or the IWAE weights"
@@ -96,47 +92,3 @@ def make_elbo(
     else:
         cls = infer.Trace_ELBO if objective == "elbo" else infer.TraceMeanField_ELBO
     return cls(**kwargs)
-
-
-@contextmanager
-def scratch_param_store() -> Iterator[None]:
-    """Run with every current param visible, and drop whatever gets registered meanwhile.
-
-    Evaluating a model and guide registers their modules in Pyro's global param store; this
-    keeps that from leaking into later runs, while a guide whose ``pyro.param`` values were
-    trained beforehand is still scored at its trained values.
-    """
-    store = pyro.get_param_store()
-    with store.scope(store.get_state()):
-        yield
-
-
-def _vectorized(fn, num_particles: int):
-    # What Pyro's ELBOs do with vectorize_particles=True: one extra plate, left of the data plate.
-    def wrapped(*args, **kwargs):
-        with pyro.plate("particles", num_particles, dim=-2):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def log_importance_weights(model, guide, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
-    """``log w_k = log p(x, z_k) - log q(z_k|x)`` with ``z_k ~ q(z|x)``, shape ``(K, B)``.
-
-    Computed from Pyro traces of the given ``model`` and ``guide`` (each taking the batch ``x``
-    and holding one ``pyro.plate`` over it), so it works for any such pair. Their mean over ``k``
-    estimates the ELBO; ``logsumexp_k - log K`` is the IWAE bound (Burda et al. 2015).
-    """
-    if int(num_particles) < 1:
-        raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
-    guide_trace = poutine.trace(_vectorized(guide, num_particles)).get_trace(x)
-    replayed = poutine.replay(_vectorized(model, num_particles), trace=guide_trace)
-    model_trace = poutine.trace(replayed).get_trace(x)
-    shape = (num_particles, x.shape[0])
-    log_w = x.new_zeros(shape)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * site["log_prob"].expand(shape)
-    return log_w

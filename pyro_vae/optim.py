@@ -20,9 +20,29 @@ import torch
 from pyro.optim import PyroOptim
 from pyro.params.param_store import normalize_param_name
 
-__all__ = ["LR_SCHEDULES", "JointAdam", "lr_factor"]
+from pyro_vae.checks import require_choice, require_positive
+
+__all__ = ["LR_SCHEDULES", "JointAdam", "check_optimizer_settings", "lr_factor"]
 
 LR_SCHEDULES = ("constant", "iwae")
+
+
+def check_optimizer_settings(
+    learning_rate: float,
+    baseline_learning_rate: float = 1e-2,
+    adam_eps: float = 1e-8,
+    clip_norm: float | None = None,
+    lr_schedule: str = "constant",
+) -> None:
+    """Raise :class:`pyro_vae.ConfigError` for a setting of :class:`JointAdam` out of range."""
+    for name, value in (
+        ("learning_rate", learning_rate),
+        ("baseline_learning_rate", baseline_learning_rate),
+        ("adam_eps", adam_eps),
+    ):
+        require_positive(value, name)
+    require_positive(clip_norm, "clip_norm", optional=True)
+    require_choice(lr_schedule, "lr_schedule", LR_SCHEDULES)
 
 
 def lr_factor(schedule: str, epoch: int) -> float:

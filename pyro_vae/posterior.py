@@ -26,11 +26,10 @@ import torch
 from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
 
-from pyro_vae.checkpoint import preserved_rng
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import check_images, importance_sampled_log_likelihood
+from pyro_vae.isolation import MAX_SEED, isolated
 from pyro_vae.model import VAE
-from pyro_vae.train import MAX_SEED
 
 if TYPE_CHECKING:
     import arviz as az
@@ -102,18 +101,18 @@ def nuts_posterior(
             f"chain c is seeded with seed + c: the seed must be from 0 to 2**32 - {num_chains} "
             f"for {num_chains} chains, got {seed}"
         )
-    with preserved_rng():
-        x = x.reshape(1, -1)
-        latent_dim = vae.latent_dim
+    x = x.reshape(1, -1)
+    latent_dim = vae.latent_dim
 
-        def model():
-            z = pyro.sample("z", dist.Normal(x.new_zeros(1, latent_dim), 1.0).to_event(1))
-            pyro.sample("x", vae.likelihood_distribution(z), obs=x)
+    def model():
+        z = pyro.sample("z", dist.Normal(x.new_zeros(1, latent_dim), 1.0).to_event(1))
+        pyro.sample("x", vae.likelihood_distribution(z), obs=x)
 
-        loc, scale = vae.encode(x)
-        chains = []
-        for chain in range(num_chains):
-            pyro.set_rng_seed(seed + chain)
+    loc, scale = vae.encode(x)
+    chains = []
+    for chain in range(num_chains):
+        # each chain its own seeded streams (seed + chain) and param store
+        with isolated(seed + chain), torch.enable_grad():
             start = {"z": loc + 0.5 * scale * torch.randn_like(loc)}
             mcmc = MCMC(
                 NUTS(model),
@@ -122,10 +121,9 @@ def nuts_posterior(
                 initial_params=start,
                 disable_progbar=not progress,
             )
-            with pyro.get_param_store().scope(), torch.enable_grad():
-                mcmc.run()
-            chains.append(mcmc.get_samples()["z"].reshape(num_samples, latent_dim))
-        draws = torch.stack(chains).detach().cpu().numpy()  # (chains, draws, Z)
+            mcmc.run()
+        chains.append(mcmc.get_samples()["z"].reshape(num_samples, latent_dim))
+    draws = torch.stack(chains).detach().cpu().numpy()  # (chains, draws, Z)
     return _arviz().from_dict(posterior={"z": draws}, dims={"z": ["latent"]})
 
 
@@ -185,8 +183,7 @@ def check_posterior(
     summary = _arviz().summary(idata, var_names=["z"], kind="all", round_to="none")
     r_hat = summary["r_hat"].to_numpy()  # (Z,)
     ess_bulk = summary["ess_bulk"].to_numpy()  # (Z,)
-    with preserved_rng():
-        pyro.set_rng_seed(seed)
+    with isolated(seed, params="inherit"):
         log_px, elbo = importance_sampled_log_likelihood(
             vae.model, vae.guide, x.reshape(1, -1), num_particles
         )

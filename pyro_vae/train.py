@@ -3,6 +3,10 @@
 A run folder holds ``config.json`` (what was asked), ``checkpoint.pt`` (written atomically at
 the end of every epoch) and ``metrics.jsonl`` (one line an epoch: ``epoch``, ``step``,
 ``train_elbo``, ``test_elbo`` in nats per image, and cumulative training ``seconds``).
+
+The loop (:func:`fit`) reads in a dozen lines; its pieces have names: :func:`run_images` (the
+tensors a run uses), ``_open_run`` (a new run, or a resumed one from its checkpoint),
+``_train_epoch``, ``_checkpoint_state`` and ``_save``.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ import contextlib
 import dataclasses
 import json
 import math
-import numbers
 import os
 import re
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,72 +37,56 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None
 
-from pyro_vae.checkpoint import (
-    atomic_write_bytes,
-    get_rng_state,
-    load_checkpoint,
-    preserved_rng,
-    save_checkpoint,
-    set_rng_state,
-    write_json,
-)
+from pyro_vae.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
+from pyro_vae.checks import require_flag, require_whole
 from pyro_vae.data import (
-    BINARIZATIONS,
-    DATASETS,
     BatchLoader,
     ImageData,
+    check_data_settings,
     default_binarize,
     load_dataset,
     prepare_images,
 )
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import check_estimator, uses_baseline
-from pyro_vae.model import VAE
-from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
-from pyro_vae.objectives import (
-    check_objective,
-    log_importance_weights,
-    make_elbo,
-    scratch_param_store,
+from pyro_vae.evaluate import importance_sampled_log_likelihood
+from pyro_vae.isolation import (
+    MAX_SEED,
+    check_seed,
+    get_rng_state,
+    isolated,
+    set_rng_state,
 )
-from pyro_vae.optim import LR_SCHEDULES, JointAdam, lr_factor
+from pyro_vae.model import VAE
+from pyro_vae.networks import check_network_settings
+from pyro_vae.objectives import check_objective, make_elbo
+from pyro_vae.optim import JointAdam, check_optimizer_settings, lr_factor
 from pyro_vae.runfolder import locked_folder
 
 __all__ = [
+    "MAX_SEED",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "check_device",
     "check_seed",
-    "elbo_per_image",
     "fit",
     "load_run",
+    "run_images",
 ]
 
 CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.jsonl"
 # Settings that may change when a run is resumed; every other field must match.
-RESUMABLE_FIELDS = ("epochs", "device", "data_dir", "progress")
-MAX_SEED = 2**32 - 1  # NumPy's seed range, which pyro.set_rng_seed also seeds
+RESUMABLE_FIELDS = ("epochs", "device", "data_dir")
+# Fields that configs of earlier versions stored and this one ignores: the progress display
+# (now an argument of fit) and the note of an MNIST fallback (now a warning; the dataset field
+# says which data were used).
+RETIRED_FIELDS = ("progress", "data_fallback")
 _DEVICE = re.compile(r"^(cpu|cuda)(:[0-9]+)?$")
 
 
 class TrainingDiverged(PyroVAEError):
     """The training objective became NaN or infinite."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_seed(seed: Any, what: str = "seed") -> int:
-    """``seed`` as an int, if it is a whole number in NumPy's range ``0 .. 2**32 - 1``."""
-    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what} must be a whole number from 0 to 2**32 - 1, got {seed!r}")
-    return int(seed)
 
 
 def check_device(device: Any) -> None:
@@ -118,107 +106,68 @@ def check_device(device: Any) -> None:
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs, saved with it. Defaults: the 784-400-20 MNIST VAE."""
+    """Everything a run needs, saved with it. Defaults: the 784-400-20 MNIST VAE.
 
+    Each setting is checked by the module that uses it (:meth:`validate` asks them all), so a
+    ``VAE(...)`` built by hand refuses exactly what a config refuses.
+    """
+
+    # data (pyro_vae.data)
     dataset: str = "mnist"  # mnist, fashion-mnist, frey-faces or mnist-sample (bundled)
     data_dir: str | None = None  # else $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data
     binarize: str | None = None  # None: dynamic for bernoulli (Burda et al. 2015), else none
     train_size: int | None = None  # use only the first N training images (quick runs, tests)
+    # networks (pyro_vae.networks)
     latent_dim: int = 20
     hidden_sizes: tuple[int, ...] = (400,)
     activation: str = "relu"
     likelihood: str = "bernoulli"
+    # objective and gradient estimator (pyro_vae.objectives, pyro_vae.estimators)
     objective: str = "elbo-analytic-kl"  # same bound as "elbo", closed-form KL: less variance
     estimator: str = "reparam"  # reparam, reinforce, reinforce-baseline, ...-nn-baseline, stl
     baseline_beta: float = 0.9  # decay of the reinforce-baseline running average
     baseline_learning_rate: float = 1e-2  # Adam learning rate of the nn baseline
     num_particles: int = 1  # K: samples per image for the training objective
+    # optimizer and schedule (pyro_vae.optim)
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # or "iwae": Burda et al.'s 3^i epochs at 10^(-i/7) times it
     adam_eps: float = 1e-8  # Adam's epsilon; Burda et al. (2015) use 1e-4
     clip_norm: float | None = None  # clip each parameter's gradient norm (Pyro's clip_args)
     epochs: int = 10
     batch_size: int = 128
+    # where and how it runs
     seed: int = 0
     device: str = "cpu"
     jit: bool = False  # Pyro's JIT-compiled ELBOs
-    progress: bool = field(default=False, compare=False)  # a tqdm bar with the running ELBO
-    data_fallback: str | None = None  # set when MNIST was missing and mnist-sample was used
 
     def __post_init__(self) -> None:
         # Conversions that lose nothing; anything else is left for validate() to name.
-        if isinstance(self.hidden_sizes, (list, tuple)):
-            self.hidden_sizes = tuple(int(h) if _is_int(h) else h for h in self.hidden_sizes)
+        if isinstance(self.hidden_sizes, list):
+            self.hidden_sizes = tuple(self.hidden_sizes)
         if isinstance(self.data_dir, os.PathLike):
             self.data_dir = os.fspath(self.data_dir)
         if self.binarize is None and isinstance(self.likelihood, str):
             self.binarize = default_binarize(self.likelihood)
 
-    def _check_types(self) -> None:
-        def wrong(name: str, kind: str) -> ConfigError:
-            value = getattr(self, name)
-            return ConfigError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
-
-        for name in ("latent_dim", "epochs", "batch_size", "num_particles"):
-            if not _is_int(getattr(self, name)):
-                raise wrong(name, "a whole number")
-        if self.train_size is not None and not _is_int(self.train_size):
-            raise wrong("train_size", "a whole number or None")
-        for name in ("baseline_beta", "baseline_learning_rate", "learning_rate", "adam_eps"):
-            if not _is_real(getattr(self, name)):
-                raise wrong(name, "a number")
-        if self.clip_norm is not None and not _is_real(self.clip_norm):
-            raise wrong("clip_norm", "a number or None")
-        for name in ("jit", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise wrong(name, "True or False")
-        for name in ("data_dir", "data_fallback"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise wrong(name, "a string or None")
-        if not isinstance(self.hidden_sizes, tuple) or not all(
-            _is_int(h) for h in self.hidden_sizes
-        ):
-            raise wrong("hidden_sizes", "a list of whole numbers")
-
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
         that clash."""
-        self._check_types()
-        choices = {
-            "dataset": DATASETS,
-            "binarize": BINARIZATIONS,
-            "activation": tuple(ACTIVATIONS),
-            "likelihood": LIKELIHOODS,
-            "lr_schedule": LR_SCHEDULES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
-                )
-        if not isinstance(self.estimator, str) or not isinstance(self.objective, str):
-            raise ConfigError("estimator and objective must be names (strings)")
-        check_estimator(self.estimator)
+        check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a string or None, got {self.data_dir!r}")
+        self.hidden_sizes = check_network_settings(
+            self.latent_dim, self.hidden_sizes, self.activation, self.likelihood
+        )
+        check_estimator(self.estimator, self.baseline_beta)
         check_objective(self.objective, self.estimator, self.num_particles, self.jit)
-        positive = ("latent_dim", "epochs", "batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if any(h < 1 for h in self.hidden_sizes):
-            raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden_sizes)}")
-        if self.train_size is not None and self.train_size < 1:
-            raise ConfigError(f"train_size must be positive, got {self.train_size}")
-        for name in ("learning_rate", "baseline_learning_rate", "adam_eps"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {value}")
-        if not 0 <= self.baseline_beta < 1:
-            raise ConfigError(f"baseline beta must be in [0, 1), got {self.baseline_beta}")
-        clip = self.clip_norm
-        if clip is not None and not (clip > 0 and math.isfinite(clip)):
-            raise ConfigError(
-                f"clip norm must be a positive finite number (or none), got {self.clip_norm}"
-            )
+        check_optimizer_settings(
+            self.learning_rate,
+            self.baseline_learning_rate,
+            self.adam_eps,
+            self.clip_norm,
+            self.lr_schedule,
+        )
+        require_whole(self.epochs, "epochs")
         check_seed(self.seed)
         check_device(self.device)
 
@@ -235,6 +184,7 @@ class TrainConfig:
         """
         if not isinstance(d, dict):
             raise CheckpointError(f"a stored config must be a table of settings, got {d!r}")
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(map(str, d)) - known)
         if unknown:
@@ -325,17 +275,6 @@ def build_vae(config: TrainConfig, data_dim: int) -> VAE:
         raise
 
 
-@torch.no_grad()
-def elbo_per_image(vae: VAE, images: torch.Tensor, num_particles: int = 1, batch_size: int = 1000):
-    """The ELBO of each image in nats, ``(N,)``, averaged over ``num_particles`` samples."""
-    with scratch_param_store():
-        chunks = [
-            log_importance_weights(vae.model, vae.guide, x, num_particles).mean(0)
-            for x in images.split(batch_size)
-        ]
-    return torch.cat(chunks)
-
-
 def make_optimizer(config: TrainConfig) -> JointAdam:
     """Adam over all parameters, the nn baseline's at their own learning rate."""
 
@@ -346,16 +285,6 @@ def make_optimizer(config: TrainConfig) -> JointAdam:
     return JointAdam(learning_rate, config.clip_norm, eps=config.adam_eps)
 
 
-def _load_images(config: TrainConfig, data: ImageData | None):
-    if data is None:
-        data = load_dataset(config.dataset, config.data_dir)
-    train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
-    if config.train_size is not None:
-        train = train[: config.train_size]
-    # images of another float type (float64 arrays, say) meet float32 networks
-    return data, train.to(config.device, torch.float32), test.to(config.device, torch.float32)
-
-
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(row) + "\n" for row in history)
     atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
@@ -363,11 +292,15 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 @torch.no_grad()
 def _finite(vae: VAE, x: torch.Tensor) -> bool:
-    """Whether the parameters, and the networks' outputs on ``x``, are all finite numbers."""
+    """Whether the parameters, and the networks' outputs on ``x``, are all finite numbers
+    (networks that fail on ``x`` count as finite: their error is not a divergence)."""
     if not all(torch.isfinite(p).all() for p in vae.parameters()):
         return False
-    loc, scale = vae.encoder(x)
-    outputs = (loc, scale, *vae.decoder(loc))
+    try:
+        loc, scale = vae.encoder(x)
+        outputs = (loc, scale, *vae.decoder(loc))
+    except Exception:
+        return True
     return all(torch.isfinite(t).all() for t in outputs)
 
 
@@ -449,15 +382,63 @@ def _resume_state(config: TrainConfig, run_dir: Path) -> dict:
     return checkpoint
 
 
+def run_images(
+    config: TrainConfig, data: ImageData | None = None
+) -> tuple[ImageData, torch.Tensor, torch.Tensor]:
+    """The data set of a run and the float32 train and test tensors it uses, on the CPU.
+
+    The one place where data are loaded and prepared for a config (see
+    :func:`pyro_vae.data.prepare_images`): training, the estimator study and the CLI's
+    ``evaluate``, ``reconstruct`` and ``plot`` all see the same images.
+
+    :param data: images to use instead of loading ``config.dataset``.
+    """
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir)
+    train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
+    if config.train_size is not None:
+        train = train[: config.train_size]
+    # images of another float type (float64 arrays, say) meet float32 networks
+    return data, train.to(torch.float32), test.to(torch.float32)
+
+
+@dataclass
+class _Run:
+    """A training run between two epochs: what it trains, on what, and how far it is."""
+
+    config: TrainConfig
+    run_dir: Path | None
+    data: ImageData
+    train_images: torch.Tensor  # (N, D) on the device
+    test_images: torch.Tensor  # (M, D) on the device
+    vae: VAE
+    optim: JointAdam
+    loader: BatchLoader
+    history: list[dict[str, float]]
+    epochs_done: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    saved_epoch: int = 0  # the epoch of the checkpoint on disk (0: none yet)
+
+    def kept(self) -> str:
+        """What survives a failure, for the error message."""
+        if self.saved_epoch:
+            return f"the checkpoint of epoch {self.saved_epoch} is kept"
+        return "no checkpoint was written"
+
+
 def fit(
     config: TrainConfig,
     run_dir: str | Path | None = None,
     data: ImageData | None = None,
     resume: bool = False,
+    progress: bool = False,
 ) -> TrainResult:
     """Train a VAE with ``pyro.infer.SVI`` and Adam.
 
-    The caller's global RNGs and Pyro param store are left as they were found.
+    The run has its own param store and RNG streams, seeded with ``config.seed``
+    (:func:`pyro_vae.isolation.isolated`): the caller's global RNGs and Pyro param store are
+    left as they were found.
 
     :param config: the run's settings; validated first.
     :param run_dir: where to write the config, checkpoints and metrics (nothing is written if
@@ -468,6 +449,7 @@ def fit(
     :param resume: continue the run in ``run_dir`` from its checkpoint, to ``config.epochs``
         epochs in all. With the same seed on the CPU this reproduces an uninterrupted run
         exactly.
+    :param progress: show a progress bar with the running ELBO, and a line an epoch, on stderr.
     :raises ConfigError: a setting out of range, of the wrong type, or settings that clash;
         a resumed run that already has ``config.epochs`` epochs.
     :raises DataError: data the likelihood cannot score.
@@ -479,176 +461,61 @@ def fit(
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"fit takes a TrainConfig, got {type(config).__name__}")
     config.validate()
+    require_flag(progress, "progress")
     if resume and run_dir is None:
         raise ConfigError("resume needs a run folder")
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir must be a path, got {run_dir!r}")
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is None:
-        lock = contextlib.nullcontext()
-    else:
-        lock = locked_folder(run_dir, create=not resume)
-    with lock, preserved_rng():
-        return _fit(config, run_dir, data, resume)
+    lock = contextlib.nullcontext() if run_dir is None else locked_folder(run_dir, not resume)
+    with lock, isolated(config.seed) as store, _put_back_on_failure(run_dir, resume):
+        run = _open_run(config, run_dir, data, resume, store)
+        svi = SVI(run.vae.model, run.vae.guide, run.optim, _elbo(config))
+        for epoch in range(run.epochs_done, config.epochs):
+            train_elbo = _train_epoch(run, svi, epoch, progress)
+            _record(run, train_elbo, _score(run, epoch), progress)
+            if run_dir is not None:
+                _save(run, store)
+    return TrainResult(run.vae.eval(), run.history, config, run.data.image_shape,
+                       run.test_images, run_dir, run.data.test_labels)  # fmt: skip
 
 
-def _checkpoint_state(config, epoch, vae, optim, history, data, store) -> dict:
-    return {
-        "config": config.to_dict(),
-        "epoch": epoch,
-        "model": vae.state_dict(),
-        "optimizer": optim.get_state(),
-        "rng": get_rng_state(),
-        "history": history,
-        "image_shape": list(data.image_shape),
-        "baseline_state": {k: v.detach() for k, v in store.items() if k.startswith("__baseline")},
-    }
-
-
-def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> TrainResult:
-    checkpoint = _resume_state(config, run_dir) if resume else None
-    if not resume and run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a run; resume it or choose another run folder"
+def _record(run: _Run, train_elbo: float, test_elbo: float, progress: bool) -> None:
+    """Add the epoch's line to the history (and show it)."""
+    epoch = len(run.history) + 1
+    run.history.append({"epoch": epoch, "step": run.step, "train_elbo": train_elbo,
+                        "test_elbo": test_elbo, "seconds": run.seconds})  # fmt: skip
+    if progress:
+        print(
+            f"epoch {epoch}/{run.config.epochs}  train ELBO {train_elbo:.2f}  "
+            f"test ELBO {test_elbo:.2f}  ({run.seconds:.0f} s)",
+            file=sys.stderr,
         )
 
-    pyro.set_rng_seed(config.seed)
-    data, train_images, test_images = _load_images(config, data)
-    vae = build_vae(config, data.data_dim).to(config.device)  # checks the parameters' size
-    _check_step_memory(config, data.data_dim)
-    vae.init_output_bias(train_images.mean(0))
-    if run_dir is not None:
-        _check_room(run_dir, vae)
-    optim = make_optimizer(config)
-    history: list[dict[str, float]] = []
-    baseline_state: dict[str, torch.Tensor] = {}
-    start_epoch, step, seconds = 0, 0, 0.0
-    if checkpoint is not None:
-        _load_model_state(vae, checkpoint["model"], run_dir / CHECKPOINT_FILE)
-        optim.set_state(checkpoint["optimizer"])
-        baseline_state = checkpoint.get("baseline_state", {})
-        try:
-            set_rng_state(checkpoint["rng"])
-        except (TypeError, ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(
-                f"checkpoint {run_dir / CHECKPOINT_FILE} is damaged: its RNG state cannot be "
-                f"restored ({str(e).strip().splitlines()[0]})"
-            ) from None
-        history = list(checkpoint["history"])
-        start_epoch = int(checkpoint["epoch"])
-        if history:
-            step, seconds = int(history[-1]["step"]), float(history[-1]["seconds"])
 
-    # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
-    drop_last = uses_baseline(config.estimator)
-    loader = BatchLoader(
-        train_images, config.batch_size, config.binarize, config.seed, drop_last=drop_last
-    )
-    if len(loader) == 0:
-        raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
-    elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
-    saved_epoch = start_epoch  # the epoch of the checkpoint on disk (0: none yet)
-    # What a new run finds in its folder (a killed run's config, a file of the user's) is put
-    # back if it fails before its first checkpoint; a resumed run rewrites config.json and
-    # metrics.jsonl only beside a new checkpoint, so they never disagree with it.
+def _elbo(config: TrainConfig):
+    return make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
+
+
+@contextlib.contextmanager
+def _put_back_on_failure(run_dir: Path | None, resume: bool) -> Iterator[None]:
+    """A new run that fails before its first checkpoint leaves the folder as it found it.
+
+    What it finds there (a killed run's ``config.json``, a file of the user's) is put back;
+    what it wrote is removed. A resumed run needs nothing of the kind: it rewrites
+    ``config.json`` and ``metrics.jsonl`` only beside a new checkpoint.
+    """
+    if run_dir is None or resume:
+        yield
+        return
     found = {}
-    if run_dir is not None and not resume:
-        for name in (CONFIG_FILE, METRICS_FILE):
-            with contextlib.suppress(OSError):
-                found[name] = (run_dir / name).read_bytes()
+    for name in (CONFIG_FILE, METRICS_FILE):
+        with contextlib.suppress(OSError):
+            found[name] = (run_dir / name).read_bytes()
     try:
-        if run_dir is not None and not resume:
-            write_json(run_dir / CONFIG_FILE, config.to_dict())
-            _write_metrics(run_dir, history)
-        with pyro.get_param_store().scope(), warnings.catch_warnings():
-            # Pyro warns "Encountered NaN: loss" before the step returns it; the divergence
-            # is reported below in one line of our own
-            warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
-            store = pyro.get_param_store()
-            for name, value in baseline_state.items():  # a resumed run's running averages
-                store[name] = value.to(config.device)
-            svi = SVI(vae.model, vae.guide, optim, elbo)
-            for epoch in range(start_epoch, config.epochs):
-                vae.train()
-                if config.lr_schedule != "constant":
-                    optim.set_lr_factor(lr_factor(config.lr_schedule, epoch))
-                started, total, count = time.perf_counter(), 0.0, 0
-                bar = tqdm(
-                    loader.epoch(epoch),
-                    total=len(loader),
-                    desc=f"epoch {epoch + 1}/{config.epochs}",
-                    disable=not config.progress,
-                    file=sys.stderr,
-                    leave=False,
-                )
-                for x in bar:
-                    step += 1
-                    try:
-                        # the data were checked against the likelihood's support up front,
-                        # so Pyro's per-step validation only costs time (benchmarks/speed.py)
-                        with pyro.validation_enabled(False):
-                            loss = svi.step(x)
-                    except (ValueError, RuntimeError) as e:
-                        # NaN parameters fail inside Pyro or torch (a NaN scale cannot be
-                        # sampled) before the loss can say so
-                        if isinstance(e, RuntimeError) and _finite(vae, x):
-                            raise
-                        loss, cause = math.nan, f" ({str(e).strip().splitlines()[0]})"
-                    else:
-                        cause = ""
-                    if not math.isfinite(loss):
-                        kept = (
-                            f"; the checkpoint of epoch {saved_epoch} is kept"
-                            if saved_epoch
-                            else ""
-                        )
-                        raise TrainingDiverged(
-                            f"training diverged at epoch {epoch + 1}, step {step}: the "
-                            f"objective became {loss}{cause}{kept}; try a lower learning rate "
-                            "or a clip norm"
-                        )
-                    total, count = total - loss, count + x.shape[0]
-                    bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
-                seconds += time.perf_counter() - started
-                vae.eval()
-                row = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "train_elbo": total / count,
-                    "test_elbo": elbo_per_image(vae, test_images).mean().item(),
-                    "seconds": seconds,
-                }
-                if not math.isfinite(row["test_elbo"]):
-                    kept = f"; the checkpoint of epoch {saved_epoch} is kept" if saved_epoch else ""
-                    raise TrainingDiverged(
-                        f"training diverged in epoch {epoch + 1}: the test ELBO became "
-                        f"{row['test_elbo']}{kept}; try a lower learning rate or a clip norm"
-                    )
-                history.append(row)
-                if config.progress:
-                    print(
-                        f"epoch {epoch + 1}/{config.epochs}  train ELBO {row['train_elbo']:.2f}  "
-                        f"test ELBO {row['test_elbo']:.2f}  ({seconds:.0f} s)",
-                        file=sys.stderr,
-                    )
-                if run_dir is not None:
-                    state = _checkpoint_state(config, epoch + 1, vae, optim, history, data, store)
-                    try:
-                        save_checkpoint(run_dir / CHECKPOINT_FILE, state)
-                        write_json(run_dir / CONFIG_FILE, config.to_dict())
-                        _write_metrics(run_dir, history)
-                    except OutputError as e:
-                        kept = (
-                            f"the checkpoint of epoch {saved_epoch} is kept"
-                            if saved_epoch
-                            else "no checkpoint was written"
-                        )
-                        raise OutputError(f"{e}; training stopped after epoch {epoch + 1}, "
-                                          f"{kept}") from None  # fmt: skip
-                    saved_epoch = epoch + 1
+        yield
     except BaseException:
-        # a new run that never saved a checkpoint leaves the folder as it found it
-        if run_dir is not None and not resume and not (run_dir / CHECKPOINT_FILE).exists():
+        if not (run_dir / CHECKPOINT_FILE).exists():
             for name in (CONFIG_FILE, METRICS_FILE):
                 with contextlib.suppress(OSError, PyroVAEError):
                     if name in found:
@@ -656,9 +523,136 @@ def _fit(config: TrainConfig, run_dir: Path | None, data, resume: bool) -> Train
                     else:
                         (run_dir / name).unlink()
         raise
-    return TrainResult(
-        vae.eval(), history, config, data.image_shape, test_images, run_dir, data.test_labels
+
+
+def _open_run(config: TrainConfig, run_dir: Path | None, data, resume: bool, store) -> _Run:
+    """A new run, with its files written, or the run in ``run_dir`` restored from its
+    checkpoint: networks, Adam's state, the RNG streams, the baseline's running averages."""
+    checkpoint = _resume_state(config, run_dir) if resume else None
+    if not resume and run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; resume it or choose another run folder"
+        )
+    data, train, test = run_images(config, data)
+    train, test = train.to(config.device), test.to(config.device)
+    vae = build_vae(config, data.data_dim).to(config.device)  # checks the parameters' size
+    _check_step_memory(config, data.data_dim)
+    vae.init_output_bias(train.mean(0))
+    if run_dir is not None:
+        _check_room(run_dir, vae)
+    # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
+    drop_last = uses_baseline(config.estimator)
+    loader = BatchLoader(train, config.batch_size, config.binarize, config.seed, True, drop_last)
+    if len(loader) == 0:
+        raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
+    run = _Run(config, run_dir, data, train, test, vae, make_optimizer(config), loader, [])
+    if checkpoint is None:
+        if run_dir is not None:
+            write_json(run_dir / CONFIG_FILE, config.to_dict())
+            _write_metrics(run_dir, run.history)
+        return run
+    where = run_dir / CHECKPOINT_FILE
+    _load_model_state(vae, checkpoint["model"], where)
+    run.optim.set_state(checkpoint["optimizer"])
+    for name, value in checkpoint.get("baseline_state", {}).items():  # running averages
+        store[name] = value.to(config.device)
+    try:
+        set_rng_state(checkpoint["rng"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(
+            f"checkpoint {where} is damaged: its RNG state cannot be restored "
+            f"({str(e).strip().splitlines()[0]})"
+        ) from None
+    run.history = list(checkpoint["history"])
+    run.epochs_done = run.saved_epoch = int(checkpoint["epoch"])
+    if run.history:
+        run.step, run.seconds = int(run.history[-1]["step"]), float(run.history[-1]["seconds"])
+    return run
+
+
+def _train_epoch(run: _Run, svi: SVI, epoch: int, progress: bool) -> float:
+    """One pass over the training images; the mean training ELBO in nats per image."""
+    config = run.config
+    run.vae.train()
+    if config.lr_schedule != "constant":
+        run.optim.set_lr_factor(lr_factor(config.lr_schedule, epoch))
+    started, total, count = time.perf_counter(), 0.0, 0
+    bar = tqdm(run.loader.epoch(epoch), total=len(run.loader), desc=f"epoch {epoch + 1}/"
+               f"{config.epochs}", disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
+    with warnings.catch_warnings():
+        # Pyro warns "Encountered NaN: loss" before the step returns it; the divergence is
+        # reported in one line of our own
+        warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
+        for x in bar:
+            run.step += 1
+            total, count = total + _step(run, svi, x, epoch), count + x.shape[0]
+            bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
+    run.seconds += time.perf_counter() - started
+    return total / count
+
+
+def _step(run: _Run, svi: SVI, x: torch.Tensor, epoch: int) -> float:
+    """One SVI step on batch ``x``: the batch's summed ELBO, or :class:`TrainingDiverged`."""
+    cause = ""
+    try:
+        # the data were checked against the likelihood's support up front, so Pyro's
+        # per-step validation only costs time (benchmarks/speed.py)
+        with pyro.validation_enabled(False):
+            loss = svi.step(x)
+    except (ValueError, RuntimeError) as e:
+        # NaN parameters can fail inside Pyro or torch (a NaN scale cannot be sampled) before
+        # the loss can say so. Any other error (a shape bug in a network) is not divergence.
+        if _finite(run.vae, x):
+            raise
+        loss, cause = math.nan, f" ({str(e).strip().splitlines()[0]})"
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {run.step}: the objective became "
+            f"{loss}{cause}; {run.kept()}; try a lower learning rate or a clip norm"
+        )
+    return -loss
+
+
+def _score(run: _Run, epoch: int) -> float:
+    """The mean ELBO of the test images (one sample each), in eval mode."""
+    run.vae.eval()
+    _, elbo = importance_sampled_log_likelihood(
+        run.vae.model, run.vae.guide, run.test_images, num_particles=1, batch_size=1000
     )
+    score = elbo.mean().item()
+    if not math.isfinite(score):
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch + 1}: the test ELBO became {score}; "
+            f"{run.kept()}; try a lower learning rate or a clip norm"
+        )
+    return score
+
+
+def _checkpoint_state(run: _Run, store) -> dict:
+    """Everything a resume needs to continue bit for bit (see :mod:`pyro_vae.checkpoint`)."""
+    baseline = {k: v.detach() for k, v in store.items() if k.startswith("__baseline")}
+    return {
+        "config": run.config.to_dict(),
+        "epoch": len(run.history),
+        "model": run.vae.state_dict(),
+        "optimizer": run.optim.get_state(),
+        "rng": get_rng_state(),
+        "history": run.history,
+        "image_shape": list(run.data.image_shape),
+        "baseline_state": baseline,
+    }
+
+
+def _save(run: _Run, store) -> None:
+    """The checkpoint of the epoch just trained, then the config and metrics beside it."""
+    epoch = len(run.history)
+    try:
+        save_checkpoint(run.run_dir / CHECKPOINT_FILE, _checkpoint_state(run, store))
+        write_json(run.run_dir / CONFIG_FILE, run.config.to_dict())
+        _write_metrics(run.run_dir, run.history)
+    except OutputError as e:
+        raise OutputError(f"{e}; training stopped after epoch {epoch}, {run.kept()}") from None
+    run.saved_epoch = epoch
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:
@@ -673,7 +667,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"no run folder at {run_dir}")
-    with preserved_rng():  # building the networks draws their initial weights
+    with isolated():  # building the networks draws their initial weights
         return _load_run(run_dir, device)
 
 

@@ -22,9 +22,12 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from pyro_vae.evaluate import importance_sampled_log_likelihood, kl_per_dimension
+from pyro_vae.evaluate import (
+    importance_sampled_log_likelihood,
+    kl_per_dimension,
+    log_importance_weights,
+)
 from pyro_vae.model import VAE
-from pyro_vae.objectives import log_importance_weights
 
 NUM_SE = 5.0
 

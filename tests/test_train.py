@@ -16,9 +16,10 @@ from pyro_vae import (
 )
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.data import load_dataset
+from pyro_vae.evaluate import importance_sampled_log_likelihood
 from pyro_vae.objectives import make_elbo
 from pyro_vae.optim import lr_factor
-from pyro_vae.train import CHECKPOINT_FILE, METRICS_FILE, TrainingDiverged, elbo_per_image
+from pyro_vae.train import CHECKPOINT_FILE, METRICS_FILE, TrainingDiverged
 
 SMALL = dict(
     dataset="mnist-sample", train_size=512, batch_size=64, hidden_sizes=(64,), latent_dim=5
@@ -27,6 +28,11 @@ SMALL = dict(
 
 def small(**overrides) -> TrainConfig:
     return TrainConfig(**{**SMALL, **overrides})
+
+
+def elbo_per_image(vae, images, num_particles):
+    """The ELBO of each image, averaged over ``num_particles`` samples, ``(N,)``."""
+    return importance_sampled_log_likelihood(vae.model, vae.guide, images, num_particles)[1]
 
 
 @pytest.mark.parametrize(
