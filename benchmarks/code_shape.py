@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     for name, line, call in touches:
         print(f"  {name}:{line}  {call}")
-    return {"longest": lengths[0], "touches": len(touches), "modules": modules}
+    return {"longest": lengths[0], "touches": touches}
 
 
 if __name__ == "__main__":

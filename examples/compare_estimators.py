@@ -17,19 +17,13 @@ from pathlib import Path
 
 from pyro_vae import TrainConfig, load_dataset
 from pyro_vae.compare import compare_estimators
-from pyro_vae.data import load_mnist_or_sample
 from pyro_vae.errors import PyroVAEError
 
 
 def main(args: argparse.Namespace) -> None:
     # compare_estimators() writes into --out; made first, so that it fails before any training
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    if args.dataset == "mnist":
-        data, note = load_mnist_or_sample(args.data_dir)
-        if note:
-            print(f"WARNING: {note}")
-    else:
-        data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, fallback=True)  # MNIST, else the sample
     config = TrainConfig(  # the score-function estimators need the plain ELBO, K = 1
         dataset=data.name, objective="elbo", epochs=args.epochs, train_size=args.train_size,
         seed=args.seed,

@@ -12,17 +12,11 @@ import sys
 from pathlib import Path
 
 from pyro_vae import TrainConfig, evaluate, fit, load_dataset
-from pyro_vae.data import load_mnist_or_sample
 from pyro_vae.errors import PyroVAEError
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.dataset == "mnist":
-        data, note = load_mnist_or_sample(args.data_dir)
-        if note:
-            print(f"WARNING: {note}")
-    else:
-        data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, fallback=True)  # MNIST, else the sample
     for objective, k in (("elbo", 1), ("iwae", args.k)):
         config = TrainConfig(
             dataset=data.name,

@@ -16,17 +16,12 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE, TrainConfig, evaluate, fit, load_dataset
-from pyro_vae.data import BatchLoader, load_mnist_or_sample, prepare_images
+from pyro_vae.data import BatchLoader, prepare_images
 from pyro_vae.errors import PyroVAEError
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.dataset == "mnist":
-        data, note = load_mnist_or_sample(args.data_dir)
-        if note:
-            print(f"WARNING: {note}")
-    else:
-        data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, fallback=True)  # MNIST, else the sample
 
     # 1. The library's training loop: run folders, checkpoints and metrics come with it.
     config = TrainConfig(dataset=data.name, epochs=args.epochs, train_size=args.train_size)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from pyro_vae import TrainConfig, evaluate, fit, load_dataset
-from pyro_vae.data import load_mnist_or_sample
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.plots import latent_scatter_figure, manifold_figure
 
@@ -20,12 +19,7 @@ from pyro_vae.plots import latent_scatter_figure, manifold_figure
 def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # first: an unwritable --out fails before training
-    if args.dataset == "mnist":
-        data, note = load_mnist_or_sample(args.data_dir)
-        if note:
-            print(f"WARNING: {note}")
-    else:
-        data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, fallback=True)  # MNIST, else the sample
     config = TrainConfig(
         dataset=data.name, latent_dim=2, epochs=args.epochs, train_size=args.train_size
     )

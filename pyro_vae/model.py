@@ -42,8 +42,9 @@ class VAE(nn.Module):
     :param baseline_beta: decay of the ``reinforce-baseline`` running average.
 
     The networks are registered with ``pyro.module`` as ``"encoder"`` and ``"decoder"`` in
-    Pyro's global param store; :func:`pyro_vae.train.fit` runs each training in a param-store
-    scope of its own, so two VAEs in one process never share parameters.
+    Pyro's global param store; :func:`pyro_vae.train.fit` and :func:`pyro_vae.evaluate.evaluate`
+    run in a store of their own (:func:`pyro_vae.isolation.isolated`), so two VAEs in one
+    process never share parameters.
     """
 
     def __init__(

@@ -68,8 +68,8 @@ def test_example_runs_quick(name, tmp_path):
     assert "ELBO" in proc.stdout
 
 
-# Frey Face has no fallback: one line. The MNIST examples share load_mnist_or_sample (tested
-# in test_data.py and test_cli.py); one of them stands for all, each run costs a training.
+# Frey Face has no fallback: one line. The MNIST examples share load_dataset(fallback=True)
+# (tested in test_data.py and test_cli.py); one of them stands for all, each run costs a training.
 @pytest.mark.parametrize("name", [*sorted(NEEDS_DATA), "quickstart.py"])
 def test_example_with_an_empty_data_dir(name, tmp_path):
     assert _takes(name, "--data-dir")
@@ -83,7 +83,9 @@ def test_example_with_an_empty_data_dir(name, tmp_path):
         return
     proc = _run(name, [*args, "--dataset", "mnist"], tmp_path)  # not the bundled sample
     assert proc.returncode == 0, proc.stderr
-    assert "WARNING: MNIST was not found" in proc.stdout and "ELBO" in proc.stdout
+    # Python shows the DataFallbackWarning on stderr, at the example's own line
+    assert "DataFallbackWarning: MNIST was not found" in proc.stderr, proc.stderr
+    assert "quickstart.py" in proc.stderr and "ELBO" in proc.stdout
 
 
 @pytest.mark.parametrize("name", [n for n in COVERED if _takes(n, "--out")])
