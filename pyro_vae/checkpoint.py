@@ -263,7 +263,7 @@ def _check_structure(path: Path, state: dict) -> None:
     shape = state.get("image_shape", [28, 28])
     if (
         not isinstance(shape, (list, tuple))
-        or len(shape) != 2
+        or len(shape) not in (2, 3)
         or not all(isinstance(s, int) and s > 0 for s in shape)
     ):
         raise bad(f"its image shape is {shape!r}")

@@ -24,6 +24,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEEr
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.isolation import check_seed
-from pyro_vae.networks import ACTIVATIONS, LIKELIHOODS
+from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.optim import LR_SCHEDULES
 from pyro_vae.plots import (
@@ -147,6 +148,31 @@ def _mnist_or_sample(data_dir: str | None) -> ImageData:
     return data
 
 
+# -- options several sub-commands share -----------------------------------------------------
+
+# name -> (flags, add_argument keywords); each written once, added by _add_shared
+_SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "run_dir": (("run_dir",), {"metavar": "RUN_DIR"}),
+    "data_dir": (("--data-dir",), {"help": "data root, if not the one the run used"}),
+    "device": (("--device",), {"help": "cpu, cuda or cuda:N (default cpu)"}),
+    "seed": (("--seed",), {"type": int, "default": 0}),
+    "num_particles": (("-K", "--num-particles"), {"type": int}),
+    "no_progress": (("--no-progress",), {"action": "store_true", "help": "no progress bars"}),
+}
+
+
+def _add_shared(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, **changes: Any
+) -> None:
+    """Add the shared options ``names`` to a parser or group, in that order. ``changes``
+    (another default or help text) apply to a single option."""
+    if changes and len(names) != 1:
+        raise TypeError("changes to shared options are given one option at a time")
+    for name in names:
+        flags, keywords = _SHARED[name]
+        p.add_argument(*flags, **{**keywords, **changes})
+
+
 # -- train ----------------------------------------------------------------------------------
 
 
@@ -162,21 +188,36 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
         help=f"default {d.dataset}; if MNIST is "
         "missing and cannot be downloaded, the bundled mnist-sample is used, loudly",
     )
-    g.add_argument(
-        "--data-dir", help="data root (default $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data)"
+    _add_shared(
+        g, "data_dir", help="data root (default $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data)"
     )
     g.add_argument(
         "--binarize", choices=BINARIZATIONS, help="default dynamic for bernoulli, else none"
     )
     g.add_argument("--train-size", type=int, help="use only the first N training images")
     g = p.add_argument_group("model")
+    g.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        help=f"default {d.arch}; conv: stride-2 convolutions and transposed convolutions "
+        "sized from the images (pyro_vae.networks)",
+    )
+    g.add_argument(
+        "--conv-channels",
+        type=int,
+        nargs="+",
+        metavar="C",
+        help="channels of the conv encoder's stride-2 convolutions, mirrored in the decoder "
+        f"(default {' '.join(map(str, d.conv_channels))})",
+    )
     g.add_argument("--latent-dim", type=int, help=f"default {d.latent_dim}")
     g.add_argument(
         "--hidden-sizes",
         type=int,
         nargs="+",
         metavar="H",
-        help=f"encoder widths, mirrored in the decoder (default {d.hidden_sizes[0]})",
+        help="encoder widths, mirrored in the decoder; for conv, the dense layers after the "
+        f"convolutions (default {d.hidden_sizes[0]})",
     )
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"default {d.activation}")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"default {d.likelihood}")
@@ -195,7 +236,7 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
         help=f"Adam learning rate of the nn baseline (default {d.baseline_learning_rate})",
     )
     if not study:
-        g.add_argument("-K", "--num-particles", type=int, help="samples per image (default 1)")
+        _add_shared(g, "num_particles", help="samples per image (default 1)")
     g.add_argument(
         "--lr",
         "--learning-rate",
@@ -213,35 +254,9 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
     g.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    g.add_argument("--seed", type=int, help=f"default {d.seed} (0 to 2**32 - 1)")
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    _add_shared(g, "seed", default=None, help=f"default {d.seed} (0 to 2**32 - 1)")
+    _add_shared(g, "device")
     g.add_argument("--jit", action="store_const", const=True, help="Pyro's JIT-compiled ELBOs")
-
-
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    _add_config_arguments(p)
-    g = p.add_argument_group("run folder and final evaluation")
-    g.add_argument("--out", help="run folder (default runs/DATASET-TIME)")
-    g.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR; flags given must match its config, "
-        "except --epochs (the total, above the epochs done), --device and --data-dir",
-    )
-    g.add_argument(
-        "--eval-particles",
-        type=int,
-        default=1000,
-        help="K for the final importance-sampled log-likelihood (default 1000)",
-    )
-    g.add_argument(
-        "--eval-images",
-        type=int,
-        default=1000,
-        help="test images in the final evaluation (default 1000; 0 for all)",
-    )
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--no-plots", action="store_true", help="do not write the pictures")
 
 
 CONFIG_FLAGS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -249,8 +264,9 @@ CONFIG_FLAGS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 def _config_overrides(args: argparse.Namespace) -> dict:
     given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
-    if "hidden_sizes" in given:
-        given["hidden_sizes"] = tuple(given["hidden_sizes"])
+    for name in ("hidden_sizes", "conv_channels"):
+        if name in given:
+            given[name] = tuple(given[name])
     return given
 
 
@@ -295,12 +311,45 @@ def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Pa
     )
     _save(latent_scatter_figure(vae, test_images, test_labels), out_dir / "latent_scatter.png")
     if len(test_images) >= 2:
-        pairs = test_images[: 2 * min(6, len(test_images) // 2)].reshape(-1, 2, vae.data_dim)
+        pairs = test_images[: 2 * min(6, len(test_images) // 2)].reshape(-1, 2, *vae.event_shape)
         _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
     if history:
         _save(metrics_figure(history), out_dir / "training_curves.png")
     if vae.latent_dim == 2:
         _save(manifold_figure(vae, image_shape), out_dir / "manifold.png")
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a VAE and write a run folder",
+        description="Train a VAE with Pyro's SVI; write config, checkpoint, "
+        "metrics, a final evaluation and pictures into a run folder.",
+    )
+    _add_config_arguments(p)
+    g = p.add_argument_group("run folder and final evaluation")
+    g.add_argument("--out", help="run folder (default runs/DATASET-TIME)")
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR; flags given must match its config, "
+        "except --epochs (the total, above the epochs done), --device and --data-dir",
+    )
+    g.add_argument(
+        "--eval-particles",
+        type=int,
+        default=1000,
+        help="K for the final importance-sampled log-likelihood (default 1000)",
+    )
+    g.add_argument(
+        "--eval-images",
+        type=int,
+        default=1000,
+        help="test images in the final evaluation (default 1000; 0 for all)",
+    )
+    _add_shared(g, "no_progress")
+    g.add_argument("--no-plots", action="store_true", help="do not write the pictures")
+    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -353,7 +402,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- evaluate, sample, reconstruct, plot, posterior -----------------------------------------
+# -- evaluate -------------------------------------------------------------------------------
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="test ELBO and importance-sampled log-likelihood",
+        description="Evaluate a trained run on its test set, in nats per image; "
+        "writes RUN_DIR/evaluation.json.",
+    )
+    _add_shared(p, "run_dir")
+    _add_shared(
+        p, "num_particles", default=1000, help="importance samples per image (default 1000)"
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=0,
+        help="evaluate the first N test images (default 0: all)",
+    )
+    _add_shared(p, "seed", help="the same seed gives the same figures (0)")
+    _add_shared(p, "data_dir")
+    _add_shared(p, "device", default="cpu")
+    p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -377,6 +449,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sample ---------------------------------------------------------------------------------
+
+
+def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="picture of samples from the prior",
+        description="Decode z ~ N(0, I) and save the mean images as a grid (PNG, or the "
+        "format the file name's suffix names).",
+    )
+    _add_shared(p, "run_dir")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    _add_shared(p, "seed")
+    p.add_argument("--out", help="picture path (default RUN_DIR/samples.png)")
+    p.set_defaults(func=_cmd_sample)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     _check_count(args.num, "--num", high=MAX_PICTURES)
     check_seed(args.seed, "--seed")
@@ -386,6 +475,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     with _lock_for_file(out):
         _save(samples_figure(run.vae, run.image_shape, args.num, args.seed), out)
     return 0
+
+
+# -- reconstruct ----------------------------------------------------------------------------
+
+
+def _add_reconstruct_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reconstruct",
+        help="picture of test images over their reconstructions",
+        description="Save test images above their reconstructions E[x|z=mu(x)] (PNG, or the "
+        "format the file name's suffix names).",
+    )
+    _add_shared(p, "run_dir")
+    p.add_argument("--num", type=int, default=32, help="number of test images (default 32)")
+    p.add_argument("--out", help="picture path (default RUN_DIR/reconstructions.png)")
+    _add_shared(p, "data_dir")
+    p.set_defaults(func=_cmd_reconstruct)
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -402,12 +508,55 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- plot -----------------------------------------------------------------------------------
+
+
+def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="all the pictures of a run",
+        description="Write samples, reconstructions, the latent scatter by class, "
+        "interpolations, training curves and (for a 2-D latent space) the manifold of a run "
+        "as PNGs.",
+    )
+    _add_shared(p, "run_dir")
+    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR)")
+    _add_shared(p, "data_dir")
+    p.set_defaults(func=_cmd_plot)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     test, data = _test_images(run, args.data_dir)
     with locked_folder(args.out or args.run_dir, create=True) as out_dir:
         write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir)
     return 0
+
+
+# -- posterior ------------------------------------------------------------------------------
+
+
+def _add_posterior_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "posterior",
+        help="the guide against NUTS samples of the true posterior",
+        description="For chosen test images, sample p(z|x) with Pyro's NUTS and the trained "
+        "decoder, report ArviZ's R-hat and effective sample size (with a warning where they "
+        "say the chains cannot be trusted), the ELBO and the importance-sampled log p(x) "
+        "(their gap is KL(q || p(z|x))), and plot guide samples against NUTS samples.",
+    )
+    _add_shared(p, "run_dir")
+    p.add_argument("--index", type=int, nargs="+", default=[0], help="test images (default 0)")
+    p.add_argument("--num-samples", type=int, default=300, help="NUTS draws a chain (300)")
+    p.add_argument("--warmup", type=int, default=300, help="NUTS warm-up steps a chain (300)")
+    p.add_argument("--chains", type=int, default=2, help="NUTS chains, run in turn (2)")
+    _add_shared(
+        p, "num_particles", default=5000, help="importance samples for log p(x) (default 5000)"
+    )
+    _add_shared(p, "seed")
+    p.add_argument("--out", help="folder for posterior.json and PNGs (default RUN_DIR)")
+    _add_shared(p, "data_dir")
+    p.set_defaults(func=_cmd_posterior)
 
 
 def _cmd_posterior(args: argparse.Namespace) -> int:
@@ -458,6 +607,58 @@ _STUDY_REFUSES = {
     "eval_images": "compare-estimators makes no final evaluation; drop --eval-images",
     "no_plots": "compare-estimators always writes its two figures; drop --no-plots",
 }
+
+
+def _add_compare_estimators_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare-estimators",
+        help="gradient variance and training per estimator",
+        description="On one model, one minibatch and the same parameters, draw "
+        "many gradient estimates per estimator (at initialization and after "
+        "chosen epochs of a reparam run); then train one model per estimator "
+        "with the same seed and budget, objective elbo, K = 1. Writes CSV/JSON tables and "
+        "figures into a new folder.",
+    )
+    _add_config_arguments(p, study=True)
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        choices=ESTIMATORS,
+        default=list(ESTIMATORS),
+        help="estimators to compare (default all)",
+    )
+    p.add_argument(
+        "--gradient-epochs",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="measure gradients after these epochs of the reparam run, each from 0 (at "
+        "initialization; the default) to --epochs",
+    )
+    p.add_argument(
+        "--num-estimates",
+        type=int,
+        default=200,
+        help="gradient estimates per estimator and stage (default 200)",
+    )
+    p.add_argument(
+        "--reference-estimates",
+        type=int,
+        default=1000,
+        help="reparam estimates behind the reference mean (default 1000)",
+    )
+    p.add_argument("--out", default="estimator-study", help="a new folder (estimator-study)")
+    _add_shared(p, "no_progress")
+    # refused with a reason (see _STUDY_REFUSES), hidden from --help
+    hidden = argparse.SUPPRESS
+    p.add_argument("--estimator", help=hidden)
+    p.add_argument("--resume", help=hidden)
+    p.add_argument("--objective", help=hidden)
+    _add_shared(p, "num_particles", help=hidden)
+    p.add_argument("--eval-particles", help=hidden)
+    p.add_argument("--eval-images", help=hidden)
+    p.add_argument("--no-plots", action="store_true", help=hidden)
+    p.set_defaults(func=_cmd_compare_estimators)
 
 
 def _cmd_compare_estimators(args: argparse.Namespace) -> int:
@@ -513,148 +714,16 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-vae`` parser; the sub-commands in the order ``--help`` lists them."""
     parser = _Parser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser(
-        "train",
-        help="train a VAE and write a run folder",
-        description="Train a VAE with Pyro's SVI; write config, checkpoint, "
-        "metrics, a final evaluation and pictures into a run folder.",
-    )
-    _add_train_arguments(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "evaluate",
-        help="test ELBO and importance-sampled log-likelihood",
-        description="Evaluate a trained run on its test set, in nats per image; "
-        "writes RUN_DIR/evaluation.json.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument(
-        "-K",
-        "--num-particles",
-        type=int,
-        default=1000,
-        help="importance samples per image (default 1000)",
-    )
-    p.add_argument(
-        "--num-images",
-        type=int,
-        default=0,
-        help="evaluate the first N test images (default 0: all)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same figures (0)")
-    p.add_argument("--data-dir", help="data root, if not the one the run used")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser(
-        "sample",
-        help="picture of samples from the prior",
-        description="Decode z ~ N(0, I) and save the mean images as a grid (PNG, or the "
-        "format the file name's suffix names).",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="picture path (default RUN_DIR/samples.png)")
-    p.set_defaults(func=_cmd_sample)
-
-    p = sub.add_parser(
-        "plot",
-        help="all the pictures of a run",
-        description="Write samples, reconstructions, the latent scatter by class, "
-        "interpolations, training curves and (for a 2-D latent space) the manifold of a run "
-        "as PNGs.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR)")
-    p.add_argument("--data-dir", help="data root, if not the one the run used")
-    p.set_defaults(func=_cmd_plot)
-
-    p = sub.add_parser(
-        "posterior",
-        help="the guide against NUTS samples of the true posterior",
-        description="For chosen test images, sample p(z|x) with Pyro's NUTS and the trained "
-        "decoder, report ArviZ's R-hat and effective sample size (with a warning where they "
-        "say the chains cannot be trusted), the ELBO and the importance-sampled log p(x) "
-        "(their gap is KL(q || p(z|x))), and plot guide samples against NUTS samples.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--index", type=int, nargs="+", default=[0], help="test images (default 0)")
-    p.add_argument("--num-samples", type=int, default=300, help="NUTS draws a chain (300)")
-    p.add_argument("--warmup", type=int, default=300, help="NUTS warm-up steps a chain (300)")
-    p.add_argument("--chains", type=int, default=2, help="NUTS chains, run in turn (2)")
-    p.add_argument("-K", "--num-particles", type=int, default=5000,
-                   help="importance samples for log p(x) (default 5000)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="folder for posterior.json and PNGs (default RUN_DIR)")
-    p.add_argument("--data-dir", help="data root, if not the one the run used")
-    p.set_defaults(func=_cmd_posterior)
-
-    p = sub.add_parser(
-        "reconstruct",
-        help="picture of test images over their reconstructions",
-        description="Save test images above their reconstructions E[x|z=mu(x)] (PNG, or the "
-        "format the file name's suffix names).",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--num", type=int, default=32, help="number of test images (default 32)")
-    p.add_argument("--out", help="picture path (default RUN_DIR/reconstructions.png)")
-    p.add_argument("--data-dir", help="data root, if not the one the run used")
-    p.set_defaults(func=_cmd_reconstruct)
-
-    p = sub.add_parser(
-        "compare-estimators",
-        help="gradient variance and training per estimator",
-        description="On one model, one minibatch and the same parameters, draw "
-        "many gradient estimates per estimator (at initialization and after "
-        "chosen epochs of a reparam run); then train one model per estimator "
-        "with the same seed and budget, objective elbo, K = 1. Writes CSV/JSON tables and "
-        "figures into a new folder.",
-    )
-    _add_config_arguments(p, study=True)
-    p.add_argument(
-        "--estimators",
-        nargs="+",
-        choices=ESTIMATORS,
-        default=list(ESTIMATORS),
-        help="estimators to compare (default all)",
-    )
-    p.add_argument(
-        "--gradient-epochs",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="measure gradients after these epochs of the reparam run, each from 0 (at "
-        "initialization; the default) to --epochs",
-    )
-    p.add_argument(
-        "--num-estimates",
-        type=int,
-        default=200,
-        help="gradient estimates per estimator and stage (default 200)",
-    )
-    p.add_argument(
-        "--reference-estimates",
-        type=int,
-        default=1000,
-        help="reparam estimates behind the reference mean (default 1000)",
-    )
-    p.add_argument("--out", default="estimator-study", help="a new folder (estimator-study)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # refused with a reason (see _STUDY_REFUSES), hidden from --help
-    hidden = argparse.SUPPRESS
-    p.add_argument("--estimator", help=hidden)
-    p.add_argument("--resume", help=hidden)
-    p.add_argument("--objective", help=hidden)
-    p.add_argument("-K", "--num-particles", type=int, help=hidden)
-    p.add_argument("--eval-particles", help=hidden)
-    p.add_argument("--eval-images", help=hidden)
-    p.add_argument("--no-plots", action="store_true", help=hidden)
-    p.set_defaults(func=_cmd_compare_estimators)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_sample_parser(sub)
+    _add_plot_parser(sub)
+    _add_posterior_parser(sub)
+    _add_reconstruct_parser(sub)
+    _add_compare_estimators_parser(sub)
     return parser
 
 

@@ -157,7 +157,7 @@ def _study(
         )
         return [{"stage": stage, **row} for row in rows]
 
-    initial = build_vae(config, data.data_dim).to(config.device)
+    initial = build_vae(config, data.image_shape).to(config.device)
     initial.init_output_bias(train.mean(0).to(config.device))
     gradients = study("init", initial) if 0 in gradient_epochs else []
 

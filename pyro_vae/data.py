@@ -68,8 +68,10 @@ SAMPLE_FILE = "mnist_sample.npz"
 class ImageData:
     """A data set of flattened images in ``[0, 1]``.
 
-    ``train_images`` is ``(N, H * W)`` float32; labels are int64 class indices or ``None``
-    (Frey Face has none). ``source`` says where the images were read from.
+    ``train_images`` is ``(N, D)`` float32 with ``D`` the pixels of ``image_shape``: ``(H, W)``
+    for grey images, ``(C, H, W)`` for colour ones (channels first, as PyTorch's conv layers
+    take them); labels are int64 class indices or ``None`` (Frey Face has none). ``source``
+    says where the images were read from.
     """
 
     name: str
@@ -77,12 +79,12 @@ class ImageData:
     train_labels: torch.Tensor | None  # (N,)
     test_images: torch.Tensor  # (M, D)
     test_labels: torch.Tensor | None  # (M,)
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, ...]
     source: str
 
     @property
     def data_dim(self) -> int:
-        return self.image_shape[0] * self.image_shape[1]
+        return math.prod(self.image_shape)
 
 
 def default_data_dir() -> Path:

@@ -105,9 +105,9 @@ def importance_sampled_log_likelihood(
     """
     _check_count(num_particles, "the number of particles K")
     _check_count(batch_size, "the batch size")
-    if not isinstance(images, torch.Tensor) or images.dim() != 2:
+    if not isinstance(images, torch.Tensor) or images.dim() < 2:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise DataError(f"images must be a torch.Tensor of shape (N, D), got {shape}")
+        raise DataError(f"images must be a torch.Tensor of shape (N, ...), got {shape}")
     if not images.is_floating_point():
         raise DataError(f"images must be floating point in [0, 1], got {images.dtype}")
     if len(images) == 0:
@@ -158,16 +158,22 @@ def _check_count(value, what: str) -> None:
 
 
 def check_images(vae: VAE, images, what: str = "the images") -> torch.Tensor:
-    """``images`` as a float tensor ``(N, D)`` on the VAE's device, or a :class:`DataError`
-    that says what is wrong: not a tensor, the wrong shape or dtype, none at all, values the
-    likelihood cannot score."""
+    """``images`` as a float tensor ``(N, *vae.event_shape)`` on the VAE's device, or a
+    :class:`DataError` that says what is wrong: not a tensor, the wrong shape or dtype, none at
+    all, values the likelihood cannot score."""
     if not isinstance(images, torch.Tensor):
         raise DataError(f"{what} must be a torch.Tensor, got {type(images).__name__}")
-    d = vae.data_dim
-    if images.dim() != 2 or images.shape[1] != d:
-        flat = images.dim() > 2 and math.prod(images.shape[1:]) == d
-        hint = "; flatten them with images.reshape(len(images), -1)" if flat else ""
-        raise DataError(f"{what} must have shape (N, {d}), got {tuple(images.shape)}{hint}")
+    event = tuple(vae.event_shape)
+    if images.dim() < 1 or tuple(images.shape[1:]) != event:
+        fits = images.dim() > 1 and math.prod(images.shape[1:]) == math.prod(event)
+        if fits and len(event) == 1:
+            hint = "; flatten them with images.reshape(len(images), -1)"
+        elif fits:
+            hint = f"; reshape them with images.reshape(len(images), {', '.join(map(str, event))})"
+        else:
+            hint = ""
+        shape = ", ".join(map(str, ("N", *event)))
+        raise DataError(f"{what} must have shape ({shape}), got {tuple(images.shape)}{hint}")
     if not images.is_floating_point():
         raise DataError(
             f"{what} must be floating point in [0, 1], got {images.dtype} (divide 8-bit pixels "

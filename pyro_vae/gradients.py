@@ -62,7 +62,7 @@ def gradient_samples(
     vae = copy.deepcopy(vae)
     vae.estimator = estimator
     if estimator == "reinforce-nn-baseline" and vae.baseline is None:
-        vae.baseline = Baseline(vae.data_dim).to(x.device)
+        vae.baseline = Baseline(vae.data_dim, event_dims=len(vae.event_shape)).to(x.device)
     elbo = make_elbo("elbo", estimator)
     networks = [vae.encoder, vae.decoder]
     with isolated(params="fresh", rng="continue"):

@@ -15,6 +15,7 @@ Pyro scales and scores them image by image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -25,53 +26,179 @@ from torch import nn
 from pyro_vae.checks import is_whole
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import baseline_options, check_estimator, guide_distribution
-from pyro_vae.networks import Baseline, Decoder, Encoder, check_network_settings
+from pyro_vae.networks import (
+    Baseline,
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+    check_network_settings,
+)
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "image_shape_chw"]
+
+
+def image_shape_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` for an image shape given as ``(H, W)`` (grey) or ``(C, H, W)``."""
+    if (
+        isinstance(image_shape, (str, bytes))
+        or not isinstance(image_shape, Sequence)
+        or len(image_shape) not in (2, 3)
+        or not all(is_whole(n) and n >= 1 for n in image_shape)
+    ):
+        raise ConfigError(
+            f"an image shape is (H, W) or (C, H, W) of positive whole numbers, got {image_shape!r}"
+        )
+    shape = tuple(int(n) for n in image_shape)
+    return (1, *shape) if len(shape) == 2 else shape
+
+
+def _call(name: str, net: nn.Module, value: torch.Tensor):
+    try:
+        return net(value)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"the {name} fails on input of shape {tuple(value.shape)}: {first}"
+        ) from None
+
+
+def _shapes(out) -> list:
+    """The shapes in a network's output tuple (type names for what is not a tensor)."""
+    items = out if isinstance(out, tuple) else (out,)
+    return [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in items]
 
 
 class VAE(nn.Module):
     """A variational autoencoder with Pyro ``model`` and ``guide`` methods.
 
-    :param data_dim: pixels per (flattened) image.
+    :param data_dim: pixels per (flattened) image, for an MLP on flat vectors ``(B, D)``.
     :param latent_dim: dimension ``Z`` of the latent code.
-    :param hidden_sizes: hidden layer widths of the encoder; the decoder mirrors them.
+    :param hidden_sizes: hidden layer widths of the encoder; the decoder mirrors them. For conv
+        nets, the dense layers between the convolutions and the latent code.
     :param activation: ``relu``, ``tanh``, ``softplus`` or ``elu``.
     :param likelihood: ``bernoulli``, ``continuous-bernoulli`` or ``gaussian``.
     :param estimator: how the guide's sample is differentiated (see :mod:`pyro_vae.estimators`).
     :param baseline_beta: decay of the ``reinforce-baseline`` running average.
+    :param image_shape: ``(H, W)`` or ``(C, H, W)`` instead of ``data_dim``; the MLP sees the
+        images flattened, conv nets and a hand-written pair as ``(B, C, H, W)``.
+    :param arch: ``mlp`` or ``conv`` (:mod:`pyro_vae.networks`).
+    :param conv_channels: channels of the conv encoder's stride-2 convolutions.
+    :param encoder: a hand-written encoder (an ``nn.Module``), with ``decoder``. Both must honour
+        the contract in :mod:`pyro_vae.networks`: ``encoder(x) -> (loc, scale)``, each
+        ``(B, Z)``, and ``decoder(z) -> `` the likelihood's parameters, each ``(..., C, H, W)``.
+        The pair is checked on a batch of two blank images when the VAE is built.
+    :param decoder: see ``encoder``.
 
-    The networks are registered with ``pyro.module`` as ``"encoder"`` and ``"decoder"`` in
-    Pyro's global param store; :func:`pyro_vae.train.fit` and :func:`pyro_vae.evaluate.evaluate`
-    run in a store of their own (:func:`pyro_vae.isolation.isolated`), so two VAEs in one
-    process never share parameters.
+    Images go through the model in the shape :attr:`event_shape`: ``(D,)`` for the MLP,
+    ``(C, H, W)`` otherwise. The networks are registered with ``pyro.module`` as ``"encoder"``
+    and ``"decoder"`` in Pyro's global param store; :func:`pyro_vae.train.fit` and
+    :func:`pyro_vae.evaluate.evaluate` run in a store of their own
+    (:func:`pyro_vae.isolation.isolated`), so two VAEs in one process never share parameters.
     """
 
     def __init__(
         self,
-        data_dim: int,
+        data_dim: int | None = None,
         latent_dim: int = 20,
         hidden_sizes: Sequence[int] = (400,),
         activation: str = "relu",
         likelihood: str = "bernoulli",
         estimator: str = "reparam",
         baseline_beta: float = 0.9,
+        *,
+        image_shape: Sequence[int] | None = None,
+        arch: str = "mlp",
+        conv_channels: Sequence[int] = (32, 64),
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
-
-        if not (is_whole(data_dim) and data_dim >= 1):
+        if (data_dim is None) == (image_shape is None):
+            raise ConfigError("give a VAE either data_dim or image_shape (one of them)")
+        if data_dim is not None and not (is_whole(data_dim) and data_dim >= 1):
             raise ConfigError(f"data_dim must be a positive whole number, got {data_dim!r}")
-        hidden_sizes = check_network_settings(latent_dim, hidden_sizes, activation, likelihood)
+        custom = encoder is not None or decoder is not None
+        hidden_sizes = check_network_settings(
+            latent_dim, hidden_sizes, activation, likelihood, arch, conv_channels
+        )
         check_estimator(estimator, baseline_beta)
-        self.data_dim = int(data_dim)
+        if image_shape is not None:
+            self.image_shape: tuple[int, ...] | None = image_shape_chw(image_shape)
+        else:
+            self.image_shape = None
+        self.data_dim = int(data_dim) if data_dim is not None else math.prod(self.image_shape)
+        if custom or arch == "conv":
+            if self.image_shape is None:
+                raise ConfigError(
+                    "conv nets and hand-written networks see images as (C, H, W): give "
+                    "image_shape instead of data_dim"
+                )
+            self.event_shape: tuple[int, ...] = self.image_shape
+        else:
+            self.event_shape = (self.data_dim,)
         self.latent_dim = int(latent_dim)
         self.likelihood = likelihood
         self.estimator = estimator
-        self.encoder = Encoder(self.data_dim, self.latent_dim, hidden_sizes, activation)
-        self.decoder = Decoder(self.data_dim, self.latent_dim, hidden_sizes, activation, likelihood)
+        self.arch = "custom" if custom else arch
         self.baseline_beta = float(baseline_beta)
+        if custom:
+            if encoder is None or decoder is None:
+                raise ConfigError("give both a hand-written encoder and decoder, or neither")
+            for name, net in (("encoder", encoder), ("decoder", decoder)):
+                if not isinstance(net, nn.Module):
+                    raise ConfigError(f"the {name} must be a torch.nn.Module, got {net!r}")
+            self.encoder, self.decoder = encoder, decoder
+            self._check_contract()
+        elif arch == "conv":
+            self.encoder = ConvEncoder(
+                self.image_shape, self.latent_dim, conv_channels, hidden_sizes, activation
+            )
+            self.decoder = ConvDecoder(self.image_shape, self.latent_dim, conv_channels,
+                                       hidden_sizes, activation, likelihood)  # fmt: skip
+        else:
+            self.encoder = Encoder(self.data_dim, self.latent_dim, hidden_sizes, activation)
+            self.decoder = Decoder(
+                self.data_dim, self.latent_dim, hidden_sizes, activation, likelihood
+            )
         # the reinforce-nn-baseline's b(x); registered with Pyro in the guide
-        self.baseline = Baseline(self.data_dim) if estimator == "reinforce-nn-baseline" else None
+        self.baseline = (
+            Baseline(self.data_dim, event_dims=len(self.event_shape))
+            if estimator == "reinforce-nn-baseline"
+            else None
+        )
+
+    @torch.no_grad()
+    def _check_contract(self) -> None:
+        """Run a hand-written pair on two blank images; :class:`ConfigError` if it breaks the
+        contract of :mod:`pyro_vae.networks`. Eval mode, so batch statistics stay as they are."""
+        modes = [m.training for m in self.modules()]
+        self.eval()
+        try:
+            parameter = next(self.encoder.parameters(), None)
+            device = parameter.device if parameter is not None else "cpu"
+            x = torch.zeros(2, *self.event_shape, device=device)
+            loc_scale = _call("encoder", self.encoder, x)
+            if _shapes(loc_scale) != [(2, self.latent_dim)] * 2:
+                raise ConfigError(
+                    f"the encoder must return (loc, scale), each (B, {self.latent_dim}); "
+                    f"images {tuple(x.shape)} gave {_shapes(loc_scale)}"
+                )
+            if not (loc_scale[1] > 0).all():
+                raise ConfigError("the encoder's scale must be positive (softplus(.) + 1e-5, say)")
+            z = torch.zeros(3, 2, self.latent_dim, device=device)  # (particles, batch, Z)
+            params = _call("decoder", self.decoder, z)
+            count = 2 if self.likelihood == "gaussian" else 1
+            if _shapes(params) != [(3, 2, *self.event_shape)] * count:
+                what = "(mean, scale)" if count == 2 else "(logits,)"
+                raise ConfigError(
+                    f"the decoder must return {what}, each (..., "
+                    f"{', '.join(map(str, self.event_shape))}), for likelihood "
+                    f"{self.likelihood!r}; latents {tuple(z.shape)} gave {_shapes(params)}"
+                )
+        finally:
+            for module, mode in zip(self.modules(), modes, strict=True):
+                module.training = mode
 
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
@@ -81,11 +208,12 @@ class VAE(nn.Module):
         training data rather than at 0.5 everywhere, which saves the first epoch from
         learning the background (Burda et al. 2015 initialize their decoders this way).
         """
-        logits = torch.logit(mean_image.clamp(1e-3, 1 - 1e-3))
-        self.decoder.out.bias[: self.data_dim] = logits.to(self.decoder.out.bias)
+        init = getattr(self.decoder, "init_output_bias", None)
+        if init is not None:  # a hand-written decoder may not have one
+            init(torch.logit(mean_image.clamp(1e-3, 1 - 1e-3)).reshape(self.event_shape))
 
     def likelihood_distribution(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """``p(x|z)`` with event shape ``(D,)`` and batch shape ``z.shape[:-1]``."""
+        """``p(x|z)`` with event shape :attr:`event_shape` and batch shape ``z.shape[:-1]``."""
         params = self.decoder(z)
         if self.likelihood == "bernoulli":
             base = dist.Bernoulli(logits=params[0])
@@ -93,10 +221,10 @@ class VAE(nn.Module):
             base = dist.ContinuousBernoulli(logits=params[0])
         else:
             base = dist.Normal(*params)
-        return base.to_event(1)
+        return base.to_event(len(self.event_shape))
 
     def model(self, x: torch.Tensor) -> None:
-        """``p(z) p(x|z)`` for a batch ``x`` of shape ``(B, D)``."""
+        """``p(z) p(x|z)`` for a batch ``x`` of shape ``(B, *event_shape)``."""
         pyro.module("decoder", self.decoder)
         batch = x.shape[0]
         with pyro.plate("data", batch):
@@ -105,7 +233,7 @@ class VAE(nn.Module):
             pyro.sample("x", self.likelihood_distribution(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """``q(z|x) = N(mu(x), diag sigma(x)^2)`` for a batch ``x`` of shape ``(B, D)``."""
+        """``q(z|x) = N(mu(x), diag sigma(x)^2)`` for a batch ``x``, ``(B, *event_shape)``."""
         pyro.module("encoder", self.encoder)
         if self.baseline is not None:
             pyro.module("baseline", self.baseline)
@@ -116,12 +244,12 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, D)``."""
+        """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, *event_shape)``."""
         return self.encoder(x)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean image ``E[x|z]``, ``(..., D)``, for latents ``z`` of shape ``(..., Z)``."""
+        """The mean image ``E[x|z]``, ``(..., *event_shape)``, for latents ``(..., Z)``."""
         return self.likelihood_distribution(z).mean
 
     @torch.no_grad()
@@ -131,7 +259,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images ``E[x|z]`` for ``num_samples`` draws ``z ~ p(z)``, shape ``(N, D)``."""
+        """Mean images ``E[x|z]`` for ``num_samples`` draws ``z ~ p(z)``, ``(N, *event_shape)``."""
         device = next(self.parameters()).device
         z = torch.randn(num_samples, self.latent_dim, generator=generator, device=device)
         return self.decode(z)

@@ -27,41 +27,52 @@ __all__ = [
 ]
 
 
-def _tile(images: torch.Tensor, image_shape: tuple[int, int], ncols: int, pad: int = 1):
-    # (N, H*W) -> one (rows * (H + pad), ncols * (W + pad)) mosaic; the padding 0.15 shows as
-    # thin light-grey lines when drawn inverted (ink on paper), dark-grey ones otherwise
-    h, w = image_shape
+def _chw(image_shape) -> tuple[int, int, int]:
+    shape = tuple(image_shape)
+    return (1, *shape) if len(shape) == 2 else shape
+
+
+def _tile(images: torch.Tensor, image_shape, ncols: int, pad: int = 1) -> torch.Tensor:
+    # (N, ...) images of (H, W) or (C, H, W) -> one (C, rows * (H + pad), ncols * (W + pad))
+    # mosaic; the padding 0.15 shows as thin light-grey lines when drawn inverted (ink on
+    # paper), dark-grey ones otherwise
+    c, h, w = _chw(image_shape)
     n = images.shape[0]
     nrows = math.ceil(n / ncols)
-    canvas = torch.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), 0.15)
-    for i, image in enumerate(images.detach().float().cpu().reshape(n, h, w)):
-        r, c = divmod(i, ncols)
-        canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = image
+    canvas = torch.full((c, nrows * (h + pad) - pad, ncols * (w + pad) - pad), 0.15)
+    for i, image in enumerate(images.detach().float().cpu().reshape(n, c, h, w)):
+        r, col = divmod(i, ncols)
+        canvas[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = image
     return canvas
 
 
 def image_grid(
     images: torch.Tensor,
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, ...],
     ncols: int | None = None,
     title: str | None = None,
     invert: bool | None = None,
 ) -> Figure:
-    """A grid of grey images in ``[0, 1]`` (``(N, H*W)``).
+    """A grid of images in ``[0, 1]``, ``(N, ...)`` of ``image_shape`` pixels each: ``(H, W)``
+    grey or ``(C, H, W)`` with one (grey) or three (RGB) channels.
 
-    ``invert`` draws value 1 as black (ink on paper, for digits); by default it is chosen from
-    the images: inverted when they are mostly dark (MNIST), as they are (faces) otherwise.
+    ``invert`` draws grey value 1 as black (ink on paper, for digits); by default it is chosen
+    from the images: inverted when they are mostly dark (MNIST), as they are (faces) otherwise.
+    Colour images are drawn as they are.
     """
     n = images.shape[0]
     ncols = ncols or math.ceil(math.sqrt(n))
-    canvas = _tile(images.clamp(0, 1), image_shape, ncols)
-    scale = 6.0 / max(canvas.shape)
-    fig = Figure(figsize=(canvas.shape[1] * scale + 0.2, canvas.shape[0] * scale + 0.6))
+    canvas = _tile(images.clamp(0, 1), image_shape, ncols)  # (C, H', W')
+    scale = 6.0 / max(canvas.shape[1:])
+    fig = Figure(figsize=(canvas.shape[2] * scale + 0.2, canvas.shape[1] * scale + 0.6))
     ax = fig.add_subplot()
-    if invert is None:
-        invert = images.float().mean().item() < 0.5
-    shown = 1 - canvas.numpy() if invert else canvas.numpy()
-    ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if canvas.shape[0] == 1:
+        if invert is None:
+            invert = images.float().mean().item() < 0.5
+        shown = 1 - canvas[0].numpy() if invert else canvas[0].numpy()
+        ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")  # (H', W', 3)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -70,7 +81,7 @@ def image_grid(
 
 
 def samples_figure(
-    vae: VAE, image_shape: tuple[int, int], num_samples: int = 64, seed: int = 0
+    vae: VAE, image_shape: tuple[int, ...], num_samples: int = 64, seed: int = 0
 ) -> Figure:
     """Mean images ``E[x|z]`` for ``z ~ N(0, I)``."""
     generator = torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
@@ -79,7 +90,7 @@ def samples_figure(
 
 
 def reconstructions_figure(
-    originals: torch.Tensor, reconstructions: torch.Tensor, image_shape: tuple[int, int]
+    originals: torch.Tensor, reconstructions: torch.Tensor, image_shape: tuple[int, ...]
 ) -> Figure:
     """Originals (top row of each pair) over their reconstructions ``E[x | z = mu(x)]``."""
     n = originals.shape[0]
@@ -88,14 +99,14 @@ def reconstructions_figure(
     for start in range(0, n, ncols):
         for images in (originals, reconstructions):
             row = images[start : start + ncols].detach().cpu()
-            blank = row.new_zeros(ncols - row.shape[0], row.shape[1])  # pad a short last row
+            blank = row.new_zeros(ncols - row.shape[0], *row.shape[1:])  # pad a short last row
             rows.append(torch.cat([row, blank]))
     return image_grid(
         torch.cat(rows), image_shape, ncols, title="originals (above) and reconstructions (below)"
     )
 
 
-def manifold_figure(vae: VAE, image_shape: tuple[int, int], num_per_axis: int = 20) -> Figure:
+def manifold_figure(vae: VAE, image_shape: tuple[int, ...], num_per_axis: int = 20) -> Figure:
     """The learned 2-D manifold: decoded means over a grid of ``z`` (Kingma & Welling, Fig. 4).
 
     Grid points are evenly spaced on the unit square and mapped through the inverse Gaussian
@@ -150,12 +161,12 @@ def latent_scatter_figure(
 
 
 def interpolation_figure(
-    vae: VAE, pairs: torch.Tensor, image_shape: tuple[int, int], steps: int = 10
+    vae: VAE, pairs: torch.Tensor, image_shape: tuple[int, ...], steps: int = 10
 ) -> Figure:
     """Decoded means along straight lines between the guide means of pairs of test images.
 
-    ``pairs`` is ``(P, 2, D)``; each row of the figure goes from the first image of a pair
-    (left, original) to the second (right, original) through ``steps`` latent points.
+    ``pairs`` is ``(P, 2, *vae.event_shape)``; each row of the figure goes from the first image
+    of a pair (left, original) to the second (right, original) through ``steps`` latent points.
     """
     rows = []
     for a, b in pairs:

@@ -58,12 +58,13 @@ def _arviz():
 
 
 def _one_image(vae: VAE, x) -> torch.Tensor:
-    """``x`` as one checked image ``(D,)``, or a :class:`DataError`."""
-    if isinstance(x, torch.Tensor) and x.dim() == 1:
-        x = x.reshape(1, -1)
+    """``x`` as one checked image of shape ``vae.event_shape``, or a :class:`DataError`."""
+    if isinstance(x, torch.Tensor) and tuple(x.shape) == tuple(vae.event_shape):
+        x = x.unsqueeze(0)
     x = check_images(vae, x, "the image")
     if len(x) != 1:
-        raise DataError(f"the posterior check takes one image (D,), got {len(x)} images")
+        shape = ", ".join(map(str, vae.event_shape))
+        raise DataError(f"the posterior check takes one image ({shape}), got {len(x)} images")
     return x[0]
 
 
@@ -101,7 +102,7 @@ def nuts_posterior(
             f"chain c is seeded with seed + c: the seed must be from 0 to 2**32 - {num_chains} "
             f"for {num_chains} chains, got {seed}"
         )
-    x = x.reshape(1, -1)
+    x = x.reshape(1, *vae.event_shape)
     latent_dim = vae.latent_dim
 
     def model():
@@ -185,9 +186,9 @@ def check_posterior(
     ess_bulk = summary["ess_bulk"].to_numpy()  # (Z,)
     with isolated(seed, params="inherit"):
         log_px, elbo = importance_sampled_log_likelihood(
-            vae.model, vae.guide, x.reshape(1, -1), num_particles
+            vae.model, vae.guide, x.reshape(1, *vae.event_shape), num_particles
         )
-    loc, scale = vae.encode(x.reshape(1, -1))
+    loc, scale = vae.encode(x.reshape(1, *vae.event_shape))
     draws = idata.posterior["z"].values.reshape(-1, vae.latent_dim)
     check = PosteriorCheck(
         index=index,
@@ -244,7 +245,7 @@ def posterior_figure(
         face value.
     """
     draws = idata.posterior["z"].values.reshape(-1, vae.latent_dim)  # (S, Z)
-    loc, scale = vae.encode(x.reshape(1, -1))
+    loc, scale = vae.encode(x.reshape(1, *vae.event_shape))
     generator = torch.Generator(device=loc.device).manual_seed(seed)
     eps = torch.randn(len(draws), vae.latent_dim, generator=generator, device=loc.device)
     guide = (loc + scale * eps).cpu().numpy()

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - Windows
     resource = None
 
 from pyro_vae.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
-from pyro_vae.checks import require_flag, require_whole
+from pyro_vae.checks import require_choice, require_flag, require_whole
 from pyro_vae.data import (
     BatchLoader,
     ImageData,
@@ -57,8 +57,8 @@ from pyro_vae.isolation import (
     isolated,
     set_rng_state,
 )
-from pyro_vae.model import VAE
-from pyro_vae.networks import check_network_settings
+from pyro_vae.model import VAE, image_shape_chw
+from pyro_vae.networks import check_network_settings, conv_sizes
 from pyro_vae.objectives import check_objective, make_elbo
 from pyro_vae.optim import JointAdam, check_optimizer_settings, lr_factor
 from pyro_vae.runfolder import locked_folder
@@ -118,8 +118,10 @@ class TrainConfig:
     binarize: str | None = None  # None: dynamic for bernoulli (Burda et al. 2015), else none
     train_size: int | None = None  # use only the first N training images (quick runs, tests)
     # networks (pyro_vae.networks)
+    arch: str = "mlp"  # mlp, conv, or custom: hand-written networks passed to fit(vae=...)
+    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of the stride-2 convolutions
     latent_dim: int = 20
-    hidden_sizes: tuple[int, ...] = (400,)
+    hidden_sizes: tuple[int, ...] = (400,)  # dense layers (after the convolutions for conv)
     activation: str = "relu"
     likelihood: str = "bernoulli"
     # objective and gradient estimator (pyro_vae.objectives, pyro_vae.estimators)
@@ -144,6 +146,8 @@ class TrainConfig:
         # Conversions that lose nothing; anything else is left for validate() to name.
         if isinstance(self.hidden_sizes, list):
             self.hidden_sizes = tuple(self.hidden_sizes)
+        if isinstance(self.conv_channels, list):
+            self.conv_channels = tuple(self.conv_channels)
         if isinstance(self.data_dir, os.PathLike):
             self.data_dir = os.fspath(self.data_dir)
         if self.binarize is None and isinstance(self.likelihood, str):
@@ -155,9 +159,12 @@ class TrainConfig:
         check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ConfigError(f"data_dir must be a string or None, got {self.data_dir!r}")
-        self.hidden_sizes = check_network_settings(
-            self.latent_dim, self.hidden_sizes, self.activation, self.likelihood
-        )
+        require_choice(self.arch, "arch", ("mlp", "conv", "custom"))
+        arch = "mlp" if self.arch == "custom" else self.arch  # custom: the nets are checked
+        self.hidden_sizes = check_network_settings(  # when the VAE is built
+            self.latent_dim, self.hidden_sizes, self.activation, self.likelihood, arch,
+            self.conv_channels,
+        )  # fmt: skip
         check_estimator(self.estimator, self.baseline_beta)
         check_objective(self.objective, self.estimator, self.num_particles, self.jit)
         check_optimizer_settings(
@@ -174,6 +181,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
+        d["conv_channels"] = list(self.conv_channels)
         return d
 
     @classmethod
@@ -214,14 +222,21 @@ class TrainResult:
     vae: VAE
     history: list[dict[str, float]]
     config: TrainConfig
-    image_shape: tuple[int, int]
-    test_images: torch.Tensor | None = None  # as evaluated (binarized once); None from load_run
+    image_shape: tuple[int, ...]  # (H, W) grey or (C, H, W)
+    test_images: torch.Tensor | None = (
+        None  # (N, *vae.event_shape) as evaluated; None from load_run
+    )
     run_dir: Path | None = None
     test_labels: torch.Tensor | None = None
 
 
-def parameter_count(config: TrainConfig, data_dim: int) -> int:
+def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
     """Weights and biases of the encoder and decoder (the nn baseline not included)."""
+    data_dim = math.prod(image_shape)
+    if config.arch != "mlp":  # built without memory, on PyTorch's meta device
+        with torch.device("meta"):
+            vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
+        return sum(p.numel() for p in vae.parameters())
     hidden, z = list(config.hidden_sizes), config.latent_dim
     outputs = data_dim * (2 if config.likelihood == "gaussian" else 1)
 
@@ -243,12 +258,36 @@ def _device_memory(device: str) -> int | None:
         return None
 
 
-def build_vae(config: TrainConfig, data_dim: int) -> VAE:
-    """The VAE a config describes, for images of ``data_dim`` pixels, on the CPU.
+def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
+    return VAE(
+        latent_dim=config.latent_dim,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        likelihood=config.likelihood,
+        estimator=config.estimator,
+        baseline_beta=config.baseline_beta,
+        image_shape=image_shape,
+        arch=config.arch,
+        conv_channels=config.conv_channels,
+    )
 
-    :raises ConfigError: the networks would not fit in the memory of ``config.device``.
+
+def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
+    """The VAE a config describes, for images of ``image_shape`` (``(H, W)``, ``(C, H, W)``,
+    or a number of pixels), on the CPU.
+
+    :raises ConfigError: the networks would not fit in the memory of ``config.device``, or
+        the config asks for hand-written networks (``arch="custom"``: build them yourself).
     """
-    count = parameter_count(config, data_dim)
+    if config.arch == "custom":
+        raise ConfigError(
+            "arch 'custom' means hand-written networks: build VAE(image_shape=..., "
+            "encoder=..., decoder=...) and pass it to fit(vae=...) or load_run(vae=...)"
+        )
+    if isinstance(image_shape, int):
+        image_shape = (image_shape,) if config.arch == "mlp" else image_shape_chw(image_shape)
+    image_shape = tuple(image_shape)
+    count = parameter_count(config, image_shape)
     needed = 4 * 4 * count  # float32 parameters, their gradients and Adam's two moments
     memory = _device_memory(config.device)
     too_big = ConfigError(
@@ -260,15 +299,17 @@ def build_vae(config: TrainConfig, data_dim: int) -> VAE:
     if memory is not None and needed > memory:
         raise too_big
     try:
-        return VAE(
-            data_dim,
-            latent_dim=config.latent_dim,
-            hidden_sizes=config.hidden_sizes,
-            activation=config.activation,
-            likelihood=config.likelihood,
-            estimator=config.estimator,
-            baseline_beta=config.baseline_beta,
-        )
+        if len(image_shape) == 1:  # a flat vector of pixels: the MLP only
+            return VAE(
+                image_shape[0],
+                latent_dim=config.latent_dim,
+                hidden_sizes=config.hidden_sizes,
+                activation=config.activation,
+                likelihood=config.likelihood,
+                estimator=config.estimator,
+                baseline_beta=config.baseline_beta,
+            )
+        return _vae(config, image_shape)
     except (RuntimeError, MemoryError) as e:
         if isinstance(e, MemoryError) or "alloc" in str(e).lower():
             raise too_big from None
@@ -304,9 +345,14 @@ def _finite(vae: VAE, x: torch.Tensor) -> bool:
     return all(torch.isfinite(t).all() for t in outputs)
 
 
-def _check_step_memory(config: TrainConfig, data_dim: int) -> None:
+def _check_step_memory(config: TrainConfig, image_shape: Sequence[int]) -> None:
     """Refuse a batch of particles whose activations could not fit in the device's memory."""
+    data_dim = math.prod(image_shape)
     widths = data_dim * 3 + 2 * sum(config.hidden_sizes) + 4 * config.latent_dim
+    if config.arch == "conv":  # the feature maps, in the encoder and the decoder
+        _, h, w = image_shape_chw(image_shape)
+        sizes = conv_sizes(h, w, len(config.conv_channels))[1:]
+        widths += 2 * sum(c * a * b for c, (a, b) in zip(config.conv_channels, sizes, strict=True))
     rows = config.num_particles * config.batch_size
     needed = 4 * 3 * rows * widths  # float32, forward values and their gradients, roughly
     memory = _device_memory(config.device)
@@ -389,7 +435,8 @@ def run_images(
 
     The one place where data are loaded and prepared for a config (see
     :func:`pyro_vae.data.prepare_images`): training, the estimator study and the CLI's
-    ``evaluate``, ``reconstruct`` and ``plot`` all see the same images.
+    ``evaluate``, ``reconstruct`` and ``plot`` all see the same images. They come flat,
+    ``(N, D)``, for the MLP, and as ``(N, C, H, W)`` for conv and hand-written networks.
 
     :param data: images to use instead of loading ``config.dataset``.
     """
@@ -398,6 +445,9 @@ def run_images(
     train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
     if config.train_size is not None:
         train = train[: config.train_size]
+    if config.arch != "mlp":
+        shape = image_shape_chw(data.image_shape)
+        train, test = train.reshape(-1, *shape), test.reshape(-1, *shape)
     # images of another float type (float64 arrays, say) meet float32 networks
     return data, train.to(torch.float32), test.to(torch.float32)
 
@@ -433,6 +483,7 @@ def fit(
     data: ImageData | None = None,
     resume: bool = False,
     progress: bool = False,
+    vae: VAE | None = None,
 ) -> TrainResult:
     """Train a VAE with ``pyro.infer.SVI`` and Adam.
 
@@ -450,6 +501,10 @@ def fit(
         epochs in all. With the same seed on the CPU this reproduces an uninterrupted run
         exactly.
     :param progress: show a progress bar with the running ELBO, and a line an epoch, on stderr.
+    :param vae: a VAE with hand-written networks (``VAE(image_shape=..., encoder=...,
+        decoder=...)``), trained in place, for a config with ``arch="custom"``; its latent size,
+        likelihood and estimator must be the config's. The run folder is the same as for the
+        built-in networks; :func:`load_run` reads it back given the same, untrained, pair.
     :raises ConfigError: a setting out of range, of the wrong type, or settings that clash;
         a resumed run that already has ``config.epochs`` epochs.
     :raises DataError: data the likelihood cannot score.
@@ -469,7 +524,7 @@ def fit(
     run_dir = Path(run_dir) if run_dir is not None else None
     lock = contextlib.nullcontext() if run_dir is None else locked_folder(run_dir, not resume)
     with lock, isolated(config.seed) as store, _put_back_on_failure(run_dir, resume):
-        run = _open_run(config, run_dir, data, resume, store)
+        run = _open_run(config, run_dir, data, resume, store, vae)
         svi = SVI(run.vae.model, run.vae.guide, run.optim, _elbo(config))
         for epoch in range(run.epochs_done, config.epochs):
             train_elbo = _train_epoch(run, svi, epoch, progress)
@@ -525,7 +580,32 @@ def _put_back_on_failure(run_dir: Path | None, resume: bool) -> Iterator[None]:
         raise
 
 
-def _open_run(config: TrainConfig, run_dir: Path | None, data, resume: bool, store) -> _Run:
+def _check_custom(config: TrainConfig, vae: VAE | None) -> None:
+    """A hand-written VAE comes with ``arch="custom"``, and agrees with the config."""
+    if vae is None:
+        if config.arch == "custom":
+            raise ConfigError(
+                "arch 'custom' trains a VAE with hand-written networks: pass it as "
+                "fit(config, vae=VAE(image_shape=..., encoder=..., decoder=...))"
+            )
+        return
+    if not isinstance(vae, VAE) or vae.arch != "custom" or config.arch != "custom":
+        raise ConfigError(
+            "fit(vae=...) takes a VAE with hand-written networks and a config with arch "
+            "'custom'; for the built-in networks leave vae out and set arch in the config"
+        )
+    clashes = [
+        f"{name}: config {getattr(config, name)!r} != VAE {getattr(vae, name)!r}"
+        for name in ("latent_dim", "likelihood", "estimator", "baseline_beta")
+        if getattr(config, name) != getattr(vae, name)
+    ]
+    if clashes:
+        raise ConfigError(f"the VAE does not match the config ({'; '.join(clashes)})")
+
+
+def _open_run(
+    config: TrainConfig, run_dir: Path | None, data, resume: bool, store, vae: VAE | None = None
+) -> _Run:
     """A new run, with its files written, or the run in ``run_dir`` restored from its
     checkpoint: networks, Adam's state, the RNG streams, the baseline's running averages."""
     checkpoint = _resume_state(config, run_dir) if resume else None
@@ -533,10 +613,18 @@ def _open_run(config: TrainConfig, run_dir: Path | None, data, resume: bool, sto
         raise CheckpointError(
             f"{run_dir} already holds a run; resume it or choose another run folder"
         )
+    _check_custom(config, vae)
     data, train, test = run_images(config, data)
     train, test = train.to(config.device), test.to(config.device)
-    vae = build_vae(config, data.data_dim).to(config.device)  # checks the parameters' size
-    _check_step_memory(config, data.data_dim)
+    if vae is None:
+        vae = build_vae(config, data.image_shape)  # checks the parameters' size
+        _check_step_memory(config, data.image_shape)
+    elif vae.event_shape != tuple(train.shape[1:]):
+        raise ConfigError(
+            f"the VAE models images of shape {vae.event_shape}, the data are "
+            f"{tuple(train.shape[1:])}"
+        )
+    vae = vae.to(config.device)
     vae.init_output_bias(train.mean(0))
     if run_dir is not None:
         _check_room(run_dir, vae)
@@ -640,7 +728,9 @@ def _checkpoint_state(run: _Run, store) -> dict:
         "history": run.history,
         "image_shape": list(run.data.image_shape),
         "baseline_state": baseline,
-    }
+        "networks": {name: f"{type(net).__module__}.{type(net).__qualname__}"
+                     for name, net in (("encoder", run.vae.encoder), ("decoder", run.vae.decoder))},
+    }  # fmt: skip
 
 
 def _save(run: _Run, store) -> None:
@@ -655,10 +745,13 @@ def _save(run: _Run, store) -> None:
     run.saved_epoch = epoch
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:
+def load_run(run_dir: str | Path, device: str = "cpu", vae: VAE | None = None) -> TrainResult:
     """The trained VAE, config and metrics history stored in a run folder.
 
-    :raises CheckpointError: no run folder, or a checkpoint that is damaged or does not fit.
+    :param vae: for a run of hand-written networks (``arch="custom"``): a VAE built as for
+        training; the stored parameters are loaded into it.
+    :raises CheckpointError: no run folder, a checkpoint that is damaged or does not fit, or
+        a run of hand-written networks without ``vae``.
     :raises ConfigError: an unknown or unavailable ``device``.
     """
     check_device(device)
@@ -668,24 +761,35 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainResult:
     if not run_dir.is_dir():
         raise CheckpointError(f"no run folder at {run_dir}")
     with isolated():  # building the networks draws their initial weights
-        return _load_run(run_dir, device)
+        return _load_run(run_dir, device, vae)
 
 
-def _load_run(run_dir: Path, device: str) -> TrainResult:
+def _load_run(run_dir: Path, device: str, vae: VAE | None) -> TrainResult:
     path = run_dir / CHECKPOINT_FILE
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
-    out = state["model"].get("decoder.out.weight")
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise CheckpointError(f"the model in {path} has no decoder output layer")
-    data_dim = out.shape[0] // (2 if config.likelihood == "gaussian" else 1)
-    vae = build_vae(dataclasses.replace(config, device="cpu"), data_dim)
-    _load_model_state(vae, state["model"], path)
     image_shape = tuple(state.get("image_shape", (28, 28)))
-    if image_shape[0] * image_shape[1] != data_dim:
+    if config.arch == "custom":
+        if vae is None:
+            networks = state.get("networks", {})
+            names = " and ".join(networks.values()) or "unknown classes"
+            raise CheckpointError(
+                f"the run in {run_dir} has hand-written networks ({names}); load it from Python "
+                "with load_run(RUN, vae=VAE(image_shape=..., encoder=..., decoder=...))"
+            )
+        try:
+            _check_custom(config, vae)
+        except ConfigError as e:
+            raise CheckpointError(f"{e} (the run in {run_dir})") from None
+    elif vae is not None:
+        raise ConfigError(f"the run in {run_dir} has built-in networks; load it without vae")
+    else:
+        vae = build_vae(dataclasses.replace(config, device="cpu"), image_shape)
+    _load_model_state(vae, state["model"], path)
+    if math.prod(vae.event_shape) != math.prod(image_shape):
         raise CheckpointError(
-            f"the model in {path} has {data_dim} pixels per image, its image shape "
-            f"{image_shape} has {image_shape[0] * image_shape[1]}"
+            f"the model in {path} has {math.prod(vae.event_shape)} pixels per image, its image "
+            f"shape {image_shape} has {math.prod(image_shape)}"
         )
     history = list(state["history"])
     return TrainResult(vae.to(device).eval(), history, config, image_shape, run_dir=run_dir)
