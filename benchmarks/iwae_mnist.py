@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from reference_vae import log_weights
 
 from pyro_vae import TrainConfig, evaluate, fit
-from pyro_vae.data import BatchLoader, load_dataset, prepare_images
+from pyro_vae.data import BatchLoader, load_dataset, mean_image, prepare_images
 from pyro_vae.evaluate import kl_per_dimension
 from pyro_vae.model import VAE
 from pyro_vae.optim import lr_factor
@@ -43,6 +43,7 @@ def paper_config(k: int, passes: int, seed: int, device: str, train_size=None) -
     return TrainConfig(
         dataset="mnist",
         binarize="dynamic",
+        valid_fraction=0.0,  # Burda et al. train on all 60,000 images
         train_size=train_size,
         latent_dim=50,
         hidden_sizes=(200, 200),
@@ -63,7 +64,7 @@ def initial_vae(config: TrainConfig, train: torch.Tensor) -> VAE:
     """The VAE as ``fit`` starts it: seeded, built, output bias at the data's marginal."""
     pyro.set_rng_seed(config.seed)
     vae = build_vae(config, train.shape[1]).to(config.device)
-    vae.init_output_bias(train.mean(0))
+    vae.init_output_bias(mean_image(train))
     return vae
 
 

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> None:
             ratio = row["variance_ratio_to_reparam"]
             print(f"  {row['stage']:<9} {row['estimator']:<22} {ratio:12.3g}")
     for estimator, history in result.training.items():
-        print(f"{estimator:<22} test ELBO {history[-1]['test_elbo']:.2f} nats/image")
+        print(f"{estimator:<22} validation ELBO {history[-1]['valid_elbo']:.2f} nats/image")
     print(f"tables and figures in {args.out}")
 
 

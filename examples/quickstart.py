@@ -16,7 +16,7 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from pyro_vae import VAE, TrainConfig, evaluate, fit, load_dataset
-from pyro_vae.data import BatchLoader, prepare_images
+from pyro_vae.data import BatchLoader, mean_image, prepare_images
 from pyro_vae.errors import PyroVAEError
 
 
@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> None:
     train, test = prepare_images(data, "dynamic", "bernoulli", seed=0)
     train = train[: args.train_size]
     vae = VAE(data.data_dim, latent_dim=20)
-    vae.init_output_bias(train.mean(0))  # start p(x|z) at the data marginal, as fit() does
+    vae.init_output_bias(mean_image(train))  # start p(x|z) at the data marginal, as fit() does
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
     loader = BatchLoader(train, batch_size=128, binarize="dynamic", seed=0)
     for epoch in range(args.epochs):

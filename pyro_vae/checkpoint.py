@@ -238,7 +238,8 @@ def _check_structure(path: Path, state: dict) -> None:
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         raise bad("its metrics history is not a list of rows")
     for row in history:
-        for key in ("epoch", "step", "train_elbo", "test_elbo", "seconds"):
+        score = "valid_elbo" if "valid_elbo" in row else "test_elbo"  # without a validation split
+        for key in ("epoch", "step", "train_elbo", score, "seconds"):
             value = row.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"its metrics history has {key} = {value!r}")
@@ -272,7 +273,8 @@ def _check_structure(path: Path, state: dict) -> None:
     )
     if where:
         raise CheckpointError(f"checkpoint {path} holds NaN or infinite values in {where}")
-    if any(not math.isfinite(row[k]) for row in history for k in ("train_elbo", "test_elbo")):
+    elbos = [v for row in history for k, v in row.items() if k.endswith("_elbo")]
+    if any(not math.isfinite(v) for v in elbos):
         raise CheckpointError(f"checkpoint {path} holds NaN or infinite ELBOs in its history")
 
 

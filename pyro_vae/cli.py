@@ -29,7 +29,14 @@ from typing import Any
 import torch
 
 from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
-from pyro_vae.data import BINARIZATIONS, DATASETS, DataFallbackWarning, ImageData, load_dataset
+from pyro_vae.data import (
+    BINARIZATIONS,
+    DATASETS,
+    DataFallbackWarning,
+    ImageData,
+    is_named_dataset,
+    load_dataset,
+)
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
@@ -52,6 +59,7 @@ from pyro_vae.train import (
     TrainResult,
     check_device,
     fit,
+    held_out_elbo,
     load_run,
     run_images,
 )
@@ -120,7 +128,8 @@ def _lock_for_file(path: Path):
 
 def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
     """The data set a run was trained on, checked against the run's model."""
-    data = load_dataset(run.config.dataset, data_dir or run.config.data_dir)
+    config = run.config
+    data = load_dataset(config.dataset, data_dir or config.data_dir, image_size=config.image_size)
     if data.data_dim != run.vae.data_dim:
         raise CheckpointError(
             f"the run in {run.run_dir} models images of {run.vae.data_dim} pixels, but "
@@ -132,7 +141,19 @@ def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
 def _test_images(run: TrainResult, data_dir: str | None) -> tuple[torch.Tensor, ImageData]:
     """The run's test images, binarized exactly as during training."""
     data = _run_data(run, data_dir)
-    return run_images(run.config, data)[2], data
+    return run_images(run.config, data).test, data
+
+
+def _dataset(value: str) -> str:
+    """--dataset: a built-in name, or the path of a folder or array that is there."""
+    if is_named_dataset(value) or os.path.isdir(value):
+        return value
+    if value.lower().endswith((".npy", ".npz")) and os.path.isfile(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(DATASETS)}, or give a folder of "
+        "PNG/JPEG images or a .npy/.npz file that exists)"
+    )
 
 
 def _mnist_or_sample(data_dir: str | None) -> ImageData:
@@ -184,9 +205,30 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
-        choices=DATASETS,
-        help=f"default {d.dataset}; if MNIST is "
-        "missing and cannot be downloaded, the bundled mnist-sample is used, loudly",
+        type=_dataset,
+        metavar="NAME|PATH",
+        help=f"{', '.join(DATASETS)} (default {d.dataset}; if MNIST is missing and cannot be "
+        "downloaded, the bundled mnist-sample is used, loudly), or a folder of PNG/JPEG "
+        "images (class sub-folders become labels; train/ and test/ sub-folders the split) "
+        "or a .npy/.npz array of images (see pyro_vae.imagefiles)",
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="resize the images of a folder or array: N (square) or H W",
+    )
+    g.add_argument(
+        "--valid-fraction",
+        type=float,
+        help=f"of the training images, held out to score each epoch (default {d.valid_fraction}"
+        "; 0: score on the test set, as papers that train on all 60,000 MNIST images do)",
+    )
+    g.add_argument(
+        "--split-seed",
+        type=int,
+        help=f"draws the validation split (default {d.split_seed}; runs of any --seed share it)",
     )
     _add_shared(
         g, "data_dir", help="data root (default $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data)"
@@ -267,6 +309,9 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     for name in ("hidden_sizes", "conv_channels"):
         if name in given:
             given[name] = tuple(given[name])
+    if "image_size" in given:
+        size = given["image_size"]
+        given["image_size"] = tuple(size * 2 if len(size) == 1 else size)
     return given
 
 
@@ -300,7 +345,9 @@ def _evaluate_and_report(
     return result
 
 
-def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Path) -> None:
+def write_plots(
+    vae, history, image_shape, test_images, test_labels, out_dir: Path, class_names=None
+) -> None:
     """Every picture of a run: samples, reconstructions, latent scatter, interpolations,
     training curves, and the manifold for a 2-D latent space."""
     _save(samples_figure(vae, image_shape), out_dir / "samples.png")
@@ -309,7 +356,10 @@ def write_plots(vae, history, image_shape, test_images, test_labels, out_dir: Pa
         reconstructions_figure(originals, vae.reconstruct(originals), image_shape),
         out_dir / "reconstructions.png",
     )
-    _save(latent_scatter_figure(vae, test_images, test_labels), out_dir / "latent_scatter.png")
+    _save(
+        latent_scatter_figure(vae, test_images, test_labels, class_names),
+        out_dir / "latent_scatter.png",
+    )
     if len(test_images) >= 2:
         pairs = test_images[: 2 * min(6, len(test_images) // 2)].reshape(-1, 2, *vae.event_shape)
         _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
@@ -367,7 +417,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig(**given)
         config.validate()  # before any folder or data is touched
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out or f"runs/{config.dataset}-{stamp}")
+        run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
         lock = locked_folder(run_dir, create=True)
     with lock:
         if args.resume:
@@ -383,9 +433,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"training in {run_dir}")
         result = fit(config, run_dir, data, bool(args.resume), progress)
         last = result.history[-1]
+        which, score = held_out_elbo(last)
         print(
             f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, "
-            f"test ELBO {last['test_elbo']:.2f} nats/image, {last['seconds']:.0f} s of training"
+            f"{which} ELBO {score:.2f} nats/image, {last['seconds']:.0f} s of training"
         )
         _evaluate_and_report(
             result.vae,
@@ -398,7 +449,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         if not args.no_plots:
             write_plots(result.vae, result.history, result.image_shape, result.test_images,
-                        result.test_labels, run_dir)  # fmt: skip
+                        result.test_labels, run_dir, result.class_names)  # fmt: skip
     return 0
 
 
@@ -529,7 +580,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     test, data = _test_images(run, args.data_dir)
     with locked_folder(args.out or args.run_dir, create=True) as out_dir:
-        write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir)
+        write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir,
+                    data.class_names)  # fmt: skip
     return 0
 
 
@@ -703,7 +755,8 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
     for estimator, history in result.training.items():
         last = history[-1]
         print(
-            f"{estimator:<22} test ELBO {last['test_elbo']:8.2f} after {last['step']} steps, "
+            f"{estimator:<22} {held_out_elbo(last)[0]} ELBO {held_out_elbo(last)[1]:8.2f} after "
+            f"{last['step']} steps, "
             f"{last['seconds']:.0f} s"
         )
     print(f"tables and figures in {out_dir}")

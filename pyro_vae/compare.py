@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, write_json
-from pyro_vae.data import ImageData, binarize_once
+from pyro_vae.data import ImageData, as_float, binarize_once, mean_image
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.gradients import gradient_samples, gradient_statistics
@@ -145,8 +145,9 @@ def _study(
     config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data, progress
 ):
     out_dir.mkdir(parents=True, exist_ok=True)
-    data, train, _ = run_images(dataclasses.replace(config, train_size=None), data)
-    batch = train[: config.batch_size]
+    images = run_images(dataclasses.replace(config, train_size=None), data)
+    data, train = images.data, images.train
+    batch = as_float(train[: config.batch_size])
     if config.binarize == "dynamic":
         batch = binarize_once(batch, config.seed)
     batch = batch.to(config.device)
@@ -158,7 +159,7 @@ def _study(
         return [{"stage": stage, **row} for row in rows]
 
     initial = build_vae(config, data.image_shape).to(config.device)
-    initial.init_output_bias(train.mean(0).to(config.device))
+    initial.init_output_bias(mean_image(train).to(config.device))
     gradients = study("init", initial) if 0 in gradient_epochs else []
 
     # the reparam run, stopped at each gradient epoch to measure, then resumed

@@ -22,7 +22,7 @@ import tempfile
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.checks import require_choice, require_whole
-from pyro_vae.errors import DataError, DataNotFoundError
+from pyro_vae.checks import is_real, is_whole, require_choice, require_whole
+from pyro_vae.errors import ConfigError, DataError, DataNotFoundError
 
 __all__ = [
     "BINARIZATIONS",
@@ -40,6 +40,10 @@ __all__ = [
     "OFFLINE_ENV",
     "BatchLoader",
     "ImageData",
+    "as_float",
+    "is_named_dataset",
+    "mean_image",
+    "split_validation",
     "DataFallbackWarning",
     "binarize_once",
     "check_data_settings",
@@ -59,6 +63,7 @@ BINARIZATIONS = ("dynamic", "static", "none")
 # The test set is binarized once with this seed, whatever the training seed, so that every
 # evaluation of every run scores the same binary images.
 TEST_BINARIZATION_SEED = 1234
+VALID_BINARIZATION_SEED = 4321  # likewise for the validation images
 FREY_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
 FREY_NUM_TEST = 200  # Frey Face has no official split; a fixed random 200 faces are held out.
 SAMPLE_FILE = "mnist_sample.npz"
@@ -81,6 +86,7 @@ class ImageData:
     test_labels: torch.Tensor | None  # (M,)
     image_shape: tuple[int, ...]
     source: str
+    class_names: tuple[str, ...] | None = None  # label i is class_names[i]
 
     @property
     def data_dim(self) -> int:
@@ -160,12 +166,37 @@ def _to_flat_float(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
 
 
+def _to_flat(images: torch.Tensor) -> torch.Tensor:
+    # (N, H, W) uint8 -> (N, H * W) uint8: a quarter of float32's memory; batches are
+    # converted as they are drawn (BatchLoader)
+    return images.reshape(images.shape[0], -1).contiguous()
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in ``[0, 1]``: 8-bit ones (``uint8``, 0..255) divided by 255."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
+
+
+def mean_image(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The mean image ``(D,)`` in ``[0, 1]``, in float64 chunks (no float copy of the set)."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64, device=images.device)
+    for part in images.split(chunk):
+        total += as_float(part).sum(0, dtype=torch.float64)
+    return (total / max(1, len(images))).to(torch.float32)
+
+
 # IDX, the format of LeCun's MNIST files: a big-endian magic number 0x000008NN (type 0x08 =
 # unsigned byte, NN = number of dimensions), NN big-endian uint32 sizes, then the bytes.
 IDX_MAGIC = {"labels": 0x00000801, "images": 0x00000803}
 IMAGE_SIZE = (28, 28)
 NUM_CLASSES = 10
 _IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # torchvision's class names
+CLASS_NAMES = {  # labels 0..9 of Fashion-MNIST (Xiao, Rasul & Vollgraf 2017); MNIST's are digits
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+}  # fmt: skip
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
 _IDX_KINDS = ("images", "labels")
 _IDX_ARTICLES = {"images": "an images", "labels": "a labels"}
@@ -354,10 +385,7 @@ def _load_idx(name: str, root: Path, download: bool) -> ImageData:
                 paths[label_file],
                 f"label {labels[position]} at position {position} is outside 0..9",
             )
-        splits[split] = (
-            _to_flat_float(torch.from_numpy(images)),
-            torch.from_numpy(labels).long(),
-        )
+        splits[split] = (_to_flat(torch.from_numpy(images)), torch.from_numpy(labels).long())
     return ImageData(
         name=name,
         train_images=splits["train"][0],
@@ -366,6 +394,7 @@ def _load_idx(name: str, root: Path, download: bool) -> ImageData:
         test_labels=splits["test"][1],
         image_shape=IMAGE_SIZE,
         source=str(raw),
+        class_names=CLASS_NAMES.get(name),
     )
 
 
@@ -453,9 +482,9 @@ def _load_sample() -> ImageData:
         arrays = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
     return ImageData(
         name="mnist-sample",
-        train_images=_to_flat_float(arrays["train_images"]),
+        train_images=_to_flat(arrays["train_images"]),
         train_labels=arrays["train_labels"].long(),
-        test_images=_to_flat_float(arrays["test_images"]),
+        test_images=_to_flat(arrays["test_images"]),
         test_labels=arrays["test_labels"].long(),
         image_shape=(28, 28),
         source=f"bundled with pyro_vae ({SAMPLE_FILE})",
@@ -466,15 +495,53 @@ class DataFallbackWarning(UserWarning):
     """MNIST was missing, and the bundled ``mnist-sample`` is used instead."""
 
 
+def is_named_dataset(dataset: str) -> bool:
+    """Whether ``dataset`` names a built-in data set (else it is a path to the user's files)."""
+    return dataset in DATASETS
+
+
 def check_data_settings(
-    dataset: str, binarize: str, train_size: int | None, batch_size: int
+    dataset: str,
+    binarize: str,
+    train_size: int | None,
+    batch_size: int,
+    valid_fraction: float = 0.0,
+    image_size: int | Sequence[int] | None = None,
+    here: bool = True,
 ) -> None:
-    """Raise :class:`pyro_vae.ConfigError` for data settings out of range."""
-    require_choice(dataset, "dataset", DATASETS)
+    """Raise :class:`pyro_vae.ConfigError` for data settings out of range: an unknown data set
+    that is not a folder or ``.npy``/``.npz`` file either (looked for on this machine only if
+    ``here``), ``image_size`` for a built-in set, a validation fraction outside ``[0, 1)``."""
+    if not isinstance(dataset, str) or not (
+        is_named_dataset(dataset)
+        or (not here and os.path.isabs(dataset))
+        or os.path.isdir(dataset)
+        or (dataset.lower().endswith((".npy", ".npz")) and os.path.isfile(dataset))
+    ):
+        raise ConfigError(
+            f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, or give a "
+            "folder of PNG/JPEG images or a .npy/.npz file"
+        )
     require_choice(binarize, "binarize", BINARIZATIONS)
     if train_size is not None:
         require_whole(train_size, "train_size")
     require_whole(batch_size, "batch_size")
+    if not is_real(valid_fraction) or not 0 <= valid_fraction < 1:
+        raise ConfigError(f"valid_fraction must be from 0 up to (not including) 1, got "
+                          f"{valid_fraction!r}")  # fmt: skip
+    if image_size is not None:
+        sizes = (image_size,) if is_whole(image_size) else image_size
+        if (
+            not isinstance(sizes, Sequence)
+            or len(sizes) not in (1, 2)
+            or not all(is_whole(n) and n >= 1 for n in sizes)
+        ):
+            raise ConfigError(f"image_size must be N or (H, W), positive, got {image_size!r}")
+        if is_named_dataset(dataset):
+            raise ConfigError(
+                f"image_size resizes a folder or array of your own images; {dataset} comes in "
+                "its own size"
+            )
 
 
 def load_dataset(
@@ -482,10 +549,12 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool | None = None,
     fallback: bool = False,
+    image_size: int | Sequence[int] | None = None,
 ) -> ImageData:
-    """Load a data set by name into memory.
+    """Load a data set by name, or a folder or array of images by path, into memory.
 
-    :param name: one of :data:`DATASETS`.
+    :param name: one of :data:`DATASETS`, or the path of a folder of PNG/JPEG images or of a
+        ``.npy``/``.npz`` array (:func:`pyro_vae.imagefiles.load_image_files`).
     :param data_dir: the data root (see the module docstring for the fallbacks).
     :param download: fetch missing files from the internet (torchvision's mirrors for MNIST and
         Fashion-MNIST, S. Roweis's page for Frey Face); by default yes, unless the environment
@@ -494,6 +563,7 @@ def load_dataset(
         the bundled ``mnist-sample`` instead (its ``name`` says so) and warn with a
         :class:`DataFallbackWarning` that says what happened and how to get the full set.
         The examples and ``pyro-vae train`` use this, so that they run offline.
+    :param image_size: for a folder or array: resize every image to ``(H, W)`` (or ``N x N``).
     :raises DataNotFoundError: the files are missing and could not be downloaded; the message
         lists them, and says where a misplaced one was found.
     :raises DataError: a file is there but unreadable or damaged (empty, truncated, the wrong
@@ -501,8 +571,17 @@ def load_dataset(
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise DataError(f"data_dir must be a path, got {data_dir!r}")
+    if isinstance(name, (str, os.PathLike)) and not is_named_dataset(os.fspath(name)):
+        path = os.fspath(name)
+        if os.path.isdir(path) or path.lower().endswith((".npy", ".npz")):
+            from pyro_vae.imagefiles import load_image_files  # it builds on this module
+
+            return load_image_files(path, image_size)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give a folder "
+            "of PNG/JPEG images or a .npy/.npz file"
+        )
     if name == "mnist-sample":
         return _load_sample()
     if fallback and name == "mnist":
@@ -544,7 +623,17 @@ def default_binarize(likelihood: str) -> str:
 
 
 def check_support(images: torch.Tensor, likelihood: str | None, what: str = "data") -> None:
-    """Raise :class:`DataError` if ``images`` hold values the likelihood cannot score."""
+    """Raise :class:`DataError` if ``images`` hold values the likelihood cannot score.
+
+    8-bit images (``uint8``) are read as grey levels ``0..255 / 255``.
+    """
+    if images.dtype == torch.uint8:
+        if likelihood == "bernoulli" and not ((images == 0) | (images == 255)).all():
+            raise DataError(
+                f"{what} have grey levels but likelihood 'bernoulli' needs binary pixels; use "
+                "--binarize dynamic or static, or likelihood 'continuous-bernoulli' or 'gaussian'"
+            )
+        return
     if not torch.isfinite(images).all():
         bad = int((~torch.isfinite(images)).sum())
         raise DataError(f"{what} contain {bad} NaN or infinite values")
@@ -568,10 +657,11 @@ def prepare_images(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The train and test tensors a run uses, checked against the likelihood's support.
 
-    ``dynamic``: the train images stay grey and each batch is sampled afresh by
-    :class:`BatchLoader`; ``static``: the train images are binarized once from ``seed``;
-    ``none``: grey levels as they are. The test images are binarized once with a fixed seed
-    for both ``dynamic`` and ``static``, so evaluations of different runs are comparable.
+    ``dynamic``: the train images stay as stored (grey, ``uint8`` for 8-bit data) and each
+    batch is sampled afresh by :class:`BatchLoader`; ``static``: the train images are
+    binarized once from ``seed``; ``none``: grey levels as they are. The test images come back
+    as float32, binarized once with a fixed seed for both ``dynamic`` and ``static``, so
+    evaluations of different runs are comparable.
     """
     if binarize not in BINARIZATIONS:
         raise DataError(f"unknown binarization {binarize!r}; choose one of {BINARIZATIONS}")
@@ -584,21 +674,46 @@ def prepare_images(
             )
     check_support(train, None, f"{data.name} train images")
     check_support(test, None, f"{data.name} test images")
+    test = as_float(test)
     if binarize != "none":
         for images, split in ((train, "train"), (test, "test")):
-            if images.min() < 0 or images.max() > 1:
+            if images.is_floating_point() and (images.min() < 0 or images.max() > 1):
                 raise DataError(f"{data.name} {split} images fall outside [0, 1]; cannot binarize")
         test = binarize_once(test, TEST_BINARIZATION_SEED)
         if binarize == "static":
-            train = binarize_once(train, seed)
+            train = binarize_once(as_float(train), seed)
     if binarize != "dynamic":
         check_support(train, likelihood, f"{data.name} train images")
     check_support(test, likelihood, f"{data.name} test images")
     return train, test
 
 
+def split_validation(
+    images: torch.Tensor, fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, valid)``: a random ``fraction`` of the training images held out for validation.
+
+    The split depends only on ``seed`` and the number of images, not on the training seed, so
+    runs that differ in their seed are chosen between on the same validation images. At least
+    one image goes each way (for ``fraction > 0``); the rest keep their order.
+    """
+    n = len(images)
+    if fraction == 0:
+        return images, images[:0]
+    count = min(n - 1, max(1, round(fraction * n)))
+    if count < 1:
+        raise DataError(f"{n} training image(s) are too few to hold out a validation split")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[torch.randperm(n, generator=generator)[:count]] = True
+    return images[~chosen.to(images.device)], images[chosen.to(images.device)]
+
+
 class BatchLoader:
-    """Minibatches from an in-memory tensor of images.
+    """Minibatches from an in-memory tensor of images, as float32 in ``[0, 1]``.
+
+    8-bit images (``uint8``) are converted batch by batch, so the set stays in memory at a
+    quarter of float32's size.
 
     Each epoch has its own random stream, derived from ``(seed, epoch)``: the order, and with
     ``binarize="dynamic"`` the fresh Bernoulli sample of every batch, do not depend on the
@@ -640,7 +755,7 @@ class BatchLoader:
             order = torch.arange(n, device=device)
         stop = len(self) * self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            batch = self.images[order[start : start + self.batch_size]]
+            batch = as_float(self.images[order[start : start + self.batch_size]])
             if self.dynamic:
                 batch = torch.bernoulli(batch, generator=generator)
             yield batch

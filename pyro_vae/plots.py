@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
+from pyro_vae.train import held_out_elbo
 
 __all__ = [
     "gradient_variance_figure",
@@ -127,9 +128,13 @@ def manifold_figure(vae: VAE, image_shape: tuple[int, ...], num_per_axis: int = 
 
 
 def latent_scatter_figure(
-    vae: VAE, images: torch.Tensor, labels: torch.Tensor | None = None
+    vae: VAE,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> Figure:
-    """Guide means ``E_q[z|x]`` of test images, coloured by class.
+    """Guide means ``E_q[z|x]`` of test images, coloured by class (named by ``class_names``,
+    where the data set has them, e.g. Fashion-MNIST's "Trouser", else by label).
 
     A 2-D latent space is drawn as it is; a larger one through its first two principal
     components, as the axis labels and title say.
@@ -151,7 +156,8 @@ def latent_scatter_figure(
         labels = labels.cpu()
         for c in labels.unique().tolist():
             keep = labels == c
-            ax.scatter(points[keep, 0], points[keep, 1], s=4, alpha=0.6, label=str(c))
+            name = class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+            ax.scatter(points[keep, 0], points[keep, 1], s=4, alpha=0.6, label=name)
         ax.legend(title="class", markerscale=3, loc="best", fontsize="small")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -181,7 +187,8 @@ def interpolation_figure(
 
 
 def metrics_figure(history: list[dict]) -> Figure:
-    """Train and test ELBO per epoch of a run (``metrics.jsonl``)."""
+    """Train and validation ELBO per epoch of a run (``metrics.jsonl``; the test ELBO for a run
+    without a validation split)."""
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     epochs = [row["epoch"] for row in history]
@@ -191,7 +198,9 @@ def metrics_figure(history: list[dict]) -> Figure:
         marker="o",
         label="train ELBO (mean over the epoch's steps)",
     )
-    ax.plot(epochs, [row["test_elbo"] for row in history], marker="o", label="test ELBO")
+    label = held_out_elbo(history[0])[0] if history else "validation"
+    scores = [held_out_elbo(row)[1] for row in history]
+    ax.plot(epochs, scores, marker="o", label=f"{label} ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.grid(alpha=0.3)
@@ -235,26 +244,28 @@ def gradient_variance_figure(rows: list[dict]) -> Figure:
 
 
 def training_curves_figure(histories: dict[str, list[dict]]) -> Figure:
-    """Test ELBO against optimizer steps and against training seconds, one line an estimator.
+    """Held-out ELBO against optimizer steps and against training seconds, one line a run.
 
-    ``histories`` maps a label to a run's metrics (``step``, ``seconds``, ``test_elbo``).
+    ``histories`` maps a label to a run's metrics (``step``, ``seconds``, and ``valid_elbo``
+    or ``test_elbo``).
     """
     fig = Figure(figsize=(11, 4))
     # A diverging run would flatten every other curve: the y range follows the first epoch's
     # worst value, and a run that leaves it says so in the legend.
-    firsts = [h[0]["test_elbo"] for h in histories.values() if h]
-    best = max(row["test_elbo"] for h in histories.values() for row in h)
+    firsts = [held_out_elbo(h[0])[1] for h in histories.values() if h]
+    best = max(held_out_elbo(row)[1] for h in histories.values() for row in h)
     low = min(firsts) - 0.1 * (best - min(firsts)) - 1
+    which = next((held_out_elbo(h[0])[0] for h in histories.values() if h), "validation")
     axes = (("step", "optimizer steps"), ("seconds", "training seconds"))
     for i, (key, label) in enumerate(axes):
         ax = fig.add_subplot(1, 2, i + 1)
         for name, history in histories.items():
-            ys = [row["test_elbo"] for row in history]
+            ys = [held_out_elbo(row)[1] for row in history]
             note = f" (leaves the chart: down to {min(ys):.0f})" if min(ys) < low else ""
             ax.plot([row[key] for row in history], ys, marker="o", label=name + note)
         ax.set_ylim(low, best + 0.05 * (best - low))
         ax.set_xlabel(label)
-        ax.set_ylabel("test ELBO (nats per image)")
+        ax.set_ylabel(f"{which} ELBO (nats per image)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

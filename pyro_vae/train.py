@@ -2,7 +2,11 @@
 
 A run folder holds ``config.json`` (what was asked), ``checkpoint.pt`` (written atomically at
 the end of every epoch) and ``metrics.jsonl`` (one line an epoch: ``epoch``, ``step``,
-``train_elbo``, ``test_elbo`` in nats per image, and cumulative training ``seconds``).
+``train_elbo``, ``valid_elbo`` in nats per image, and cumulative training ``seconds``). The
+per-epoch score is on the validation images, held out from the training set; the test set is
+scored only by :func:`pyro_vae.evaluate.evaluate` (``pyro-vae train``'s final evaluation and
+``pyro-vae evaluate``). A run without a validation split (``valid_fraction=0``) scores each
+epoch on the test set and says so: its rows have ``test_elbo``.
 
 The loop (:func:`fit`) reads in a dozen lines; its pieces have names: :func:`run_images` (the
 tensors a run uses), ``_open_run`` (a new run, or a resumed one from its checkpoint),
@@ -40,12 +44,18 @@ except ImportError:  # pragma: no cover - Windows
 from pyro_vae.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
 from pyro_vae.checks import require_choice, require_flag, require_whole
 from pyro_vae.data import (
+    VALID_BINARIZATION_SEED,
     BatchLoader,
     ImageData,
+    as_float,
+    binarize_once,
     check_data_settings,
     default_binarize,
+    is_named_dataset,
     load_dataset,
+    mean_image,
     prepare_images,
+    split_validation,
 )
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import check_estimator, uses_baseline
@@ -68,7 +78,9 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "RunImages",
     "check_device",
+    "held_out_elbo",
     "check_seed",
     "fit",
     "load_run",
@@ -113,9 +125,13 @@ class TrainConfig:
     """
 
     # data (pyro_vae.data)
-    dataset: str = "mnist"  # mnist, fashion-mnist, frey-faces or mnist-sample (bundled)
+    dataset: str = "mnist"  # mnist, fashion-mnist, frey-faces, mnist-sample, or a path: a
+    # folder of PNG/JPEG images or a .npy/.npz array (pyro_vae.imagefiles)
     data_dir: str | None = None  # else $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data
+    image_size: tuple[int, int] | None = None  # resize a folder's or array's images to (H, W)
     binarize: str | None = None  # None: dynamic for bernoulli (Burda et al. 2015), else none
+    valid_fraction: float = 0.1  # of the training images, held out to score each epoch
+    split_seed: int = 0  # draws the validation split; fixed, so runs of any seed share it
     train_size: int | None = None  # use only the first N training images (quick runs, tests)
     # networks (pyro_vae.networks)
     arch: str = "mlp"  # mlp, conv, or custom: hand-written networks passed to fit(vae=...)
@@ -148,15 +164,26 @@ class TrainConfig:
             self.hidden_sizes = tuple(self.hidden_sizes)
         if isinstance(self.conv_channels, list):
             self.conv_channels = tuple(self.conv_channels)
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+            self.image_size = (self.image_size, self.image_size)
+        elif isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        if isinstance(self.dataset, os.PathLike):
+            self.dataset = os.fspath(self.dataset)
+        if isinstance(self.dataset, str) and not is_named_dataset(self.dataset):
+            if os.path.exists(self.dataset):  # the run records where its images are
+                self.dataset = os.path.abspath(self.dataset)
         if isinstance(self.data_dir, os.PathLike):
             self.data_dir = os.fspath(self.data_dir)
         if self.binarize is None and isinstance(self.likelihood, str):
             self.binarize = default_binarize(self.likelihood)
 
-    def validate(self) -> None:
+    def validate(self, here: bool = True) -> None:
         """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
-        that clash."""
-        check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size)
+        that clash; with ``here``, also a device or a data path this machine does not have."""
+        check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size,
+                            self.valid_fraction, self.image_size, here)  # fmt: skip
+        check_seed(self.split_seed, "split_seed")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ConfigError(f"data_dir must be a string or None, got {self.data_dir!r}")
         require_choice(self.arch, "arch", ("mlp", "conv", "custom"))
@@ -176,12 +203,16 @@ class TrainConfig:
         )
         require_whole(self.epochs, "epochs")
         check_seed(self.seed)
-        check_device(self.device)
+        if here:
+            check_device(self.device)
+        elif not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ConfigError(f"unknown device {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden_sizes"] = list(self.hidden_sizes)
         d["conv_channels"] = list(self.conv_channels)
+        d["image_size"] = list(self.image_size) if self.image_size is not None else None
         return d
 
     @classmethod
@@ -193,16 +224,16 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise CheckpointError(f"a stored config must be a table of settings, got {d!r}")
         d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
+        # runs from before the validation split scored each epoch on the test set
+        d.setdefault("valid_fraction", 0.0)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(map(str, d)) - known)
         if unknown:
             raise CheckpointError(f"config has unknown fields {unknown}")
         try:
             config = cls(**d)
-            # where the run was trained may not be here: check the device's name only
-            if not isinstance(config.device, str) or not _DEVICE.match(config.device):
-                raise ConfigError(f"unknown device {config.device!r}")
-            dataclasses.replace(config, device="cpu").validate()
+            # where the run was trained may not be here: its device and data need not exist
+            config.validate(here=False)
         except (ConfigError, TypeError, ValueError) as e:
             raise CheckpointError(f"the stored config is invalid: {e}") from None
         return config
@@ -228,6 +259,7 @@ class TrainResult:
     )
     run_dir: Path | None = None
     test_labels: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None  # label i is class_names[i]
 
 
 def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
@@ -428,28 +460,52 @@ def _resume_state(config: TrainConfig, run_dir: Path) -> dict:
     return checkpoint
 
 
-def run_images(
-    config: TrainConfig, data: ImageData | None = None
-) -> tuple[ImageData, torch.Tensor, torch.Tensor]:
-    """The data set of a run and the float32 train and test tensors it uses, on the CPU.
+@dataclass(frozen=True)
+class RunImages:
+    """The images of a run, as :func:`run_images` prepares them."""
+
+    data: ImageData
+    train: torch.Tensor  # (N, ...) as stored (uint8 for 8-bit data) or binarized once
+    valid: torch.Tensor  # (V, ...) float32, binarized once; empty without a validation split
+    test: torch.Tensor  # (M, ...) float32, binarized once
+
+
+def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
+    """The data set of a run and the train, validation and test tensors it uses, on the CPU.
 
     The one place where data are loaded and prepared for a config (see
     :func:`pyro_vae.data.prepare_images`): training, the estimator study and the CLI's
-    ``evaluate``, ``reconstruct`` and ``plot`` all see the same images. They come flat,
-    ``(N, D)``, for the MLP, and as ``(N, C, H, W)`` for conv and hand-written networks.
+    ``evaluate``, ``reconstruct`` and ``plot`` all see the same images. The validation images
+    are ``config.valid_fraction`` of the training set, drawn with ``config.split_seed``
+    (:func:`pyro_vae.data.split_validation`), before ``train_size`` takes the first images of
+    the rest. Images come flat, ``(N, D)``, for the MLP, and as ``(N, C, H, W)`` for conv and
+    hand-written networks.
 
     :param data: images to use instead of loading ``config.dataset``.
     """
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir)
+        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
+    train, valid = split_validation(train, config.valid_fraction, config.split_seed)
+    valid = as_float(valid)
+    if config.binarize == "dynamic":
+        valid = binarize_once(valid, VALID_BINARIZATION_SEED)
     if config.train_size is not None:
         train = train[: config.train_size]
     if config.arch != "mlp":
         shape = image_shape_chw(data.image_shape)
-        train, test = train.reshape(-1, *shape), test.reshape(-1, *shape)
-    # images of another float type (float64 arrays, say) meet float32 networks
-    return data, train.to(torch.float32), test.to(torch.float32)
+        train, valid, test = (t.reshape(-1, *shape) for t in (train, valid, test))
+    if train.is_floating_point():  # float64 arrays, say, meet float32 networks
+        train = train.to(torch.float32)
+    return RunImages(data, train, valid, test)
+
+
+def held_out_elbo(row: dict) -> tuple[str, float]:
+    """``("validation", valid_elbo)`` of a metrics row, or ``("test", test_elbo)`` for a run
+    without a validation split (``valid_fraction = 0``, and runs of earlier versions)."""
+    if "valid_elbo" in row:
+        return "validation", row["valid_elbo"]
+    return "test", row["test_elbo"]
 
 
 @dataclass
@@ -459,8 +515,9 @@ class _Run:
     config: TrainConfig
     run_dir: Path | None
     data: ImageData
-    train_images: torch.Tensor  # (N, D) on the device
-    test_images: torch.Tensor  # (M, D) on the device
+    train_images: torch.Tensor  # (N, ...) on the device, as stored
+    score_images: torch.Tensor  # (V, ...) float, on the device: validation, else test
+    test_images: torch.Tensor  # (M, ...) float, on the device
     vae: VAE
     optim: JointAdam
     loader: BatchLoader
@@ -532,18 +589,22 @@ def fit(
             if run_dir is not None:
                 _save(run, store)
     return TrainResult(run.vae.eval(), run.history, config, run.data.image_shape,
-                       run.test_images, run_dir, run.data.test_labels)  # fmt: skip
+                       run.test_images, run_dir, run.data.test_labels,
+                       run.data.class_names)  # fmt: skip
 
 
-def _record(run: _Run, train_elbo: float, test_elbo: float, progress: bool) -> None:
-    """Add the epoch's line to the history (and show it)."""
+def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
+    """Add the epoch's line to the history (and show it). The held-out score is the
+    validation ELBO (``valid_elbo``), or the test ELBO for a run without a validation split."""
     epoch = len(run.history) + 1
+    key = "valid_elbo" if run.config.valid_fraction > 0 else "test_elbo"
     run.history.append({"epoch": epoch, "step": run.step, "train_elbo": train_elbo,
-                        "test_elbo": test_elbo, "seconds": run.seconds})  # fmt: skip
+                        key: score, "seconds": run.seconds})  # fmt: skip
     if progress:
+        label = held_out_elbo(run.history[-1])[0]
         print(
             f"epoch {epoch}/{run.config.epochs}  train ELBO {train_elbo:.2f}  "
-            f"test ELBO {test_elbo:.2f}  ({run.seconds:.0f} s)",
+            f"{label} ELBO {score:.2f}  ({run.seconds:.0f} s)",
             file=sys.stderr,
         )
 
@@ -614,8 +675,9 @@ def _open_run(
             f"{run_dir} already holds a run; resume it or choose another run folder"
         )
     _check_custom(config, vae)
-    data, train, test = run_images(config, data)
-    train, test = train.to(config.device), test.to(config.device)
+    images = run_images(config, data)
+    data = images.data
+    train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
     if vae is None:
         vae = build_vae(config, data.image_shape)  # checks the parameters' size
         _check_step_memory(config, data.image_shape)
@@ -625,7 +687,7 @@ def _open_run(
             f"{tuple(train.shape[1:])}"
         )
     vae = vae.to(config.device)
-    vae.init_output_bias(train.mean(0))
+    vae.init_output_bias(mean_image(train))
     if run_dir is not None:
         _check_room(run_dir, vae)
     # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
@@ -633,7 +695,8 @@ def _open_run(
     loader = BatchLoader(train, config.batch_size, config.binarize, config.seed, True, drop_last)
     if len(loader) == 0:
         raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
-    run = _Run(config, run_dir, data, train, test, vae, make_optimizer(config), loader, [])
+    score = valid if config.valid_fraction > 0 else test
+    run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader, [])
     if checkpoint is None:
         if run_dir is not None:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
@@ -702,15 +765,17 @@ def _step(run: _Run, svi: SVI, x: torch.Tensor, epoch: int) -> float:
 
 
 def _score(run: _Run, epoch: int) -> float:
-    """The mean ELBO of the test images (one sample each), in eval mode."""
+    """The mean ELBO of the validation images (of the test images, without a validation
+    split), one sample each, in eval mode."""
     run.vae.eval()
     _, elbo = importance_sampled_log_likelihood(
-        run.vae.model, run.vae.guide, run.test_images, num_particles=1, batch_size=1000
+        run.vae.model, run.vae.guide, run.score_images, num_particles=1, batch_size=1000
     )
     score = elbo.mean().item()
     if not math.isfinite(score):
+        which = "validation" if run.config.valid_fraction > 0 else "test"
         raise TrainingDiverged(
-            f"training diverged in epoch {epoch + 1}: the test ELBO became {score}; "
+            f"training diverged in epoch {epoch + 1}: the {which} ELBO became {score}; "
             f"{run.kept()}; try a lower learning rate or a clip norm"
         )
     return score

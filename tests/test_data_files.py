@@ -276,8 +276,8 @@ def test_synthetic_files_load_exactly(tmp_path, compress):
     data, note = load_mnist_or_sample(tmp_path)
     assert data.name == "mnist" and note is None and data.image_shape == (28, 28)
     images = torch.from_numpy(arrays[FILES["train images"]]).reshape(SIZES["train"], -1)
-    assert torch.equal(data.train_images, images.float() / 255.0)
-    assert data.train_images.dtype == torch.float32 and data.train_labels.dtype == torch.int64
+    assert torch.equal(data.train_images, images)  # the bytes, as they come
+    assert data.train_images.dtype == torch.uint8 and data.train_labels.dtype == torch.int64
     assert data.test_labels.tolist() == arrays[FILES["test labels"]].tolist()
     assert data.source == str(tmp_path / "MNIST" / "raw")
 
@@ -493,7 +493,7 @@ def test_reader_matches_torchvision_on_real_data(data_dir):
         ):
             reference = cls(str(data_dir), train=train, download=False)
             flat = reference.data.reshape(reference.data.shape[0], -1)
-            assert torch.equal(images, flat.to(torch.float32) / 255.0), (name, train)
+            assert torch.equal(images, flat), (name, train)
             assert torch.equal(labels, reference.targets.long()), (name, train)
             assert labels.dtype == reference.targets.dtype == torch.int64
 

@@ -436,7 +436,7 @@ def test_checksum_covers_every_value(run):
     checksum = state_checksum(state)
     for edit in (
         lambda s: s.update(epoch=s["epoch"] + 1),
-        lambda s: s["history"][0].update(test_elbo=s["history"][0]["test_elbo"] + 1e-9),
+        lambda s: s["history"][0].update(valid_elbo=s["history"][0]["valid_elbo"] + 1e-9),
         lambda s: s["config"].update(seed=1),
         lambda s: s["rng"].update(torch=s["rng"]["torch"].clone().fill_(0)),
         lambda s: s["model"].update(extra=torch.zeros(0)),
@@ -980,11 +980,12 @@ def test_fit_takes_float64_images():
     data = load_dataset("mnist-sample")
     import dataclasses
 
-    data = dataclasses.replace(data, train_images=data.train_images.double(),
-                               test_images=data.test_images.double())  # fmt: skip
+    # 8-bit pixels as float64 in [0, 1], as a user's array might hold them
+    data = dataclasses.replace(data, train_images=data.train_images.double() / 255,
+                               test_images=data.test_images.double() / 255)  # fmt: skip
     config = TrainConfig(dataset="mnist-sample", train_size=128, batch_size=64,
                          hidden_sizes=(8,), latent_dim=2, epochs=1)  # fmt: skip
-    assert fit(config, data=data).history[0]["test_elbo"] < 0
+    assert fit(config, data=data).history[0]["valid_elbo"] < 0
 
 
 INTERRUPTED_WRITER = """
