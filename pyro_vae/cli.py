@@ -399,6 +399,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_shared(g, "no_progress")
     g.add_argument("--no-plots", action="store_true", help="do not write the pictures")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to RUN/tensorboard: the training ELBO of every step, the validation "
+        "ELBO, samples and reconstructions of every epoch (needs the tensorboard package)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -431,7 +437,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data = _mnist_or_sample(config.data_dir)
             config.dataset = data.name
         print(f"training in {run_dir}")
-        result = fit(config, run_dir, data, bool(args.resume), progress)
+        log = run_dir / "tensorboard" if args.tensorboard else None
+        result = fit(config, run_dir, data, bool(args.resume), progress, tensorboard=log)
         last = result.history[-1]
         which, score = held_out_elbo(last)
         print(

@@ -526,6 +526,7 @@ class _Run:
     step: int = 0
     seconds: float = 0.0
     saved_epoch: int = 0  # the epoch of the checkpoint on disk (0: none yet)
+    log: Any = None  # a TensorBoardLog, if one was asked for
 
     def kept(self) -> str:
         """What survives a failure, for the error message."""
@@ -541,6 +542,7 @@ def fit(
     resume: bool = False,
     progress: bool = False,
     vae: VAE | None = None,
+    tensorboard: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a VAE with ``pyro.infer.SVI`` and Adam.
 
@@ -562,6 +564,8 @@ def fit(
         decoder=...)``), trained in place, for a config with ``arch="custom"``; its latent size,
         likelihood and estimator must be the config's. The run folder is the same as for the
         built-in networks; :func:`load_run` reads it back given the same, untrained, pair.
+    :param tensorboard: a folder for a TensorBoard log of the run (:mod:`pyro_vae.tensorboard`):
+        the training ELBO of every step, the held-out ELBO and image grids of every epoch.
     :raises ConfigError: a setting out of range, of the wrong type, or settings that clash;
         a resumed run that already has ``config.epochs`` epochs.
     :raises DataError: data the likelihood cannot score.
@@ -580,14 +584,17 @@ def fit(
         raise ConfigError(f"run_dir must be a path, got {run_dir!r}")
     run_dir = Path(run_dir) if run_dir is not None else None
     lock = contextlib.nullcontext() if run_dir is None else locked_folder(run_dir, not resume)
+    if tensorboard is not None and not isinstance(tensorboard, (str, os.PathLike)):
+        raise ConfigError(f"tensorboard must be a folder's path, got {tensorboard!r}")
     with lock, isolated(config.seed) as store, _put_back_on_failure(run_dir, resume):
         run = _open_run(config, run_dir, data, resume, store, vae)
         svi = SVI(run.vae.model, run.vae.guide, run.optim, _elbo(config))
-        for epoch in range(run.epochs_done, config.epochs):
-            train_elbo = _train_epoch(run, svi, epoch, progress)
-            _record(run, train_elbo, _score(run, epoch), progress)
-            if run_dir is not None:
-                _save(run, store)
+        with _tensorboard_log(run, tensorboard):
+            for epoch in range(run.epochs_done, config.epochs):
+                train_elbo = _train_epoch(run, svi, epoch, progress)
+                _record(run, train_elbo, _score(run, epoch), progress)
+                if run_dir is not None:
+                    _save(run, store)
     return TrainResult(run.vae.eval(), run.history, config, run.data.image_shape,
                        run.test_images, run_dir, run.data.test_labels,
                        run.data.class_names)  # fmt: skip
@@ -600,6 +607,8 @@ def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
     key = "valid_elbo" if run.config.valid_fraction > 0 else "test_elbo"
     run.history.append({"epoch": epoch, "step": run.step, "train_elbo": train_elbo,
                         key: score, "seconds": run.seconds})  # fmt: skip
+    if run.log is not None:
+        run.log.epoch(run.step, held_out_elbo(run.history[-1])[0], score, run.vae)
     if progress:
         label = held_out_elbo(run.history[-1])[0]
         print(
@@ -607,6 +616,21 @@ def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
             f"{label} ELBO {score:.2f}  ({run.seconds:.0f} s)",
             file=sys.stderr,
         )
+
+
+@contextlib.contextmanager
+def _tensorboard_log(run: _Run, folder: str | os.PathLike | None) -> Iterator[None]:
+    if folder is None:
+        yield
+        return
+    from pyro_vae.tensorboard import TensorBoardLog  # torch.utils.tensorboard loads slowly
+
+    run.log = TensorBoardLog(folder, run.data.image_shape, run.score_images)
+    try:
+        yield
+    finally:
+        run.log.close()
+        run.log = None
 
 
 def _elbo(config: TrainConfig):
@@ -736,7 +760,10 @@ def _train_epoch(run: _Run, svi: SVI, epoch: int, progress: bool) -> float:
         warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
         for x in bar:
             run.step += 1
-            total, count = total + _step(run, svi, x, epoch), count + x.shape[0]
+            elbo = _step(run, svi, x, epoch)
+            total, count = total + elbo, count + x.shape[0]
+            if run.log is not None:
+                run.log.step(run.step, elbo / x.shape[0])
             bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
     run.seconds += time.perf_counter() - started
     return total / count

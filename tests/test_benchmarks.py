@@ -76,3 +76,43 @@ def test_alternate_timing_rotates_the_order():
     times = measure.time_alternately(steps, list(range(5)), warmup=2)
     assert calls[:9] == list("abcbcacab")
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_conv_vs_mlp_quick_run_gives_sane_rows(capsys, tmp_path):
+    """Both networks train past the budget (the last epoch may overshoot it) and are scored:
+    finite figures, log p(x) at or above the ELBO from the same samples, a Markdown table.
+    Training stops at the first epoch that reaches the budget."""
+    import math
+
+    import conv_vs_mlp
+
+    from pyro_vae import TrainConfig
+
+    rows = conv_vs_mlp.main(["--quick", "--budget", "0.5"])
+    assert [(r["dataset"], r["arch"]) for r in rows] == [
+        ("mnist-sample", "mlp"),
+        ("mnist-sample", "conv"),
+    ]
+    mlp, conv = rows
+    assert conv["parameters"] != mlp["parameters"]  # two different networks
+    for row in rows:
+        assert row["epochs"] >= 1 and row["train_seconds"] >= 0.5
+        assert row["seconds_per_epoch"] > 0 and row["eval_seconds"] > 0
+        assert (row["num_images"], row["num_particles"]) == (100, 10)
+        figures = ("valid_elbo", "test_elbo", "test_elbo_stderr", "log_likelihood",
+                   "log_likelihood_stderr")  # fmt: skip
+        assert all(math.isfinite(row[name]) for name in figures), row
+        assert row["test_elbo"] < 0  # log densities of binary images
+        # the importance-sampled estimate is log-mean-exp of the weights whose mean is the ELBO
+        assert row["log_likelihood"] >= row["test_elbo"] - 1e-3  # (float32 rounding)
+        assert 0 <= row["active_units"] <= 20
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == measure.machine()
+    assert "| mnist-sample | conv |" in out and "| mnist-sample | mlp |" in out
+
+    tiny = TrainConfig(dataset="mnist-sample", hidden_sizes=(8,), train_size=256)
+    # after main(): the one-time imports of the first training are behind us
+    (first,) = conv_vs_mlp.train_for(tiny, 0.0, tmp_path / "one", None).history
+    budget = 3 * first["seconds"]  # a few epochs, however fast this machine is
+    history = conv_vs_mlp.train_for(tiny, budget, tmp_path / "run", None).history
+    assert history[-1]["seconds"] >= budget > history[-2]["seconds"]

@@ -12,6 +12,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 COVERED = [
     "compare_estimators.py",
     "frey_faces.py",
+    "image_files.py",
     "iwae_vs_elbo.py",
     "posterior_check.py",
     "quickstart.py",

@@ -1,0 +1,550 @@
+"""A user's own images: folders of PNG/JPEG files and .npy/.npz arrays.
+
+``load_image_files(path, image_size=None)`` reads them into a ``pyro_vae.data.ImageData``, the
+container of the built-in data sets, so that ``pyro-vae train --dataset PATH`` and
+``pyro_vae.fit`` take them as they take MNIST.
+
+**Folders** of ``.png``, ``.jpg`` and ``.jpeg`` files (any case), read with Pillow, in one of
+three layouts:
+
+```text
+faces/                 a flat folder: no labels
+    0001.png
+    0002.jpg
+    ...
+animals/               one level of class folders: label i is the i-th class name, sorted
+    cat/001.png
+    dog/001.png
+    ...
+digits/                a given train/test split; each part flat or with class folders
+    train/0/00001.png      (and then the same class names in both)
+    test/0/00001.png
+```
+
+The split folders are named ``train`` and ``test``, in lower case; one without the other is an
+error. Files are read in the order of their names. Hidden files (``.DS_Store``) and files of
+other types (``README.txt``) are skipped, and so are folders inside a class folder; a folder
+that holds images and sub-folders side by side is an error, since it is unclear which images a
+label belongs to. Grey images (Pillow modes ``1``,
+``L``, ``LA``, ``I;16``, ...) stay grey, 16-bit ones scaled to 0..255; if any image is in colour,
+all are read as RGB (grey ones repeated in the three channels); an alpha channel is dropped.
+Palette images count as colour. An EXIF orientation tag (a phone's portrait photo) is
+applied, so images come out the way a viewer shows them.
+
+**Arrays**: a ``.npy`` file holds one array of images. A ``.npz`` file holds ``train`` and
+``test``, or ``x_train`` and ``x_test`` (optionally with integer labels ``y_train`` and
+``y_test``), or a single array of images under any name. An array is ``(N, H, W)``,
+``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` = 1 (grey) or 3 (RGB); when both axis 1 and the
+last axis could be channels, as in ``(N, 3, 8, 3)``, the array is read as ``(N, H, W, C)``,
+the convention of NumPy and Pillow. Its dtype is ``uint8`` (0..255) or a float type with values
+in ``[0, 1]``. Files are opened with ``allow_pickle=False``, so loading one runs no code.
+
+**The result**: images are flattened channels first, ``(N, C * H * W)``, and ``image_shape`` is
+``(H, W)`` for grey images and ``(3, H, W)`` for colour ones. Images that come as 8-bit (PNG,
+JPEG, ``uint8`` arrays) stay ``torch.uint8`` (0..255), a quarter of the memory of floats; the
+training code divides each batch by 255. Float arrays become ``float32``. Labels are int64
+indices into ``class_names`` (the sorted class folders), or ``None``.
+
+**Sizes**: all images must have the same height and width, unless ``image_size`` is given: then
+every image is resized to it, with Pillow's antialiased bilinear filter for files and
+``torch.nn.functional.interpolate(mode="bilinear", antialias=True)``, the same filter, for
+arrays.
+
+**Test set**: when the input gives none (a flat or class folder, a ``.npy`` file, a ``.npz``
+without test images), a fixed random 10% of the images (at least one) is held out as the test
+set, drawn with the seed ``HOLDOUT_SEED``; the same files always give the same split, and
+``source`` says so. The rest stay in file order.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import stat
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae.data import ImageData
+from pyro_vae.errors import DataError, DataNotFoundError
+
+__all__ = [
+    "ARRAY_SUFFIXES",
+    "HOLDOUT_FRACTION",
+    "HOLDOUT_SEED",
+    "IMAGE_SUFFIXES",
+    "load_image_files",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIXES = (".npy", ".npz")
+# The held-out test set is drawn with this seed, whatever the training seed, so that every run
+# on the same files tests on the same images.
+HOLDOUT_SEED = 2718
+HOLDOUT_FRACTION = 0.1
+
+# .npz keys: the images of each split, and the labels that go with them
+_NPZ_SPLITS = {"train": ("train", "test"), "x_train": ("x_train", "x_test")}
+_NPZ_LABELS = ("y_train", "y_test")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with files, an empty zip
+_RESIZE_CHUNK = 1024  # images interpolated at a time, to bound the float copy's memory
+
+
+def load_image_files(
+    path: str | os.PathLike, image_size: int | tuple[int, int] | None = None
+) -> ImageData:
+    """Images from a folder of PNG/JPEG files, a ``.npy`` or a ``.npz`` file.
+
+    The layouts, the pixel types and the held-out test set are described above, in the
+    docstring of the module ``pyro_vae.imagefiles``.
+
+    :param path: a folder, a ``.npy`` or a ``.npz`` file.
+    :param image_size: resize every image to ``(height, width)``; an int means a square. Without
+        it, images of different sizes are an error.
+    :returns: the images, flattened channels first: ``torch.uint8`` 0..255 for 8-bit images,
+        ``float32`` in ``[0, 1]`` for float arrays. ``name`` is ``path`` as given, ``source``
+        says what was read and where the test set came from.
+    :raises DataNotFoundError: nothing is at ``path``.
+    :raises DataError: the input cannot be used (no images, an unreadable or truncated file, mixed
+        sizes, an unsupported shape or dtype, values outside ``[0, 1]``, NaN, train and test
+        that do not match, a bad ``image_size``); the one-line message names the file.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"the images' path must be a path, got {path!r}")
+    size = _check_image_size(image_size)
+    name = os.fspath(path)
+    where = Path(name).expanduser()
+    info = _stat(where)
+    if stat.S_ISDIR(info.st_mode):
+        splits, classes, source = _load_folder(where, size)
+    else:
+        suffix = where.suffix.lower()
+        if suffix not in ARRAY_SUFFIXES:
+            hint = " (give the folder that holds the images)" if suffix in IMAGE_SUFFIXES else ""
+            raise DataError(
+                f"cannot use {where}: unknown file type {suffix or '(no extension)'!r}; expected "
+                f"a folder of PNG/JPEG images, a .npy or a .npz file{hint}"
+            )
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"cannot read {where}: not a regular file")
+        splits, classes, source = _load_arrays(where, size)
+    return _image_data(name, splits, classes, source, size)
+
+
+def _check_image_size(image_size: object) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+
+    def whole(x: object) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0
+
+    if whole(image_size):
+        return int(image_size), int(image_size)
+    if (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(map(whole, image_size))
+    ):
+        return int(image_size[0]), int(image_size[1])
+    raise DataError(
+        f"image_size must be a positive whole number or a pair (height, width) of them, "
+        f"got {image_size!r}"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    """``permission denied`` rather than ``[Errno 13] Permission denied: '/the/path'``."""
+    return error.strerror.lower() if error.strerror else _first_line(error)
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        detail = " (a broken symbolic link)" if os.path.islink(path) else ""
+        raise DataNotFoundError(f"no images at {path}: no such file or folder{detail}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {_os_reason(e)}") from None
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    """``28x28 grey`` or ``32x32 RGB`` (height x width, as elsewhere in pyro_vae)."""
+    return f"{shape[-2]}x{shape[-1]} {'RGB' if len(shape) == 3 else 'grey'}"
+
+
+# A split is (images (N, C, H, W) uint8 or float32, labels (N,) int64 or None), keyed by
+# "train" and "test", or by "all" when the input gives no test set.
+_Splits = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+# What a reader returns: the splits, the class names (or None), and where the images came from.
+_Loaded = tuple[_Splits, tuple[str, ...] | None, str]
+
+
+def _image_data(
+    name: str,
+    splits: _Splits,
+    class_names: tuple[str, ...] | None,
+    source: str,
+    size: tuple[int, int] | None,
+) -> ImageData:
+    carved = "all" in splits
+    if carved:
+        images, labels = splits["all"]
+        train, test = _hold_out(images, labels, source)
+    else:
+        train, test = splits["train"], splits["test"]
+    shape = tuple(train[0].shape[1:])
+    image_shape = shape[1:] if shape[0] == 1 else shape  # (1, H, W) -> (H, W)
+    note = (
+        f"test set: a fixed random {HOLDOUT_FRACTION:.0%} held out (seed {HOLDOUT_SEED})"
+        if carved
+        else "test set as given"
+    )
+    classes = f", {len(class_names)} classes" if class_names else ""
+    resized = ", resized" if size else ""
+    return ImageData(
+        name=name,
+        train_images=train[0].reshape(train[0].shape[0], -1),
+        train_labels=train[1],
+        test_images=test[0].reshape(test[0].shape[0], -1),
+        test_labels=test[1],
+        image_shape=image_shape,
+        source=(
+            f"{source}: {train[0].shape[0]} train and {test[0].shape[0]} test images, "
+            f"{_describe(image_shape)}{resized}{classes}; {note}"
+        ),
+        class_names=class_names,
+    )
+
+
+def _hold_out(
+    images: torch.Tensor, labels: torch.Tensor | None, source: str
+) -> tuple[tuple[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]:
+    """A fixed random ``HOLDOUT_FRACTION`` of the images (at least one) as the test set;
+    both parts keep the file order."""
+    n = images.shape[0]
+    if n < 2:
+        raise DataError(
+            f"{source} holds {n} image; at least 2 are needed, one to train on and one to test on"
+        )
+    num_test = min(max(1, round(n * HOLDOUT_FRACTION)), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    test = order[:num_test].sort().values
+    train = order[num_test:].sort().values
+
+    def pick(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return images[index], None if labels is None else labels[index]
+
+    return pick(train), pick(test)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders of image files
+
+
+def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The visible sub-folders and image files of ``folder``, each sorted by name."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError as e:
+        raise DataError(f"cannot read folder {folder}: {_os_reason(e)}") from None
+    folders, images = [], []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            folders.append(Path(entry.path))
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+            # a broken link or an unreadable file is not skipped: reading it names the problem
+            images.append(Path(entry.path))
+    return folders, images
+
+
+def _list_split(folder: Path) -> tuple[list[Path], list[int] | None, tuple[str, ...] | None]:
+    """The image files of a flat or class folder, their labels and the class names."""
+    folders, images = _entries(folder)
+    if folders and images:
+        raise DataError(
+            f"{folder} holds both images ({images[0].name}, ...) and sub-folders "
+            f"({folders[0].name}/, ...); put all images in class folders, or none"
+        )
+    if images:
+        return images, None, None
+    if not folders:
+        raise DataError(f"no PNG or JPEG images in {folder}")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_folder in enumerate(folders):
+        found = _entries(class_folder)[1]
+        if not found:
+            raise DataError(f"class folder {class_folder} holds no PNG or JPEG images")
+        files += found
+        labels += [label] * len(found)
+    return files, labels, tuple(f.name for f in folders)
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """``{"train": root/train, "test": root/test}`` when the folder gives a split, else
+    ``{"all": root}``."""
+    folders, images = _entries(root)
+    names = [f.name for f in folders]
+    if "train" not in names and "test" not in names:
+        return {"all": root}
+    if "train" not in names or "test" not in names:
+        have, lack = ("train", "test") if "train" in names else ("test", "train")
+        raise DataError(
+            f"{root} has a {have}/ folder but no {lack}/ folder; give both, or rename "
+            f"{have}/ if it is a class"
+        )
+    extra = [f"{n}/" for n in names if n not in ("train", "test")] + [f.name for f in images]
+    if extra:
+        raise DataError(
+            f"{root} holds train/ and test/ and also {extra[0]}; move it elsewhere, since "
+            "every image must be in train/ or test/"
+        )
+    return {"train": root / "train", "test": root / "test"}
+
+
+def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """The pixels of one image file, ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so that a truncated file fails here, with its name
+            image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        # Pillow's message repeats the path; the file is named once, at the front
+        reason = _os_reason(e) if isinstance(e, OSError) else _first_line(e)
+        reason = reason.replace(f" {str(path)!r}", "")
+        raise DataError(f"cannot read image file {path}: {reason}") from None
+    if image.mode.startswith("I"):
+        # 16-bit grey: scale 0..65535 to 0..255 (Pillow's convert("L") clips at 255 instead)
+        levels = np.asarray(image).astype(np.float64).clip(0, 65535)
+        image = Image.fromarray(np.rint(levels / 257).astype(np.uint8))
+    elif image.mode in ("1", "L", "LA", "La", "F"):
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA").convert("RGB")  # via RGBA: a transparent palette entry
+    else:
+        image = image.convert("RGB")  # RGBA, CMYK, YCbCr, ...: alpha dropped
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # antialiased
+    return np.asarray(image)
+
+
+def _load_folder(root: Path, size: tuple[int, int] | None) -> _Loaded:
+    parts = _split_folders(root)
+    listed = {split: _list_split(folder) for split, folder in parts.items()}
+    if "train" in listed:
+        train_classes, test_classes = listed["train"][2], listed["test"][2]
+        if train_classes != test_classes:
+            raise DataError(
+                f"{root}: train/ and test/ have different classes: "
+                f"{_class_list(train_classes)} in train/, {_class_list(test_classes)} in test/"
+            )
+    files = [file for split in listed.values() for file in split[0]]
+    pixels = [_read_image(file, size) for file in files]
+    if size is None:
+        for file, image in zip(files, pixels, strict=True):
+            if image.shape[:2] != pixels[0].shape[:2]:
+                (h0, w0), (h, w) = pixels[0].shape[:2], image.shape[:2]
+                raise DataError(
+                    f"images of different sizes: {files[0]} is {h0}x{w0} and {file} is {h}x{w} "
+                    "(height x width); resize them all with image_size (--image-size)"
+                )
+    if any(image.ndim == 3 for image in pixels):
+        pixels = [np.repeat(p[..., None], 3, axis=2) if p.ndim == 2 else p for p in pixels]
+        images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    else:
+        images = torch.from_numpy(np.stack(pixels)).unsqueeze(1)  # (N, 1, H, W)
+    images = images.contiguous()
+    splits: _Splits = {}
+    start = 0
+    for split, (split_files, labels, _) in listed.items():
+        stop = start + len(split_files)
+        labels = None if labels is None else torch.tensor(labels, dtype=torch.int64)
+        splits[split] = (images[start:stop], labels)
+        start = stop
+    return splits, next(iter(listed.values()))[2], f"folder {root}"
+
+
+def _class_list(classes: tuple[str, ...] | None) -> str:
+    return ", ".join(classes) if classes else "no class folders"
+
+
+# ---------------------------------------------------------------------------------------------
+# .npy and .npz arrays
+
+
+def _load_arrays(path: Path, size: tuple[int, int] | None) -> _Loaded:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {_os_reason(e)}") from None
+    if not magic.startswith(_NPY_MAGIC) and not magic.startswith(_ZIP_MAGICS):
+        what = "the file is empty (0 bytes)" if not magic else "not a NumPy .npy or .npz file"
+        raise DataError(f"cannot read {path}: {what}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            arrays = {"": loaded}
+        else:
+            with loaded:
+                arrays = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        reason = _os_reason(e) if isinstance(e, OSError) else _first_line(e)
+        raise DataError(f"cannot read {path}: {reason}") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # a zip member that is not a .npy file
+            raise DataError(f"cannot read {path}: {key!r} is not a NumPy array")
+    keys = _choose_keys(path, arrays)
+    splits: _Splits = {}
+    for split, (image_key, label_key) in keys.items():
+        images = _array_images(arrays[image_key], _where(path, image_key))
+        if size is not None:
+            images = _resize(images, size)
+        labels = None
+        if label_key is not None:
+            labels = _array_labels(arrays[label_key], _where(path, label_key), images.shape[0])
+        splits[split] = (images, labels)
+    if "train" in splits:
+        splits = _match_splits(path, keys, splits)
+    described = ", ".join(key for pair in keys.values() for key in pair if key)
+    return splits, None, f"{path}" + (f" ({described})" if described else "")
+
+
+def _where(path: Path, key: str) -> str:
+    return f"{path}, array {key!r}" if key else f"{path}"
+
+
+def _choose_keys(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, str | None]]:
+    """``{split: (image key, label key or None)}`` for the arrays of a .npy or .npz file."""
+    if "" in arrays:  # a .npy file
+        return {"all": ("", None)}
+    keys = sorted(arrays)
+    train_keys = [key for key in _NPZ_SPLITS if key in arrays]
+    if len(train_keys) == 2:
+        raise DataError(f"{path} holds both 'train' and 'x_train'; keep one set of keys")
+    if not train_keys:
+        for test_key in ("test", "x_test"):
+            if test_key in arrays:
+                train_key = "train" if test_key == "test" else "x_train"
+                raise DataError(f"{path} holds test images {test_key!r} but no {train_key!r}")
+        if len(keys) == 1 and keys[0] not in _NPZ_LABELS:
+            return {"all": (keys[0], None)}
+        held = f"it holds {', '.join(keys)}" if keys else "it holds no arrays"
+        raise DataError(
+            f"no images in {path} ({held}); expected arrays 'train' and 'test', 'x_train' and "
+            "'x_test' (labels 'y_train', 'y_test'), or a single array of images"
+        )
+    train_key, test_key = _NPZ_SPLITS[train_keys[0]]
+    has_labels = [key in arrays for key in _NPZ_LABELS]
+    if test_key not in arrays:
+        if has_labels[1]:
+            raise DataError(f"{path} holds labels 'y_test' but no test images {test_key!r}")
+        return {"all": (train_key, "y_train" if has_labels[0] else None)}
+    if has_labels[0] != has_labels[1]:
+        have, lack = _NPZ_LABELS if has_labels[0] else reversed(_NPZ_LABELS)
+        raise DataError(f"{path} holds labels {have!r} but not {lack!r}; give both or neither")
+    labels = _NPZ_LABELS if has_labels[0] else (None, None)
+    return {"train": (train_key, labels[0]), "test": (test_key, labels[1])}
+
+
+def _array_images(array: np.ndarray, where: str) -> torch.Tensor:
+    """Checked images, ``(N, C, H, W)`` uint8 0..255 or float32 in ``[0, 1]``."""
+    if array.dtype != np.uint8 and array.dtype.kind != "f":
+        raise DataError(
+            f"cannot use {where}: unsupported dtype {array.dtype}; expected uint8 (0..255) or "
+            "a float type (0..1)"
+        )
+    shape = array.shape
+    if array.ndim == 4 and shape[-1] in (1, 3):  # (N, H, W, C) wins a tie: NumPy's layout
+        array = array.transpose(0, 3, 1, 2)
+    elif array.ndim == 4 and shape[1] in (1, 3):  # (N, C, H, W)
+        pass
+    elif array.ndim == 3:  # (N, H, W)
+        array = array[:, None]
+    else:
+        raise DataError(
+            f"cannot use {where}: unsupported shape {shape}; expected (N, H, W), (N, H, W, C) "
+            "or (N, C, H, W) with C = 1 (grey) or 3 (RGB) channels"
+        )
+    if 0 in array.shape:
+        raise DataError(f"cannot use {where}: it holds no images (shape {shape})")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise DataError(
+                f"cannot use {where}: {array.size - finite.sum()} NaN or infinite values"
+            )
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            hint = "; divide 0..255 grey levels by 255" if high > 1 and low >= 0 else ""
+            raise DataError(
+                f"cannot use {where}: values from {low:g} to {high:g}, outside [0, 1]{hint}"
+            )
+        array = array.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _array_labels(array: np.ndarray, where: str, count: int) -> torch.Tensor:
+    if array.dtype.kind not in "iu":
+        raise DataError(f"cannot use {where}: labels must be integers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise DataError(
+            f"cannot use {where}: labels must be one-dimensional, got shape {array.shape}"
+        )
+    if array.shape[0] != count:
+        raise DataError(f"cannot use {where}: {array.shape[0]} labels for {count} images")
+    if array.min() < 0:
+        raise DataError(f"cannot use {where}: negative label {array.min()}")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resizing of ``(N, C, H, W)`` images, Pillow's filter; uint8 stays
+    uint8, rounded."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    chunks = []
+    for chunk in images.split(_RESIZE_CHUNK):
+        resized = torch.nn.functional.interpolate(
+            chunk.float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        if images.dtype == torch.uint8:
+            resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            resized = resized.clamp_(0, 1)
+        chunks.append(resized)
+    return torch.cat(chunks)
+
+
+def _match_splits(path: Path, keys: dict[str, tuple[str, str | None]], splits: _Splits) -> _Splits:
+    """Train and test images of one size, one channel count and one dtype."""
+    (train, train_labels), (test, test_labels) = splits["train"], splits["test"]
+    if train.shape[-2:] != test.shape[-2:]:
+        (h0, w0), (h, w) = train.shape[-2:], test.shape[-2:]
+        raise DataError(
+            f"{path}: {keys['train'][0]!r} holds {h0}x{w0} images but {keys['test'][0]!r} holds "
+            f"{h}x{w} ones (height x width); resize them with image_size (--image-size)"
+        )
+    if train.shape[1] != test.shape[1]:  # grey and colour: both colour, as for files
+        train, test = (x.expand(-1, 3, -1, -1).contiguous() for x in (train, test))
+    if train.dtype != test.dtype:  # uint8 and float: both float
+        train, test = (x.float() / 255 if x.dtype == torch.uint8 else x for x in (train, test))
+    return {"train": (train, train_labels), "test": (test, test_labels)}
