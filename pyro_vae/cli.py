@@ -201,8 +201,13 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
     """The TrainConfig flags. They default to None so that --resume can tell which were given.
     The estimator study (``study``) trains with objective elbo and K = 1 and takes a list of
     estimators: it gets neither --objective, -K nor --estimator."""
+    _add_data_arguments(p.add_argument_group("data"))
+    _add_model_arguments(p.add_argument_group("model"))
+    _add_optimizer_arguments(p.add_argument_group("objective and optimizer"), study)
+
+
+def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
     d = TrainConfig()
-    g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
         type=_dataset,
@@ -237,7 +242,10 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
         "--binarize", choices=BINARIZATIONS, help="default dynamic for bernoulli, else none"
     )
     g.add_argument("--train-size", type=int, help="use only the first N training images")
-    g = p.add_argument_group("model")
+
+
+def _add_model_arguments(g: argparse._ArgumentGroup) -> None:
+    d = TrainConfig()
     g.add_argument(
         "--arch",
         choices=ARCHITECTURES,
@@ -263,7 +271,10 @@ def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> No
     )
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"default {d.activation}")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"default {d.likelihood}")
-    g = p.add_argument_group("objective and optimizer")
+
+
+def _add_optimizer_arguments(g: argparse._ArgumentGroup, study: bool) -> None:
+    d = TrainConfig()
     if not study:
         g.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
         g.add_argument("--estimator", choices=ESTIMATORS, help=f"default {d.estimator}")
