@@ -143,29 +143,38 @@ class VAE(nn.Module):
         self.arch = "custom" if custom else arch
         self.baseline_beta = float(baseline_beta)
         if custom:
-            if encoder is None or decoder is None:
-                raise ConfigError("give both a hand-written encoder and decoder, or neither")
-            for name, net in (("encoder", encoder), ("decoder", decoder)):
-                if not isinstance(net, nn.Module):
-                    raise ConfigError(f"the {name} must be a torch.nn.Module, got {net!r}")
-            self.encoder, self.decoder = encoder, decoder
-            self._check_contract()
-        elif arch == "conv":
-            self.encoder = ConvEncoder(
-                self.image_shape, self.latent_dim, conv_channels, hidden_sizes, activation
-            )
-            self.decoder = ConvDecoder(self.image_shape, self.latent_dim, conv_channels,
-                                       hidden_sizes, activation, likelihood)  # fmt: skip
+            self.encoder, self.decoder = self._hand_written(encoder, decoder)
         else:
-            self.encoder = Encoder(self.data_dim, self.latent_dim, hidden_sizes, activation)
-            self.decoder = Decoder(
-                self.data_dim, self.latent_dim, hidden_sizes, activation, likelihood
-            )
+            self.encoder, self.decoder = self._built_in(arch, hidden_sizes, conv_channels,
+                                                        activation)  # fmt: skip
         # the reinforce-nn-baseline's b(x); registered with Pyro in the guide
         self.baseline = (
             Baseline(self.data_dim, event_dims=len(self.event_shape))
             if estimator == "reinforce-nn-baseline"
             else None
+        )
+
+    def _hand_written(self, encoder, decoder) -> tuple[nn.Module, nn.Module]:
+        if encoder is None or decoder is None:
+            raise ConfigError("give both a hand-written encoder and decoder, or neither")
+        for name, net in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(net, nn.Module):
+                raise ConfigError(f"the {name} must be a torch.nn.Module, got {net!r}")
+        self.encoder, self.decoder = encoder, decoder
+        self._check_contract()
+        return encoder, decoder
+
+    def _built_in(self, arch, hidden_sizes, conv_channels, activation) -> tuple[nn.Module, ...]:
+        z = self.latent_dim
+        if arch == "conv":
+            return (
+                ConvEncoder(self.image_shape, z, conv_channels, hidden_sizes, activation),
+                ConvDecoder(self.image_shape, z, conv_channels, hidden_sizes, activation,
+                            self.likelihood),
+            )  # fmt: skip
+        return (
+            Encoder(self.data_dim, z, hidden_sizes, activation),
+            Decoder(self.data_dim, z, hidden_sizes, activation, self.likelihood),
         )
 
     @torch.no_grad()
