@@ -116,3 +116,18 @@ def test_conv_vs_mlp_quick_run_gives_sane_rows(capsys, tmp_path):
     budget = 3 * first["seconds"]  # a few epochs, however fast this machine is
     history = conv_vs_mlp.train_for(tiny, budget, tmp_path / "run", None).history
     assert history[-1]["seconds"] >= budget > history[-2]["seconds"]
+
+
+def test_train_memory_quick_run_measures_both_programs(capsys):
+    import train_memory
+    from conftest import find_data_dir
+
+    data_dir = find_data_dir()
+    if data_dir is None or not (data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip("the reference reads MNIST through torchvision: set PYRO_VAE_DATA_DIR")
+    rows = train_memory.main(["--quick", "--repeats", "1", "--data-dir", str(data_dir)])
+    labels = [row["label"] for row in rows]
+    assert any("pyro-vae train" in label for label in labels)
+    assert any("pytorch/examples" in label for label in labels)
+    # every program imports torch: a few hundred MiB at least, and a finite figure
+    assert all(200 < row["median_mib"] < 20_000 for row in rows), rows
