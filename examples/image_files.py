@@ -44,8 +44,10 @@ DIGITS = tuple(str(d) for d in range(10))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Flattened grey levels in [0, 1] back to the (N, 28, 28) bytes they were read from."""
-    return (images * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
+    """Flattened images (bytes as stored, or grey levels in [0, 1]) as (N, 28, 28) bytes."""
+    if images.dtype != torch.uint8:
+        images = (images * 255).round().to(torch.uint8)
+    return images.reshape(-1, 28, 28).numpy()
 
 
 def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, classes) -> None:
@@ -99,6 +101,10 @@ def main(args: argparse.Namespace) -> int:
     else:
         data, classes = load_dataset("fashion-mnist", args.data_dir), FASHION_CLASSES
     train_images = to_uint8(data.train_images[: args.train_size])  # (N, 28, 28) uint8
+    # the bytes written are the data set's own, grey level for grey level
+    source = data.train_images[: args.train_size].float() / 255
+    check(torch.equal(torch.from_numpy(train_images).reshape(len(source), -1) / 255, source),
+          "the bytes to write (the data set's own grey levels)")  # fmt: skip
     train_labels = data.train_labels[: args.train_size].numpy()
     test_images = to_uint8(data.test_images[: args.test_size])
     test_labels = data.test_labels[: args.test_size].numpy()

@@ -3,8 +3,11 @@
 MNIST and Fashion-MNIST are read from their IDX files (torchvision only downloads them), Frey
 Face from ``frey_rawface.mat`` (the 1965 faces of Kingma & Welling 2013), and ``mnist-sample``
 is a small slice of MNIST shipped with the package so that the main command runs offline.
-Images are flattened float tensors in ``[0, 1]``; batches are drawn from those tensors
-directly, with no per-image transforms.
+Images are flattened tensors: 8-bit data (MNIST, Fashion-MNIST, the sample, a user's PNGs)
+as ``uint8`` grey levels ``0..255``, a quarter of float32's memory, other data as float32 in
+``[0, 1]``. Batches are drawn from those tensors directly and converted to float32 in
+``[0, 1]`` as they are drawn (:class:`BatchLoader`, :func:`as_float`), with no per-image
+transforms. Code that reads ``ImageData.train_images`` as numbers divides 8-bit images by 255.
 
 Where data lives: the ``data_dir`` argument, else the ``PYRO_VAE_DATA_DIR`` environment
 variable, else ``~/.cache/pyro_vae/data`` (``$XDG_CACHE_HOME`` is honoured). The layout is
@@ -71,9 +74,10 @@ SAMPLE_FILE = "mnist_sample.npz"
 
 @dataclass(frozen=True)
 class ImageData:
-    """A data set of flattened images in ``[0, 1]``.
+    """A data set of flattened images.
 
-    ``train_images`` is ``(N, D)`` float32 with ``D`` the pixels of ``image_shape``: ``(H, W)``
+    ``train_images`` is ``(N, D)``, ``uint8`` grey levels ``0..255`` for 8-bit data, else float32
+    in ``[0, 1]``, with ``D`` the pixels of ``image_shape``: ``(H, W)``
     for grey images, ``(C, H, W)`` for colour ones (channels first, as PyTorch's conv layers
     take them); labels are int64 class indices or ``None`` (Frey Face has none). ``source``
     says where the images were read from.
