@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ImageData": "pyro_vae.data",
     "load_dataset": "pyro_vae.data",
+    "images_from_tensors": "pyro_vae.imagefiles",
     "ESTIMATORS": "pyro_vae.estimators",
     "guide_distribution": "pyro_vae.estimators",
     "Evaluation": "pyro_vae.evaluate",
@@ -65,6 +66,7 @@ __all__ = [
     "evaluate",
     "fit",
     "guide_distribution",
+    "images_from_tensors",
     "isolated",
     "importance_sampled_log_likelihood",
     "load_dataset",

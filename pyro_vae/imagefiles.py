@@ -76,6 +76,7 @@ __all__ = [
     "HOLDOUT_FRACTION",
     "HOLDOUT_SEED",
     "IMAGE_SUFFIXES",
+    "images_from_tensors",
     "load_image_files",
 ]
 
@@ -133,6 +134,59 @@ def load_image_files(
             raise DataError(f"cannot read {where}: not a regular file")
         splits, classes, source = _load_arrays(where, size)
     return _image_data(name, splits, classes, source, size)
+
+
+def images_from_tensors(
+    train: torch.Tensor | np.ndarray,
+    test: torch.Tensor | np.ndarray | None = None,
+    train_labels: torch.Tensor | np.ndarray | None = None,
+    test_labels: torch.Tensor | np.ndarray | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    name: str = "tensors",
+    class_names: tuple[str, ...] | None = None,
+) -> ImageData:
+    """Images held in Python, as :func:`pyro_vae.train.fit` takes them (``fit(config,
+    data=images_from_tensors(x))``), read with the same rules as a ``.npz`` file.
+
+    :param train: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` = 1 or 3,
+        uint8 0..255 or float in ``[0, 1]``; a tensor or a NumPy array.
+    :param test: test images of the same kind; without them a fixed random 10% of ``train`` is
+        held out (``HOLDOUT_SEED``).
+    :param train_labels: class indices ``(N,)``, and ``test_labels`` for the test images.
+    :param class_names: label ``i`` is ``class_names[i]``, for the pictures.
+    :raises DataError: images or labels the rules above refuse (one line that says which).
+    """
+    size = _check_image_size(image_size)
+
+    def array(value, what: str) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            return value
+        raise DataError(
+            f"{what} must be a torch.Tensor or a NumPy array, got {type(value).__name__}"
+        )
+
+    splits: _Splits = {}
+    parts = {"all" if test is None else "train": (train, train_labels, "train")}
+    if test is not None:
+        parts["test"] = (test, test_labels, "test")
+    elif test_labels is not None:
+        raise DataError("test labels were given without test images")
+    for split, (images, labels, what) in parts.items():
+        images = _array_images(array(images, f"the {what} images"), f"the {what} images")
+        if size is not None:
+            images = _resize(images, size)
+        if labels is not None:
+            labels = _array_labels(array(labels, f"the {what} labels"), f"the {what} labels",
+                                   images.shape[0])  # fmt: skip
+        splits[split] = (images, labels)
+    if test is not None:
+        if (train_labels is None) != (test_labels is None):
+            raise DataError("give labels for both the train and the test images, or for neither")
+        keys = {"train": ("train", None), "test": ("test", None)}
+        splits = _match_splits(Path(name), keys, splits)
+    return _image_data(name, splits, class_names, f"{name} (from Python)", size)
 
 
 def _check_image_size(image_size: object) -> tuple[int, int] | None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_vae import ConfigError, ImageData, TrainConfig, fit, load_dataset, load_run
+from pyro_vae import ConfigError, DataError, ImageData, TrainConfig, fit, load_dataset, load_run
 from pyro_vae.cli import main
-from pyro_vae.data import BatchLoader, split_validation
+from pyro_vae.data import BatchLoader, as_float, split_validation
 from pyro_vae.plots import latent_scatter_figure
 from pyro_vae.train import run_images
 
@@ -205,3 +205,41 @@ def test_fashion_mnist_pictures_name_their_classes():
 def test_image_size_belongs_to_your_own_images():
     with pytest.raises(ConfigError, match="your own images"):
         TrainConfig(dataset="mnist-sample", image_size=16).validate()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(lambda x: x, id="(N, H, W) uint8"),
+        pytest.param(lambda x: x[:, None], id="(N, C, H, W)"),
+        pytest.param(lambda x: x[..., None], id="(N, H, W, C)"),
+        pytest.param(lambda x: x.float() / 255, id="float in [0, 1]"),
+    ],
+)
+def test_tensors_from_python_train_like_the_same_images_from_a_file(layout, digits, tmp_path):
+    from pyro_vae import images_from_tensors
+
+    images = torch.from_numpy(digits[0])
+    np.save(tmp_path / "digits.npy", digits[0])
+    data = images_from_tensors(layout(images))
+    from_file = load_dataset(str(tmp_path / "digits.npy"))
+    assert data.image_shape == from_file.image_shape == (28, 28)
+    assert torch.equal(as_float(data.test_images), as_float(from_file.test_images))
+    config = TrainConfig(dataset="mnist-sample", hidden_sizes=(8,), latent_dim=2, epochs=1,
+                         batch_size=32)  # fmt: skip
+    assert fit(config, data=data).history[0]["valid_elbo"] < 0
+
+
+def test_tensors_from_python_with_labels_and_a_test_set(digits):
+    from pyro_vae import images_from_tensors
+
+    images, labels = torch.from_numpy(digits[0]), torch.from_numpy(digits[1])
+    data = images_from_tensors(images[:250], images[250:], labels[:250], labels[250:],
+                               class_names=tuple("abcdefghij"))  # fmt: skip
+    assert len(data.train_images) == 250 and torch.equal(data.test_labels, labels[250:].long())
+    with pytest.raises(DataError, match=r"outside \[0, 1\]"):
+        images_from_tensors(images.float())  # 0..255 as floats
+    with pytest.raises(DataError, match="both the train and the test"):
+        images_from_tensors(images[:250], images[250:], labels[:250])
+    with pytest.raises(DataError, match="torch.Tensor or a NumPy array"):
+        images_from_tensors(images.tolist())
