@@ -291,14 +291,16 @@ def _device_memory(device: str) -> int | None:
 
 
 def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
+    flat = len(image_shape) == 1  # a vector of pixels: the MLP only
     return VAE(
+        image_shape[0] if flat else None,
         latent_dim=config.latent_dim,
         hidden_sizes=config.hidden_sizes,
         activation=config.activation,
         likelihood=config.likelihood,
         estimator=config.estimator,
         baseline_beta=config.baseline_beta,
-        image_shape=image_shape,
+        image_shape=None if flat else image_shape,
         arch=config.arch,
         conv_channels=config.conv_channels,
     )
@@ -331,16 +333,6 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
     if memory is not None and needed > memory:
         raise too_big
     try:
-        if len(image_shape) == 1:  # a flat vector of pixels: the MLP only
-            return VAE(
-                image_shape[0],
-                latent_dim=config.latent_dim,
-                hidden_sizes=config.hidden_sizes,
-                activation=config.activation,
-                likelihood=config.likelihood,
-                estimator=config.estimator,
-                baseline_beta=config.baseline_beta,
-            )
         return _vae(config, image_shape)
     except (RuntimeError, MemoryError) as e:
         if isinstance(e, MemoryError) or "alloc" in str(e).lower():
