@@ -10,6 +10,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cli_fails(argv, capsys, code=1) -> str:
+    """Run ``pyro-vae argv`` in-process; assert exit ``code`` and one line on stderr; return it."""
+    from pyro_vae.cli import main
+
+    try:
+        result = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        result = e.code
+    err = capsys.readouterr().err.strip()
+    assert result == code, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
 def find_data_dir() -> Path | None:
     """The folder holding MNIST/raw: $PYRO_VAE_DATA_DIR, else ../shared/data beside the repo."""
     for candidate in (os.environ.get("PYRO_VAE_DATA_DIR"), REPO.parent / "shared" / "data"):

@@ -6,6 +6,7 @@ import sys
 
 import matplotlib.image
 import pytest
+from conftest import cli_fails
 
 from pyro_vae.cli import main
 
@@ -124,17 +125,6 @@ def test_default_mnist_falls_back_to_the_bundled_sample_loudly(tmp_path, capsys)
     assert config["dataset"] == "mnist-sample" and "data_fallback" not in config
 
 
-def _fails(argv, capsys, code=1):
-    try:
-        result = main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        result = e.code
-    err = capsys.readouterr().err.strip()
-    assert result == code, err
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    return err
-
-
 @pytest.mark.parametrize(
     "argv, code, message",
     [
@@ -158,13 +148,15 @@ def _fails(argv, capsys, code=1):
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(argv, code, message, capsys, tmp_path):
     argv = [*argv, "--out", str(tmp_path / "r")] if argv[0] == "train" else argv
-    err = _fails(argv, capsys, code)
+    err = cli_fails(argv, capsys, code)
     assert message in err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
 def test_missing_data_folder(tmp_path, capsys):
-    err = _fails(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")], capsys)
+    err = cli_fails(
+        ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")], capsys
+    )
     assert "mnist not found under" in err and "nowhere" in err and "PYRO_VAE_DATA_DIR" in err
 
 
@@ -178,9 +170,9 @@ def test_damaged_runs_are_reported_and_left_alone(tmp_path, capsys):
     checkpoint = run_dir / "checkpoint.pt"
     good = checkpoint.read_bytes()
 
-    err = _fails(["train", "--resume", str(run_dir), "--latent-dim", "7"], capsys)
+    err = cli_fails(["train", "--resume", str(run_dir), "--latent-dim", "7"], capsys)
     assert "different config" in err and "latent_dim: 4 != 7" in err
-    err = _fails(["train", "--dataset", "mnist-sample", "--out", str(run_dir)], capsys)
+    err = cli_fails(["train", "--dataset", "mnist-sample", "--out", str(run_dir)], capsys)
     assert "already holds a run" in err
     assert checkpoint.read_bytes() == good
 
@@ -190,7 +182,7 @@ def test_damaged_runs_are_reported_and_left_alone(tmp_path, capsys):
         ["sample", str(run_dir)],
         ["train", "--resume", str(run_dir), "--epochs", "2"],
     ):
-        assert "corrupt or truncated" in _fails(argv, capsys)
+        assert "corrupt or truncated" in cli_fails(argv, capsys)
     assert checkpoint.read_bytes() == good[: len(good) // 3]
 
 
@@ -268,5 +260,5 @@ def test_posterior_command(trained_run, tmp_path, capsys):
         assert len(c["nuts_mean"]) == len(c["guide_mean"]) == 4
         assert_png(out / f"posterior_{c['index']}.png", 100, 100)
     assert "R-hat" in capsys.readouterr().out
-    err = _fails(["posterior", str(trained_run), "--index", "5000"], capsys)
+    err = cli_fails(["posterior", str(trained_run), "--index", "5000"], capsys)
     assert "out of range" in err

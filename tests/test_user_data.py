@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import cli_fails
 from PIL import Image
 
 from pyro_vae import ConfigError, DataError, ImageData, TrainConfig, fit, load_dataset, load_run
@@ -35,17 +36,6 @@ def png_folder(tmp_path_factory, digits) -> str:
         (root / f"class-{label}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(root / f"class-{label}" / f"{i:04d}.png")
     return str(root)
-
-
-def _fails(argv, capsys, code=1) -> str:
-    try:
-        result = main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        result = e.code
-    err = capsys.readouterr().err.strip()
-    assert result == code, err
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    return err
 
 
 def test_the_cli_trains_on_a_folder_of_pngs_with_class_labels(png_folder, tmp_path, capsys):
@@ -106,7 +96,7 @@ def _bad(tmp_path, name: str):
 def test_bad_data_is_one_line_naming_the_file_and_writes_nothing(name, message, tmp_path, capsys):
     path = _bad(tmp_path, name)
     run = tmp_path / "run"
-    err = _fails(["train", "--dataset", str(path), "--out", str(run), *QUICK], capsys)
+    err = cli_fails(["train", "--dataset", str(path), "--out", str(run), *QUICK], capsys)
     assert name.split(".")[0] in err  # the file or folder is named
     assert re.search(message, err), err
     assert not run.exists()
@@ -128,14 +118,14 @@ def test_bad_data_is_one_line_naming_the_file_and_writes_nothing(name, message, 
 def test_bad_settings_are_one_line_and_write_nothing(extra, code, message, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--dataset", "mnist-sample", *QUICK, *extra, "--out", str(run)]
-    assert message in _fails(argv, capsys, code)
+    assert message in cli_fails(argv, capsys, code)
     assert not run.exists()
 
 
 def test_an_image_size_that_is_not_n_or_h_w_is_refused(png_folder, tmp_path, capsys):
     argv = ["train", "--dataset", png_folder, "--image-size", "8", "8", "8", *QUICK,
             "--out", str(tmp_path / "run")]  # fmt: skip
-    assert "image_size" in _fails(argv, capsys)
+    assert "image_size" in cli_fails(argv, capsys)
 
 
 def test_the_validation_split_is_disjoint_fixed_and_independent_of_the_seed():
