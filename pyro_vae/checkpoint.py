@@ -218,6 +218,24 @@ def _non_finite(tensors: dict, what: str) -> str | None:
     return None
 
 
+def _rng_state_ok(rng: Any) -> bool:
+    return (
+        isinstance(rng, dict)
+        and isinstance(rng.get("torch"), torch.Tensor)
+        and rng["torch"].dtype == torch.uint8
+        and isinstance(rng.get("python"), (list, tuple))
+        and isinstance(rng.get("numpy"), (list, tuple))
+        and len(rng["numpy"]) == 5
+        and isinstance(rng["numpy"][1], torch.Tensor)
+    )
+
+
+def _baselines_ok(baselines: Any) -> bool:
+    return isinstance(baselines, dict) and all(
+        isinstance(v, torch.Tensor) for v in baselines.values()
+    )
+
+
 def _check_structure(path: Path, state: dict) -> None:
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is damaged: {what}")
@@ -245,22 +263,16 @@ def _check_structure(path: Path, state: dict) -> None:
                 raise bad(f"its metrics history has {key} = {value!r}")
     if len(history) != epoch:
         raise bad(f"it says epoch {epoch} but its metrics history has {len(history)} rows")
-    rng = state["rng"]
-    if (
-        not isinstance(rng, dict)
-        or not isinstance(rng.get("torch"), torch.Tensor)
-        or rng["torch"].dtype != torch.uint8
-        or not isinstance(rng.get("python"), (list, tuple))
-        or not isinstance(rng.get("numpy"), (list, tuple))
-        or len(rng["numpy"]) != 5
-        or not isinstance(rng["numpy"][1], torch.Tensor)
-    ):
+    if not _rng_state_ok(state["rng"]):
         raise bad("its RNG state is not one pyro_vae wrote")
-    baselines = state.get("baseline_state", {})
-    if not isinstance(baselines, dict) or not all(
-        isinstance(v, torch.Tensor) for v in baselines.values()
-    ):
+    if not _baselines_ok(state.get("baseline_state", {})):
         raise bad("its baseline state is not a table of tensors")
+    ranks = state.get("ranks", [])  # a distributed run's: every process's streams and baselines
+    if not isinstance(ranks, list) or not all(
+        isinstance(r, dict) and _rng_state_ok(r.get("rng"))
+        and _baselines_ok(r.get("baseline_state", {})) for r in ranks
+    ):  # fmt: skip
+        raise bad("its processes' RNG states and baselines are not ones pyro_vae wrote")
     shape = state.get("image_shape", [28, 28])
     if (
         not isinstance(shape, (list, tuple))

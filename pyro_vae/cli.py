@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae import distributed
 from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
 from pyro_vae.data import (
     BINARIZATIONS,
@@ -424,32 +425,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_count(args.eval_images, "--eval-images", low=0)
     given = _config_overrides(args)
     progress = not args.no_progress and _progress()
-    data = None
-    if args.resume:
-        if args.out and Path(args.out) != Path(args.resume):
-            raise CheckpointError("give the run folder once: --resume RUN_DIR (without --out)")
-        run_dir = Path(args.resume)
-        lock = locked_folder(run_dir)
-    else:
-        config = TrainConfig(**given)
-        config.validate()  # before any folder or data is touched
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
-        lock = locked_folder(run_dir, create=True)
-    with lock:
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise CheckpointError("give the run folder once: --resume RUN_DIR (without --out)")
+    if not args.resume:
+        TrainConfig(**given).validate()  # before any folder or data is touched
+    with (
+        distributed.process_group() as world,
+        distributed.partner_failures(),
+        contextlib.ExitStack() as stack,
+    ):
+        # under torchrun, rank 0 holds and writes the run folder, and reads it for the others
+        data, config, run_dir = None, None, Path(args.resume or "")
         if args.resume:
-            saved = TrainConfig.from_dict(load_checkpoint(run_dir / CHECKPOINT_FILE)["config"])
+            distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir))
+            saved = distributed.from_main(world, lambda: TrainConfig.from_dict(
+                load_checkpoint(run_dir / CHECKPOINT_FILE)["config"]))  # fmt: skip
             config = dataclasses.replace(saved, **given)
-        elif (run_dir / CHECKPOINT_FILE).exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; resume it or choose another run folder"
-            )
-        elif "dataset" not in given:
-            data = _mnist_or_sample(config.data_dir)
-            config.dataset = data.name
-        print(f"training in {run_dir}")
+        else:
+            config = TrainConfig(**given)
+            stamp = distributed.from_main(world, lambda: time.strftime("%Y%m%d-%H%M%S"))
+            run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
+            distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, True))
+            distributed.from_main(world, lambda: _holds_no_run(run_dir))
+            if "dataset" not in given:
+                data = _mnist_or_sample(config.data_dir)
+                config.dataset = data.name
+        if world.is_main:
+            print(f"training in {run_dir}")
         log = run_dir / "tensorboard" if args.tensorboard else None
         result = fit(config, run_dir, data, bool(args.resume), progress, tensorboard=log)
+        if not world.is_main:  # rank 0 evaluates, reports and draws
+            return 0
         last = result.history[-1]
         which, score = held_out_elbo(last)
         print(
@@ -458,7 +464,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         _evaluate_and_report(
             result.vae,
-            config,
+            result.config,
             result.test_images,
             run_dir,
             args.eval_particles,
@@ -469,6 +475,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             write_plots(result.vae, result.history, result.image_shape, result.test_images,
                         result.test_labels, run_dir, result.class_names)  # fmt: skip
     return 0
+
+
+def _holds_no_run(run_dir: Path) -> None:
+    if (run_dir / CHECKPOINT_FILE).exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; resume it or choose another run folder"
+        )
 
 
 # -- evaluate -------------------------------------------------------------------------------
@@ -872,8 +885,18 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # exits 0 for --help, 2 for a malformed line
         prefix = f"pyro-vae {args.command}"
         try:
+            if args.command != "train" and distributed.launched():
+                if int(os.environ["WORLD_SIZE"]) > 1:
+                    raise ConfigError(
+                        f"only train runs in several processes; run {args.command} without torchrun"
+                    )
             return args.func(args)
         except PyroVAEError as e:
+            rank = int(os.environ.get("RANK", 0)) if distributed.launched() else 0
+            if rank > 0:  # an error all processes share is reported once, by rank 0
+                if e.shared:
+                    return 1
+                prefix = f"{prefix} (rank {rank})"
             print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
             return 1
         except torch.cuda.OutOfMemoryError:

@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataNotFoundError",
+    "DistributedError",
     "NumericalError",
     "OutputError",
     "PyroVAEError",
@@ -18,7 +19,13 @@ __all__ = [
 
 
 class PyroVAEError(Exception):
-    """Base class of the errors a user can cause and fix."""
+    """Base class of the errors a user can cause and fix.
+
+    ``shared`` is true for an error that every process of a distributed run raised alike
+    (rank 0 reports it; the others stay quiet).
+    """
+
+    shared = False
 
 
 class ConfigError(PyroVAEError, ValueError):
@@ -48,3 +55,7 @@ class RunFolderBusy(PyroVAEError):
 
 class NumericalError(PyroVAEError):
     """A computation gave NaN or infinity where a number was due (nothing is written)."""
+
+
+class DistributedError(PyroVAEError):
+    """Processes of a distributed run cannot connect, or one of them failed or timed out."""

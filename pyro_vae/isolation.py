@@ -31,7 +31,14 @@ import torch
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["MAX_SEED", "check_seed", "get_rng_state", "isolated", "set_rng_state"]
+__all__ = [
+    "MAX_SEED",
+    "check_seed",
+    "get_rng_state",
+    "isolated",
+    "reseed",
+    "set_rng_state",
+]
 
 MAX_SEED = 2**32 - 1  # NumPy's seed range, which pyro.set_rng_seed also seeds
 
@@ -66,6 +73,12 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def reseed(seed: int) -> None:
+    """Seed the global streams again inside an :func:`isolated` body (a training process of
+    rank ``r > 0`` moves to its own stream once the shared initial weights are drawn)."""
+    pyro.set_rng_seed(check_seed(seed))
 
 
 @contextlib.contextmanager

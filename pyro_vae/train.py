@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None
 
+from pyro_vae import distributed
 from pyro_vae.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
 from pyro_vae.checks import require_choice, require_flag, require_whole
 from pyro_vae.data import (
@@ -57,6 +58,7 @@ from pyro_vae.data import (
     prepare_images,
     split_validation,
 )
+from pyro_vae.distributed import DistributedStep, World, rank_seed
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
 from pyro_vae.estimators import check_estimator, uses_baseline
 from pyro_vae.evaluate import importance_sampled_log_likelihood
@@ -65,6 +67,7 @@ from pyro_vae.isolation import (
     check_seed,
     get_rng_state,
     isolated,
+    reseed,
     set_rng_state,
 )
 from pyro_vae.model import VAE, image_shape_chw
@@ -519,6 +522,12 @@ class _Run:
     seconds: float = 0.0
     saved_epoch: int = 0  # the epoch of the checkpoint on disk (0: none yet)
     log: Any = None  # a TensorBoardLog, if one was asked for
+    world: World = World()  # this process among those of a distributed run
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (rank 0 of a run that has one)."""
+        return self.run_dir is not None and self.world.is_main
 
     def kept(self) -> str:
         """What survives a failure, for the error message."""
@@ -575,18 +584,27 @@ def fit(
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir must be a path, got {run_dir!r}")
     run_dir = Path(run_dir) if run_dir is not None else None
-    lock = contextlib.nullcontext() if run_dir is None else locked_folder(run_dir, not resume)
     if tensorboard is not None and not isinstance(tensorboard, (str, os.PathLike)):
         raise ConfigError(f"tensorboard must be a folder's path, got {tensorboard!r}")
-    with lock, isolated(config.seed) as store, _put_back_on_failure(run_dir, resume):
-        run = _open_run(config, run_dir, data, resume, store, vae)
-        svi = SVI(run.vae.model, run.vae.guide, run.optim, _elbo(config))
-        with _tensorboard_log(run, tensorboard):
-            for epoch in range(run.epochs_done, config.epochs):
-                train_elbo = _train_epoch(run, svi, epoch, progress)
-                _record(run, train_elbo, _score(run, epoch), progress)
-                if run_dir is not None:
-                    _save(run, store)
+    world = distributed.current()
+    progress = progress and world.is_main
+    if world.size > 1:  # under torchrun each process has a GPU of its own
+        config = dataclasses.replace(config, device=distributed.local_device(config.device))
+        check_device(config.device)
+    with distributed.partner_failures(), contextlib.ExitStack() as stack:
+        if run_dir is not None:  # rank 0 holds and writes the folder
+            distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, not resume))
+        store = stack.enter_context(isolated(config.seed))
+        writes = run_dir is not None and world.is_main
+        stack.enter_context(_put_back_on_failure(run_dir if writes else None, resume))
+        run = _open_run(config, run_dir, data, resume, store, vae, world)
+        step = _stepper(run)
+        stack.enter_context(_tensorboard_log(run, tensorboard if world.is_main else None))
+        for epoch in range(run.epochs_done, config.epochs):
+            train_elbo = _train_epoch(run, step, epoch, progress)
+            _record(run, train_elbo, _score(run, epoch), progress)
+            if run_dir is not None:
+                _save(run, store)
     return TrainResult(run.vae.eval(), run.history, config, run.data.image_shape,
                        run.test_images, run_dir, run.data.test_labels,
                        run.data.class_names)  # fmt: skip
@@ -623,10 +641,6 @@ def _tensorboard_log(run: _Run, folder: str | os.PathLike | None) -> Iterator[No
     finally:
         run.log.close()
         run.log = None
-
-
-def _elbo(config: TrainConfig):
-    return make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
 
 
 @contextlib.contextmanager
@@ -681,15 +695,29 @@ def _check_custom(config: TrainConfig, vae: VAE | None) -> None:
 
 
 def _open_run(
-    config: TrainConfig, run_dir: Path | None, data, resume: bool, store, vae: VAE | None = None
+    config: TrainConfig,
+    run_dir: Path | None,
+    data,
+    resume: bool,
+    store,
+    vae: VAE | None = None,
+    world: World | None = None,
 ) -> _Run:
     """A new run, with its files written, or the run in ``run_dir`` restored from its
-    checkpoint: networks, Adam's state, the RNG streams, the baseline's running averages."""
-    checkpoint = _resume_state(config, run_dir) if resume else None
-    if not resume and run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a run; resume it or choose another run folder"
-        )
+    checkpoint: networks, Adam's state, the RNG streams, the baseline's running averages.
+    In a distributed run, rank 0 reads the checkpoint and hands it to the others."""
+
+    def checkpoint_or_none() -> dict | None:
+        if resume:
+            return _resume_state(config, run_dir)
+        if run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; resume it or choose another run folder"
+            )
+        return None
+
+    world = world or World()
+    checkpoint = distributed.from_main(world, checkpoint_or_none)
     _check_custom(config, vae)
     images = run_images(config, data)
     data = images.data
@@ -705,31 +733,46 @@ def _open_run(
     vae = vae.to(config.device)
     vae.init_output_bias(mean_image(train))
     if run_dir is not None:
-        _check_room(run_dir, vae)
-    # Pyro's decaying-average baseline keeps one average per batch position: equal batches only
-    drop_last = uses_baseline(config.estimator)
-    loader = BatchLoader(train, config.batch_size, config.binarize, config.seed, True, drop_last)
+        distributed.from_main(world, lambda: _check_room(run_dir, vae))
+    # Pyro's decaying-average baseline keeps one average per batch position: equal batches
+    # only; a distributed run's processes take equal slices of every global batch
+    drop_last = uses_baseline(config.estimator) or world.size > 1
+    global_batch = config.batch_size * world.size
+    loader = BatchLoader(train, global_batch, config.binarize, config.seed, True, drop_last)
     if len(loader) == 0:
-        raise ConfigError(f"fewer training images than one batch of {config.batch_size}")
+        each = f" ({world.size} processes of {config.batch_size})" if world.size > 1 else ""
+        raise ConfigError(f"fewer training images than one batch of {global_batch}{each}")
     score = valid if config.valid_fraction > 0 else test
-    run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader, [])
+    run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader,
+               [], world=world)  # fmt: skip
     if checkpoint is None:
-        if run_dir is not None:
+        if run.writes:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
             _write_metrics(run_dir, run.history)
+        if world.rank > 0:  # the initial weights were drawn; now this process's own noise
+            reseed(rank_seed(config.seed, world.rank))
         return run
     where = run_dir / CHECKPOINT_FILE
     _load_model_state(vae, checkpoint["model"], where)
     run.optim.set_state(checkpoint["optimizer"])
-    for name, value in checkpoint.get("baseline_state", {}).items():  # running averages
+    # each process's streams and baselines: rank 0's are "rng" and "baseline_state"; a
+    # distributed run's checkpoint also holds every rank's under "ranks"
+    ranks = checkpoint.get("ranks") or [
+        {"rng": checkpoint["rng"], "baseline_state": checkpoint.get("baseline_state", {})}
+    ]
+    mine = ranks[world.rank] if world.rank < len(ranks) else {}
+    for name, value in mine.get("baseline_state", {}).items():  # running averages
         store[name] = value.to(config.device)
-    try:
-        set_rng_state(checkpoint["rng"])
-    except (TypeError, ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(
-            f"checkpoint {where} is damaged: its RNG state cannot be restored "
-            f"({str(e).strip().splitlines()[0]})"
-        ) from None
+    if len(ranks) != world.size and world.rank > 0:  # resumed on another number of processes
+        reseed(rank_seed(config.seed, world.rank, int(checkpoint["epoch"])))
+    else:
+        try:
+            set_rng_state(mine["rng"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(
+                f"checkpoint {where} is damaged: its RNG state cannot be restored "
+                f"({str(e).strip().splitlines()[0]})"
+            ) from None
     run.history = list(checkpoint["history"])
     run.epochs_done = run.saved_epoch = int(checkpoint["epoch"])
     if run.history:
@@ -737,8 +780,19 @@ def _open_run(
     return run
 
 
-def _train_epoch(run: _Run, svi: SVI, epoch: int, progress: bool) -> float:
-    """One pass over the training images; the mean training ELBO in nats per image."""
+def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
+    """One optimization step on a batch, returning its summed loss: ``SVI.step``, or in a
+    distributed run :class:`pyro_vae.distributed.DistributedStep` (summed over processes)."""
+    elbo = make_elbo(run.config.objective, run.config.estimator, run.config.num_particles,
+                     run.config.jit)  # fmt: skip
+    if run.world.size == 1:
+        return SVI(run.vae.model, run.vae.guide, run.optim, elbo).step
+    return DistributedStep(run.vae, elbo, run.optim, run.world, run.config.device)
+
+
+def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float:
+    """One pass over the training images; the mean training ELBO in nats per image (of all
+    processes' images, in a distributed run)."""
     config = run.config
     run.vae.train()
     if config.lr_schedule != "constant":
@@ -752,8 +806,10 @@ def _train_epoch(run: _Run, svi: SVI, epoch: int, progress: bool) -> float:
         warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
         for x in bar:
             run.step += 1
-            elbo = _step(run, svi, x, epoch)
-            total, count = total + elbo, count + x.shape[0]
+            images = x.shape[0]  # the global batch; this process's slice of it:
+            x = x[run.world.rank * config.batch_size :][: config.batch_size]
+            elbo = _step(run, step, x, epoch)
+            total, count = total + elbo, count + images
             if run.log is not None:
                 run.log.step(run.step, elbo / x.shape[0])
             bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
@@ -761,14 +817,15 @@ def _train_epoch(run: _Run, svi: SVI, epoch: int, progress: bool) -> float:
     return total / count
 
 
-def _step(run: _Run, svi: SVI, x: torch.Tensor, epoch: int) -> float:
-    """One SVI step on batch ``x``: the batch's summed ELBO, or :class:`TrainingDiverged`."""
+def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
+    """One SVI step on batch ``x``: the batch's summed ELBO (summed over the processes of a
+    distributed run), or :class:`TrainingDiverged`."""
     cause = ""
     try:
         # the data were checked against the likelihood's support up front, so Pyro's
         # per-step validation only costs time (benchmarks/speed.py)
         with pyro.validation_enabled(False):
-            loss = svi.step(x)
+            loss = step(x)
     except (ValueError, RuntimeError) as e:
         # NaN parameters can fail inside Pyro or torch (a NaN scale cannot be sampled) before
         # the loss can say so. Any other error (a shape bug in a network) is not divergence.
@@ -776,10 +833,12 @@ def _step(run: _Run, svi: SVI, x: torch.Tensor, epoch: int) -> float:
             raise
         loss, cause = math.nan, f" ({str(e).strip().splitlines()[0]})"
     if not math.isfinite(loss):
-        raise TrainingDiverged(
+        error = TrainingDiverged(
             f"training diverged at epoch {epoch + 1}, step {run.step}: the objective became "
             f"{loss}{cause}; {run.kept()}; try a lower learning rate or a clip norm"
         )
+        error.shared = not cause  # the loss was summed over the processes: all see it
+        raise error
     return -loss
 
 
@@ -787,23 +846,30 @@ def _score(run: _Run, epoch: int) -> float:
     """The mean ELBO of the validation images (of the test images, without a validation
     split), one sample each, in eval mode."""
     run.vae.eval()
+    world = run.world  # each process scores its slice of the images
+    images = run.score_images[world.rank :: world.size]
     _, elbo = importance_sampled_log_likelihood(
-        run.vae.model, run.vae.guide, run.score_images, num_particles=1, batch_size=1000
+        run.vae.model, run.vae.guide, images, num_particles=1, batch_size=1000
     )
-    score = elbo.mean().item()
+    total = distributed.sum_over(world, elbo.to(torch.float64).sum())
+    score = total.item() / run.score_images.shape[0]
     if not math.isfinite(score):
         which = "validation" if run.config.valid_fraction > 0 else "test"
-        raise TrainingDiverged(
+        error = TrainingDiverged(
             f"training diverged in epoch {epoch + 1}: the {which} ELBO became {score}; "
             f"{run.kept()}; try a lower learning rate or a clip norm"
         )
+        error.shared = True  # summed over the processes
+        raise error
     return score
 
 
 def _checkpoint_state(run: _Run, store) -> dict:
-    """Everything a resume needs to continue bit for bit (see :mod:`pyro_vae.checkpoint`)."""
-    baseline = {k: v.detach() for k, v in store.items() if k.startswith("__baseline")}
-    return {
+    """Everything a resume needs to continue bit for bit (see :mod:`pyro_vae.checkpoint`).
+    Called by every process of a distributed run: it gathers their streams and baselines."""
+    baseline = {k: v.detach().cpu() for k, v in store.items() if k.startswith("__baseline")}
+    ranks = distributed.gather(run.world, {"rng": get_rng_state(), "baseline_state": baseline})
+    state = {
         "config": run.config.to_dict(),
         "epoch": len(run.history),
         "model": run.vae.state_dict(),
@@ -815,13 +881,20 @@ def _checkpoint_state(run: _Run, store) -> dict:
         "networks": {name: f"{type(net).__module__}.{type(net).__qualname__}"
                      for name, net in (("encoder", run.vae.encoder), ("decoder", run.vae.decoder))},
     }  # fmt: skip
+    if run.world.size > 1:
+        state["ranks"] = ranks
+    return state
 
 
 def _save(run: _Run, store) -> None:
     """The checkpoint of the epoch just trained, then the config and metrics beside it."""
     epoch = len(run.history)
+    state = _checkpoint_state(run, store)  # in every process: it gathers theirs
+    if not run.writes:
+        run.saved_epoch = epoch
+        return
     try:
-        save_checkpoint(run.run_dir / CHECKPOINT_FILE, _checkpoint_state(run, store))
+        save_checkpoint(run.run_dir / CHECKPOINT_FILE, state)
         write_json(run.run_dir / CONFIG_FILE, run.config.to_dict())
         _write_metrics(run.run_dir, run.history)
     except OutputError as e:

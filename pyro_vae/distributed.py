@@ -1,0 +1,310 @@
+"""Training in several processes: ``torchrun`` starts them, ``torch.distributed`` connects them.
+
+``torchrun --nproc_per_node=N -m pyro_vae train ...`` starts N copies of ``pyro-vae train``.
+Each reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``) and joins one process group (:func:`process_group`): gloo on the CPU, NCCL on
+GPUs, where each process takes the GPU of its ``LOCAL_RANK`` (:func:`local_device`). From
+Python, :func:`pyro_vae.train.fit` trains distributed whenever the default process group is
+initialized, as any PyTorch DDP script does.
+
+What each process does, and what is shared:
+
+- **Batches.** ``batch_size`` is per process, as in PyTorch's DDP. Every process draws the
+  same epoch order and the same dynamic binarization of each *global* batch of
+  ``batch_size * N`` images (the seeded stream of :class:`pyro_vae.data.BatchLoader`) and
+  takes its own slice: rank ``r`` the images ``r*B .. (r+1)*B - 1``. The N processes so see
+  exactly the batches of one process with batch size ``N*B``. A last, incomplete global batch
+  is dropped.
+- **Noise.** Rank 0 continues the run's seeded stream (a run of one process is the same run
+  as one without torchrun); rank ``r > 0`` draws its ``eps`` from a stream seeded by
+  ``(seed, r)`` (:func:`rank_seed`). The initial weights are drawn once, from the run's seed,
+  and are the same in every process.
+- **Gradients.** Each process's loss is the summed negative ELBO of its slice. The gradients
+  are *summed* over the processes before Adam's step, so the step is the one a single
+  process takes on the global batch (with the same noise per image). Pyro's ``Trace_ELBO`` and
+  ``TraceMeanField_ELBO`` (``elbo``, ``elbo-analytic-kl``, also JIT-compiled) give a
+  differentiable loss: it runs under :class:`~torch.nn.parallel.DistributedDataParallel`,
+  which averages the gradients while the backward pass runs (the loss is scaled by N, so the
+  average is the sum). ``TraceGraph_ELBO`` (the REINFORCE baselines) and ``RenyiELBO``
+  (``iwae``) only offer ``loss_and_grads``: their gradients are summed afterwards by one
+  ``all_reduce`` of a flat buffer (:func:`sum_gradients`).
+- **REINFORCE baselines.** The decaying-average baseline stays per process. Pyro keeps one
+  average per batch position, and rank ``r``'s positions are images ``r*B ..`` of the global
+  batch, so the per-process averages are exactly the averages one process keeps for the
+  global batch, cut into slices. The nn baseline's weights are trained like the networks'.
+- **The objective.** Each step's loss is summed over the processes (one scalar
+  ``all_reduce``): every process reports the same training ELBO, and all stop together when it
+  is NaN. Each epoch's validation score is the sum of the processes' slices.
+- **Files.** Only rank 0 locks and writes the run folder, prints and draws. It gathers the
+  other processes' RNG states and baselines into every checkpoint.
+- **Resume.** With the same number of processes, a resumed run continues bit for bit. With a
+  different number, the global batch changes; rank 0 continues its stream, the other ranks
+  start new ones seeded by ``(seed, rank, epoch)``: the run continues correctly, but not as
+  the uninterrupted run would have.
+- **Failure.** A process that raises ends with a one-line error; ``torchrun`` then stops the
+  others. Every collective has a timeout (``PYRO_VAE_DIST_TIMEOUT`` seconds, default 600), so a
+  process whose partner vanished does not wait forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import numpy as np
+import pyro.poutine as poutine
+import torch
+import torch.distributed as dist
+from pyro.infer import Trace_ELBO
+from pyro.infer.util import zero_grads
+from torch import nn
+
+from pyro_vae.errors import ConfigError, DistributedError, PyroVAEError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DistributedStep",
+    "World",
+    "current",
+    "enter_on_main",
+    "from_main",
+    "gather",
+    "launched",
+    "local_device",
+    "partner_failures",
+    "process_group",
+    "rank_seed",
+    "sum_gradients",
+    "sum_over",
+]
+
+DEFAULT_TIMEOUT = 600.0  # seconds a collective waits for the other processes
+_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of a run: ``rank`` of ``size``."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
+        return self.rank == 0
+
+
+def current() -> World:
+    """The default process group's world, or a world of one process without one."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (its environment names a rank)."""
+    return all(name in os.environ for name in _ENV)
+
+
+def rank_seed(seed: int, rank: int, epoch: int | None = None) -> int:
+    """The seed of rank ``rank``'s noise stream: ``seed`` itself for rank 0, else a seed
+    derived from ``(seed, rank)`` (and ``epoch``, for streams begun on a resume)."""
+    if rank == 0 and epoch is None:
+        return seed
+    entropy = [seed, rank] if epoch is None else [seed, rank, epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _timeout() -> timedelta:
+    text = os.environ.get("PYRO_VAE_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(
+            f"PYRO_VAE_DIST_TIMEOUT must be a positive number of seconds, got {text!r}"
+        )
+    return timedelta(seconds=seconds)
+
+
+def local_device(device: str) -> str:
+    """The device of this process: under ``torchrun``, every process of a run on GPUs
+    (``cuda`` or ``cuda:N``) takes the GPU of its ``LOCAL_RANK``; otherwise ``device``."""
+    if device.startswith("cuda") and launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return device
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[World]:
+    """Join the process group of a ``torchrun`` launch of more than one process for the
+    body, and yield this process's :class:`World`.
+
+    The group has gloo for CPU tensors and, where CUDA is, NCCL for GPU tensors. Without
+    torchrun, with one process, or inside a group the caller made, it joins nothing.
+
+    :raises ConfigError: a bad ``PYRO_VAE_DIST_TIMEOUT``.
+    :raises DistributedError: the processes cannot connect.
+    """
+    joined = dist.is_available() and dist.is_initialized()
+    if not launched() or int(os.environ["WORLD_SIZE"]) <= 1 or joined:
+        yield current()
+        return
+    if not dist.is_available():
+        raise DistributedError("this PyTorch build has no torch.distributed")
+    backend = "gloo"
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        backend = "cpu:gloo,cuda:nccl"
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local < torch.cuda.device_count():
+            torch.cuda.set_device(local)
+    timeout = _timeout()
+    try:
+        dist.init_process_group(backend, timeout=timeout)
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DistributedError(
+            f"cannot join the process group of {os.environ['WORLD_SIZE']} processes ({first})"
+        ) from None
+    try:
+        yield current()
+    finally:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def partner_failures() -> Iterator[None]:
+    """Turn the failure of a collective (a partner process died, or did not answer within the
+    timeout) into one :class:`DistributedError`."""
+    try:
+        yield
+    except RuntimeError as e:
+        # gloo and NCCL report a lost partner as a DistError, or, inside DDP's backward
+        # hooks, as a bare RuntimeError that names the backend
+        words = ("gloo", "nccl", "connection closed by peer", "timed out")
+        if not isinstance(e, dist.DistError) and not any(w in str(e).lower() for w in words):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # gloo's "[path/pair.cc:545] "
+        raise DistributedError(
+            f"another process of the run failed or did not answer ({first}); the run folder "
+            "keeps its last checkpoint"
+        ) from None
+
+
+def from_main(world: World, make: Callable[[], T]) -> T:
+    """``make()`` run by rank 0 only, its value (or its :class:`PyroVAEError`) handed to every
+    process: one reads a file, all of them raise the same error if it is bad."""
+    if world.size == 1:
+        return make()
+    payload: list[Any] = [None]
+    if world.is_main:
+        try:
+            payload = [(True, make())]
+        except PyroVAEError as e:
+            payload = [(False, e)]
+    dist.broadcast_object_list(payload, src=0)
+    ok, value = payload[0]
+    if not ok:
+        value.shared = True
+        raise value
+    return value
+
+
+def enter_on_main(
+    world: World,
+    stack: contextlib.ExitStack,
+    make: Callable[[], contextlib.AbstractContextManager],
+) -> None:
+    """Rank 0 enters the context ``make()`` on ``stack`` (it locks the run folder, say); if
+    that raises a :class:`PyroVAEError`, every process raises it."""
+    from_main(world, lambda: stack.enter_context(make()) and None)
+
+
+def gather(world: World, value: T) -> list[T]:
+    """Every process's ``value``, in rank order (to every process)."""
+    if world.size == 1:
+        return [value]
+    values: list[Any] = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def sum_over(world: World, value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the processes (a copy; float64 for scalars)."""
+    total = value.detach().clone()
+    if world.size > 1:
+        dist.all_reduce(total)
+    return total
+
+
+def sum_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its sum over the processes: one ``all_reduce``
+    of one flat buffer. Every process must pass the same parameters in the same order."""
+    grads = [p.grad for p in params]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    start = 0
+    for g in grads:
+        g.copy_(flat[start : start + g.numel()].view_as(g))
+        start += g.numel()
+
+
+class _Loss(nn.Module):
+    """The differentiable loss of a VAE as a module, for DDP to wrap."""
+
+    def __init__(self, vae: nn.Module, elbo: Trace_ELBO) -> None:
+        super().__init__()
+        self.vae = vae
+        self.elbo = elbo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
+
+
+class DistributedStep:
+    """``SVI.step`` of one process of a distributed run: the loss of this process's slice,
+    gradients summed over all processes, then the optimizer's step.
+
+    Returns the loss summed over the processes (the same number in each).
+    """
+
+    def __init__(self, vae: nn.Module, elbo, optim, world: World, device: str) -> None:
+        self.vae, self.elbo, self.optim, self.world = vae, elbo, optim, world
+        self.ddp = None
+        if isinstance(elbo, Trace_ELBO):  # TraceMeanField_ELBO and the JIT ones too
+            ids = [torch.device(device).index] if device.startswith("cuda") else None
+            self.ddp = nn.parallel.DistributedDataParallel(_Loss(vae, elbo), device_ids=ids)
+        else:  # DDP broadcasts rank 0's weights when it wraps them; so do we
+            for tensor in [*vae.parameters(), *vae.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def __call__(self, x: torch.Tensor) -> float:
+        with poutine.trace(param_only=True) as capture:
+            if self.ddp is not None:
+                loss = self.ddp(x)
+                (loss * self.world.size).backward()  # DDP averages; the sum is wanted
+                loss = loss.detach()
+            else:
+                loss = torch.tensor(float(self.elbo.loss_and_grads(self.vae.model,
+                                                                   self.vae.guide, x)))  # fmt: skip
+        named = sorted(capture.trace.nodes.items(), key=lambda item: item[0])
+        params = [site["value"].unconstrained() for _, site in named]
+        if self.ddp is None:
+            sum_gradients([p for p in params if p.grad is not None])
+        total = sum_over(self.world, loss.to(torch.float64).to(x.device)).item()
+        self.optim(set(params))
+        zero_grads(set(params))
+        return total

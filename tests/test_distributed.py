@@ -1,0 +1,314 @@
+"""Training in two processes with torchrun and gloo, checked against one process.
+
+What is equal, and why: after one epoch, the parameters of a 2-process run with batch size B
+equal (to float32 rounding) those of one process that trains on the same global batches of 2B
+images, each step summing the gradients of the batch's two halves, where half r draws its noise
+from the stream rank r uses (``rank_seed``) and, for REINFORCE's decaying-average baseline,
+keeps the averages of rank r's batch positions. Pyro's baseline keeps one average per batch
+position, so these are exactly the averages of a single pass over the 2B images. What is not
+equal: a plain ``--batch-size 2B`` run of one process draws all 2B images' noise from one
+stream, so its parameters differ by the noise (not checked here beyond its being a valid run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer.util import zero_grads
+
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.data import BatchLoader, mean_image
+from pyro_vae.distributed import rank_seed
+from pyro_vae.isolation import get_rng_state, isolated, reseed, set_rng_state
+from pyro_vae.objectives import make_elbo
+from pyro_vae.train import TrainConfig, build_vae, make_optimizer, run_images
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or sys.platform != "linux",
+    reason="needs torch.distributed with gloo (Linux)",
+)
+
+B = 32  # per process
+COMMON = ["--dataset", "mnist-sample", "--train-size", "256", "--batch-size", str(B),
+          "--seed", "3", "--no-progress", "--no-plots", "--eval-particles", "2",
+          "--eval-images", "20", "--hidden-sizes", "64", "--latent-dim", "4"]  # fmt: skip
+CASES = {
+    "elbo-analytic-kl": ["--objective", "elbo-analytic-kl"],
+    "iwae": ["--objective", "iwae", "-K", "3"],
+    "reinforce-baseline": ["--objective", "elbo", "--estimator", "reinforce-baseline"],
+    # the rest of the objectives and estimators: each trains distributed, none is refused
+    "stl": ["--objective", "elbo", "--estimator", "stl"],
+    "reinforce-nn-baseline": ["--objective", "elbo", "--estimator", "reinforce-nn-baseline"],
+    "jit": ["--objective", "elbo-analytic-kl", "--jit"],
+}
+
+
+def torchrun(args, cwd, nproc=2, timeout=240, **popen):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "60"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "pyro_vae", "train", *args]  # fmt: skip
+    if popen:
+        return subprocess.Popen(command, cwd=cwd, env=env, text=True, **popen)
+    return subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def reference(config: TrainConfig, world: int = 2) -> dict:
+    """One process, one epoch: the gradients of each global batch's ``world`` slices summed,
+    slice r with rank r's noise stream and baseline averages, then one Adam step."""
+    with isolated(config.seed) as store:
+        images = run_images(config)
+        vae = build_vae(config, images.data.image_shape)
+        vae.init_output_bias(mean_image(images.train))
+        streams, baselines = [get_rng_state()], [{} for _ in range(world)]
+        for rank in range(1, world):
+            reseed(rank_seed(config.seed, rank))
+            streams.append(get_rng_state())
+        optim = make_optimizer(config)
+        # one ELBO per slice, as each process has its own: a JIT ELBO compiles (and draws)
+        # on its first call
+        elbos = [make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
+                 for _ in range(world)]  # fmt: skip
+        loader = BatchLoader(images.train, B * world, config.binarize, config.seed, True, True)
+        for x in loader.epoch(0):
+            with poutine.trace(param_only=True) as capture:
+                for rank in range(world):
+                    set_rng_state(streams[rank])
+                    for name in [k for k in store.keys() if k.startswith("__baseline")]:
+                        del store[name]
+                    for name, value in baselines[rank].items():
+                        store[name] = value
+                    elbos[rank].loss_and_grads(vae.model, vae.guide, x[rank * B : (rank + 1) * B])
+                    streams[rank] = get_rng_state()
+                    baselines[rank] = {k: store[k] for k in store.keys() if k.startswith("__b")}
+            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+            optim(params)
+            zero_grads(params)
+        model = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+        return model, optim.get_state()
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """One epoch of each case in two processes; the folder of each run."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for name, flags in CASES.items():
+        out = root / name
+        done = torchrun([*COMMON, *flags, "--epochs", "1", "--out", str(out)], cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = (out, done)
+    return runs
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_equal_one_on_the_global_batch(two_process_runs, case):
+    out, _ = two_process_runs[case]
+    state = load_checkpoint(out / "checkpoint.pt")
+    config = TrainConfig.from_dict(state["config"])
+    expected, moments = reference(config)
+    assert state["model"].keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(
+            state["model"][name],
+            value,
+            rtol=1e-4,
+            atol=2e-6,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
+    # Adam's moments too: its step is nearly blind to the gradients' scale, they are not (an
+    # average over processes where the sum is due shows here)
+    networks = sorted(k for k in moments if not k.startswith("__baseline"))
+    assert sorted(k for k in state["optimizer"] if not k.startswith("__baseline")) == networks
+    for name in networks:
+        for key in ("exp_avg", "exp_avg_sq"):
+            got, want = state["optimizer"][name][key], moments[name][key]
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6, msg=f"{name} {key}")
+    # and the parameters did move: the comparison is not of two untrained networks
+    with isolated(config.seed):
+        initial = build_vae(config, run_images(config).data.image_shape).state_dict()
+    moved = max((state["model"][k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1e-3
+    assert len(state["ranks"]) == 2  # both processes' streams are in the checkpoint
+    assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
+
+
+def test_only_rank_0_writes_and_reports(two_process_runs):
+    out, done = two_process_runs["elbo-analytic-kl"]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(CASES)  # nothing else
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "checkpoint.pt", "metrics.jsonl", "evaluation.json"} <= names
+    assert not [n for n in names if n.startswith(".") and n != ".lock"], names  # no leftovers
+    assert done.stdout.count("training in") == 1
+    assert done.stdout.count("test ELBO") == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 256 // (2 * B)  # steps of the global batch
+
+
+def test_resume_with_the_same_processes_is_bit_identical(two_process_runs, tmp_path):
+    first, _ = two_process_runs["reinforce-baseline"]  # baselines and streams of both ranks
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first, resumed)
+    flags = [*COMMON, *CASES["reinforce-baseline"], "--epochs", "2"]
+    done = torchrun([*flags, "--resume", str(resumed)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = torchrun([*flags, "--out", str(tmp_path / "straight")], cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = load_checkpoint(resumed / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    for name in b["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert [r["train_elbo"] for r in a["history"]] == [r["train_elbo"] for r in b["history"]]
+
+
+def test_resume_on_another_number_of_processes(two_process_runs, tmp_path):
+    from pyro_vae.cli import main
+
+    resumed = tmp_path / "one"
+    shutil.copytree(two_process_runs["iwae"][0], resumed)
+    code = main(["train", "--resume", str(resumed), "--epochs", "2", "--no-progress",
+                 "--no-plots", "--eval-particles", "2", "--eval-images", "10"])  # fmt: skip
+    assert code == 0
+    state = load_checkpoint(resumed / "checkpoint.pt")
+    assert state["epoch"] == 2 and "ranks" not in state  # one process now
+    assert state["history"][1]["step"] == 256 // (2 * B) + 256 // B
+
+
+def test_a_killed_process_ends_the_job_and_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    job = torchrun([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists():
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in 180 s"
+            time.sleep(0.2)
+        victim = _worker(job.pid, rank=1)
+        os.kill(victim, signal.SIGKILL)
+        _, err = job.communicate(timeout=120)  # no hang
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode != 0
+    # the surviving process said why in one line of its own: its partner's loss, or
+    # torchrun's SIGTERM if that came first
+    ours = [line for line in err.splitlines() if line.startswith("pyro-vae train:")]
+    assert len(ours) == 1, err[-3000:]
+    assert "another process of the run failed" in ours[0] or "terminated" in ours[0], ours
+    assert "[rank0]: Traceback" not in err, err[-3000:]
+    state = load_checkpoint(out / "checkpoint.pt")  # the last good checkpoint is whole
+    assert state["epoch"] >= 1
+
+
+def _worker(launcher: int, rank: int) -> int:
+    """The pid of the torchrun worker of ``rank`` under the launcher process."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == launcher and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under {launcher}")
+
+
+def test_other_commands_refuse_torchrun(tmp_path, capsys, monkeypatch):
+    from conftest import cli_fails
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost",
+                        "MASTER_PORT": "29999"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    err = cli_fails(["evaluate", str(tmp_path)], capsys)
+    assert "only train runs in several processes" in err
+
+
+def _our_lines(stderr: str) -> list[str]:
+    """The processes' own lines (torchrun adds a report of its own when a process fails)."""
+    assert "]: Traceback" not in stderr, stderr[-3000:]  # no process printed a traceback
+    return [line for line in stderr.splitlines() if line.startswith("pyro-vae train")]
+
+
+def test_divergence_stops_every_process_with_one_line(tmp_path):
+    out = tmp_path / "deep" / "run"
+    done = torchrun([*COMMON, "--lr", "1e30", "--epochs", "2", "--out", str(out)], cwd=tmp_path)
+    assert done.returncode != 0
+    lines = _our_lines(done.stderr)
+    assert len(lines) == 1 and "diverged" in lines[0], lines  # once, from rank 0
+    assert not out.exists()  # the new run's folder went with it
+
+
+def test_a_busy_run_folder_stops_every_process(tmp_path):
+    from pyro_vae.runfolder import locked_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    with locked_folder(out):
+        done = torchrun([*COMMON, "--epochs", "1", "--out", str(out)], cwd=tmp_path)
+        assert sorted(p.name for p in out.iterdir()) == [".pyro_vae.lock", "notes.txt"]
+    assert done.returncode != 0
+    lines = _our_lines(done.stderr)
+    assert len(lines) == 1 and "in use by another pyro-vae process" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.update(ranks="junk"),
+        lambda s: s["ranks"][1].update(rng={"torch": 1}),
+        lambda s: s["ranks"][0].update(baseline_state={"__baseline": "x"}),
+    ],  # fmt: skip
+    ids=["not a list", "rank 1 rng", "rank 0 baseline"],
+)
+def test_damaged_process_states_are_refused(two_process_runs, tmp_path, damage):
+    from test_hardening import _rewrite
+
+    from pyro_vae.errors import CheckpointError
+
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(two_process_runs["reinforce-baseline"][0] / "checkpoint.pt", path)
+    _rewrite(path, damage)
+    with pytest.raises(CheckpointError, match="processes' RNG states and baselines"):
+        load_checkpoint(path)
+
+
+def test_fit_from_a_script_under_torchrun(tmp_path):
+    """The docs' Python route: a script makes the process group, fit trains distributed."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, torch.distributed as dist, pyro_vae\n"
+        "dist.init_process_group('gloo')\n"
+        "config = pyro_vae.TrainConfig(dataset='mnist-sample', train_size=128, batch_size=32,\n"
+        "                              epochs=1, hidden_sizes=(32,), latent_dim=2)\n"
+        "result = pyro_vae.fit(config, run_dir=sys.argv[1])\n"
+        "row = result.history[-1]\n"
+        "print('RESULT', dist.get_rank(), row['step'], row['train_elbo'], row['valid_elbo'])\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "60"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), str(tmp_path / "run")],
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = sorted(line.split()[1:] for line in done.stdout.splitlines() if "RESULT" in line)
+    assert [r[0] for r in rows] == ["0", "1"]
+    assert rows[0][1:] == rows[1][1:]  # the same steps and the same summed ELBOs in both
+    assert rows[0][1] == str(128 // 64)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
