@@ -79,11 +79,8 @@ def main() -> None:
         for arch in args.archs:
             base = None
             for procs, device in settings:
-                best = max(
-                    run(arch, procs, device, args, Path(tmp) / f"{arch}-{procs}-{device}-{i}",
-                        args.batch_size)  # fmt: skip
-                    for i in range(args.repeats)
-                )
+                folders = [Path(tmp) / f"{arch}-{procs}-{device}-{i}" for i in range(args.repeats)]
+                best = max(run(arch, procs, device, args, f, args.batch_size) for f in folders)
                 base = base or best
                 label = f"{procs} process{'es' if procs > 1 else ''}, {device}"
                 print(f"| {arch} | {label} | {best:,.0f} | {best / base:.2f}x |", flush=True)
