@@ -157,14 +157,16 @@ def _dataset(value: str) -> str:
     )
 
 
-def _mnist_or_sample(data_dir: str | None) -> ImageData:
-    """MNIST, else the bundled sample with a warning that stands out on stderr."""
+def _mnist_or_sample(data_dir: str | None, loud: bool = True) -> ImageData:
+    """MNIST, else the bundled sample with a warning that stands out on stderr (unless
+    ``loud`` is false: the processes of a distributed run other than rank 0)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataFallbackWarning)
         data = load_dataset("mnist", data_dir, fallback=True)
     for w in caught:
         if issubclass(w.category, DataFallbackWarning):
-            print(f"\nWARNING: {w.message}\n", file=sys.stderr)
+            if loud:
+                print(f"\nWARNING: {w.message}\n", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return data
@@ -447,8 +449,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
             distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, True))
             distributed.from_main(world, lambda: _holds_no_run(run_dir))
-            if "dataset" not in given:
-                data = _mnist_or_sample(config.data_dir)
+            if "dataset" not in given:  # rank 0 first: it may download MNIST, and warns
+                data = distributed.main_first(
+                    world, lambda: _mnist_or_sample(config.data_dir, loud=world.is_main)
+                )
                 config.dataset = data.name
         if world.is_main:
             print(f"training in {run_dir}")

@@ -77,6 +77,7 @@ __all__ = [
     "gather",
     "launched",
     "local_device",
+    "main_first",
     "partner_failures",
     "process_group",
     "rank_seed",
@@ -219,6 +220,16 @@ def from_main(world: World, make: Callable[[], T]) -> T:
         value.shared = True
         raise value
     return value
+
+
+def main_first(world: World, make: Callable[[], T]) -> T:
+    """``make()`` in rank 0 first (it may download or unpack files), then in the others; if
+    rank 0's raises a :class:`PyroVAEError`, every process raises it."""
+    if world.size == 1:
+        return make()
+    value: list[Any] = []
+    from_main(world, lambda: value.append(make()))
+    return value[0] if world.is_main else make()
 
 
 def enter_on_main(

@@ -719,7 +719,7 @@ def _open_run(
     world = world or World()
     checkpoint = distributed.from_main(world, checkpoint_or_none)
     _check_custom(config, vae)
-    images = run_images(config, data)
+    images = distributed.main_first(world, lambda: run_images(config, data))  # may download
     data = images.data
     train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
     if vae is None:
