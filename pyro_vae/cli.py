@@ -433,7 +433,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         TrainConfig(**given).validate()  # before any folder or data is touched
     with (
         distributed.process_group() as world,
-        distributed.partner_failures(),
+        distributed.partner_failures(world),
         contextlib.ExitStack() as stack,
     ):
         # under torchrun, rank 0 holds and writes the run folder, and reads it for the others

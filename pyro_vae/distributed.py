@@ -184,12 +184,14 @@ def process_group() -> Iterator[World]:
 
 
 @contextlib.contextmanager
-def partner_failures() -> Iterator[None]:
-    """Turn the failure of a collective (a partner process died, or did not answer within the
-    timeout) into one :class:`DistributedError`."""
+def partner_failures(world: World) -> Iterator[None]:
+    """In a run of several processes, turn the failure of a collective (a partner process
+    died, or did not answer within the timeout) into one :class:`DistributedError`."""
     try:
         yield
     except RuntimeError as e:
+        if world.size == 1:
+            raise
         # gloo and NCCL report a lost partner as a DistError, or, inside DDP's backward
         # hooks, as a bare RuntimeError that names the backend
         words = ("gloo", "nccl", "connection closed by peer", "timed out")

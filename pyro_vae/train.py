@@ -591,7 +591,7 @@ def fit(
     if world.size > 1:  # under torchrun each process has a GPU of its own
         config = dataclasses.replace(config, device=distributed.local_device(config.device))
         check_device(config.device)
-    with distributed.partner_failures(), contextlib.ExitStack() as stack:
+    with distributed.partner_failures(world), contextlib.ExitStack() as stack:
         if run_dir is not None:  # rank 0 holds and writes the folder
             distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, not resume))
         store = stack.enter_context(isolated(config.seed))
