@@ -37,8 +37,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active if Cov_x(E
 # Particles x images decoded at once. On the CPU, 13 MB tensors (D = 784) are reused by the
 # allocator, while 200 MB ones are mapped afresh and page-faulted in on every chunk: 2**16 rows
 # made the estimate 1.5 times slower and 20 times bigger in memory (benchmarks/
-# log_likelihood.py). Of 2**10 to 2**13 rows, 2**12 was the fastest on 2 CPU cores: fewer
-# chunks trace the model and guide (and run the encoder) fewer times. A GPU wants big chunks.
+# log_likelihood.py). 2**11 and 2**12 rows are equally fast on 2 CPU cores, 2**10 and 2**13
+# slower (benchmarks/ll_chunk_sizes.py). A GPU wants big chunks.
 MAX_ROWS = {"cpu": 2**12, "cuda": 2**16}
 
 
