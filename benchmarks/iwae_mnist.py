@@ -76,7 +76,9 @@ def hand_written_bound(vae: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
         logits = vae.decoder(z)[0]  # (B, D)
         log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         return log_px_z - kl_per_dimension(loc, scale).sum(-1)
-    return torch.logsumexp(log_weights(vae, x, k), dim=0) - math.log(k)
+    loc, scale = vae.encoder(x)
+    eps = torch.randn(k, *loc.shape, device=x.device, dtype=loc.dtype)
+    return torch.logsumexp(log_weights(vae, x, (loc, scale), eps), dim=0) - math.log(k)
 
 
 def train_reference(config: TrainConfig, train: torch.Tensor) -> tuple[VAE, float]:

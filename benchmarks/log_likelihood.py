@@ -29,7 +29,7 @@ from reference_vae import log_weights
 
 from pyro_vae import TrainConfig, fit, load_run
 from pyro_vae.data import load_dataset, prepare_images
-from pyro_vae.evaluate import MAX_ROWS, importance_sampled_log_likelihood
+from pyro_vae.evaluate import GUIDE_CHUNKS, MAX_ROWS, importance_sampled_log_likelihood
 from pyro_vae.model import VAE
 
 OLD_MAX_ROWS = 2**16
@@ -38,13 +38,18 @@ IMPLEMENTATIONS = ("pyro_vae", "plain PyTorch", "pyro_vae, 65,536-row chunks")
 
 @torch.no_grad()
 def plain_log_likelihood(vae: VAE, x: torch.Tensor, num_particles: int, max_rows: int):
-    """``log 1/K sum_k p(x, z_k) / q(z_k|x)`` for a batch ``x`` (B, D), Bernoulli likelihood,
-    the particles in chunks of at most ``max_rows`` particle-image rows, as pyro_vae's."""
-    chunk, encoded = max(1, max_rows // len(x)), vae.encoder(x)
-    parts = [
-        torch.logsumexp(log_weights(vae, x, min(chunk, num_particles - start), encoded).double(), 0)
-        for start in range(0, num_particles, chunk)
-    ]
+    """``log 1/K sum_k p(x, z_k) / q(z_k|x)`` for a batch ``x`` (B, D), Bernoulli likelihood.
+    As pyro_vae's: the encoder once per batch, the noise drawn for ``GUIDE_CHUNKS`` chunks at a
+    time, the particles decoded in chunks of at most ``max_rows`` particle-image rows."""
+    chunk = max(1, min(num_particles, max_rows // len(x)))
+    drawn_at_once = min(num_particles, chunk * GUIDE_CHUNKS)
+    loc, scale = vae.encoder(x)  # (B, Z) each
+    parts = []
+    for first in range(0, num_particles, drawn_at_once):
+        drawn = min(drawn_at_once, num_particles - first)
+        eps = torch.randn(drawn, *loc.shape, device=x.device, dtype=loc.dtype)
+        for e in eps.split(chunk):
+            parts.append(torch.logsumexp(log_weights(vae, x, (loc, scale), e).double(), 0))
     return torch.logsumexp(torch.stack(parts), dim=0) - math.log(num_particles)  # (B,)
 
 

@@ -15,12 +15,11 @@ from torch import nn
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def log_weights(vae, x: torch.Tensor, num_particles: int, encoded=None) -> torch.Tensor:
+def log_weights(vae, x: torch.Tensor, encoded, eps: torch.Tensor) -> torch.Tensor:
     """``log p(x, z_k) - log q(z_k|x)``, ``(K, B)``, for pyro_vae's networks (any ``vae`` with
-    its ``encoder`` and Bernoulli ``decoder``), written out without Pyro. ``encoded``: the
-    encoder's ``(loc, scale)`` for ``x``, if already computed."""
-    loc, scale = vae.encoder(x) if encoded is None else encoded  # (B, Z) each
-    eps = torch.randn(num_particles, *loc.shape, device=x.device, dtype=loc.dtype)
+    its ``encoder`` and Bernoulli ``decoder``), written out without Pyro: ``encoded`` is the
+    encoder's ``(loc, scale)`` for ``x``, ``eps`` the standard normal noise, ``(K, B, Z)``."""
+    loc, scale = encoded  # (B, Z) each
     z = loc + scale * eps  # (K, B, Z)
     logits = vae.decoder(z)[0]  # (K, B, D)
     log_px_z = -F.binary_cross_entropy_with_logits(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from pyro_vae.data import check_support
@@ -40,6 +41,9 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active if Cov_x(E
 # log_likelihood.py). 2**11 and 2**12 rows are equally fast on 2 CPU cores, 2**10 and 2**13
 # slower (benchmarks/ll_chunk_sizes.py). A GPU wants big chunks.
 MAX_ROWS = {"cpu": 2**12, "cuda": 2**16}
+# The guide draws the particles of this many model chunks in one pass, so the encoder runs once
+# per GUIDE_CHUNKS chunks rather than once per chunk (its latents are small: Z values a row).
+GUIDE_CHUNKS = 16
 
 
 def _vectorized(fn, num_particles: int):
@@ -49,6 +53,45 @@ def _vectorized(fn, num_particles: int):
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def _log_density(trace: poutine.Trace, shape: tuple[int, int]) -> torch.Tensor:
+    """The sum of a trace's sample sites' log densities, ``shape`` ``(K, B)``."""
+    trace.compute_log_prob()
+    total = None
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            log_prob = site["log_prob"].expand(shape)
+            total = log_prob if total is None else total + log_prob
+    return total
+
+
+def _validation(as_the_caller_has_it: bool):
+    return contextlib.nullcontext() if as_the_caller_has_it else pyro.validation_enabled(False)
+
+
+def _guide_trace(guide, x: torch.Tensor, num_particles: int) -> poutine.Trace:
+    return poutine.trace(_vectorized(guide, num_particles)).get_trace(x)
+
+
+def _particles(guide_trace: poutine.Trace, start: int, count: int) -> poutine.Trace:
+    """The guide's latent sample sites with particles ``start:start + count`` of each value
+    (the particle plate's dimension is -2 of each site's batch shape), for
+    ``poutine.replay``. The plates' own subsample sites are left out: the model opens its own."""
+    part = poutine.Trace()
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        value, batch_shape = site["value"], site["fn"].batch_shape
+        if len(batch_shape) >= 2:  # else the same value for every particle
+            value = value.narrow(value.dim() - len(site["fn"].event_shape) - 2, start, count)
+        part.add_node(name, **{**site, "value": value})
+    return part
+
+
+def _model_log_density(model, part: poutine.Trace, x: torch.Tensor, count: int) -> torch.Tensor:
+    replayed = poutine.replay(_vectorized(model, count), trace=part)
+    return _log_density(poutine.trace(replayed).get_trace(x), (count, x.shape[0]))
 
 
 def log_importance_weights(model, guide, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
@@ -62,17 +105,10 @@ def log_importance_weights(model, guide, x: torch.Tensor, num_particles: int = 1
     """
     if int(num_particles) < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
-    guide_trace = poutine.trace(_vectorized(guide, num_particles)).get_trace(x)
-    replayed = poutine.replay(_vectorized(model, num_particles), trace=guide_trace)
-    model_trace = poutine.trace(replayed).get_trace(x)
-    shape = (num_particles, x.shape[0])
-    log_w = x.new_zeros(shape)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * site["log_prob"].expand(shape)
-    return log_w
+    guide_trace = _guide_trace(guide, x, num_particles)
+    part = _particles(guide_trace, 0, num_particles)
+    log_q = _log_density(guide_trace, (num_particles, x.shape[0]))
+    return _model_log_density(model, part, x, num_particles) - log_q
 
 
 @torch.no_grad()
@@ -117,7 +153,10 @@ def importance_sampled_log_likelihood(
         raise DataError("no images to evaluate")
     if max_rows is None:
         max_rows = MAX_ROWS["cuda" if images.is_cuda else "cpu"]
-    chunk = max(1, min(num_particles, max_rows // max(1, min(batch_size, len(images)))))
+    rows = max(1, min(batch_size, len(images)))
+    chunk = max(1, min(num_particles, max_rows // rows))  # particles decoded at once
+    # particles drawn from the guide at once: the encoder runs once for GUIDE_CHUNKS chunks
+    guide_chunk = min(num_particles, chunk * GUIDE_CHUNKS)
     log_likelihoods, elbos = [], []
     bar = tqdm(
         total=len(images),
@@ -130,16 +169,22 @@ def importance_sampled_log_likelihood(
     with isolated(params="inherit", rng="continue"), bar:
         for x in images.split(batch_size):
             lse_parts, total = [], torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-            for start in range(0, num_particles, chunk):
-                k = min(chunk, num_particles - start)
-                # The first chunk runs with Pyro's validation as the caller has it: it checks
-                # the images against the likelihood's support. The other chunks score the same
-                # images with new draws: checking them again is one more pass over K x D values.
-                checked = contextlib.nullcontext() if start == 0 else pyro.validation_enabled(False)
-                with checked:
-                    log_w = log_importance_weights(model, guide, x, k).double()  # (k, B)
-                lse_parts.append(torch.logsumexp(log_w, dim=0))
-                total += log_w.sum(0)
+            for first in range(0, num_particles, guide_chunk):
+                drawn = min(guide_chunk, num_particles - first)
+                # Pyro's validation as the caller has it for the first model chunk of a batch:
+                # it checks the images against the likelihood's support. The other chunks score
+                # the same images with new draws: checking them again is one more pass.
+                with _validation(first == 0):
+                    guide_trace = _guide_trace(guide, x, drawn)
+                    log_q = _log_density(guide_trace, (drawn, x.shape[0]))  # (drawn, B)
+                for start in range(0, drawn, chunk):
+                    k = min(chunk, drawn - start)
+                    part = _particles(guide_trace, start, k)
+                    with _validation(first == 0 and start == 0):
+                        log_p = _model_log_density(model, part, x, k)  # (k, B)
+                    log_w = (log_p - log_q[start : start + k]).double()
+                    lse_parts.append(torch.logsumexp(log_w, dim=0))
+                    total += log_w.sum(0)
             lse = torch.logsumexp(torch.stack(lse_parts), dim=0)
             log_likelihoods.append(lse - math.log(num_particles))
             elbos.append(total / num_particles)
