@@ -52,12 +52,14 @@ from pyro_vae.train import TrainConfig, make_optimizer
 
 HAND = "hand-written"
 SAME = "hand-written, fused Adam"
-# label: (objective, jit); None is the plain Pyro VAE
+ONE = dict(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
+# label: the ELBO; None is the plain Pyro VAE
 PYRO_VARIANTS = {
-    "pyro-vae train (TraceMeanField_ELBO)": ("elbo-analytic-kl", False),
-    "Trace_ELBO": ("elbo", False),
-    "JitTraceMeanField_ELBO": ("elbo-analytic-kl", True),
-    "JitTrace_ELBO": ("elbo", True),
+    "pyro-vae train (MeanFieldELBO)": lambda: make_elbo("elbo-analytic-kl"),
+    "Pyro's TraceMeanField_ELBO": lambda: TraceMeanField_ELBO(**ONE),
+    "Trace_ELBO": lambda: make_elbo("elbo"),
+    "JitTraceMeanField_ELBO": lambda: make_elbo("elbo-analytic-kl", jit=True),
+    "JitTrace_ELBO": lambda: make_elbo("elbo", jit=True),
     "plain Pyro (tutorial style)": None,
 }
 
@@ -82,9 +84,9 @@ def hand_written_step(vae: VAE, fused: bool):
     return step
 
 
-def pyro_vae_step(vae: VAE, objective: str, jit: bool):
-    """``pyro-vae train``'s step: its ELBO, its optimizer, Pyro's validation off."""
-    svi = SVI(vae.model, vae.guide, make_optimizer(TrainConfig()), make_elbo(objective, jit=jit))
+def pyro_vae_step(vae: VAE, elbo):
+    """``pyro-vae train``'s step with an ELBO: its optimizer, Pyro's validation off."""
+    svi = SVI(vae.model, vae.guide, make_optimizer(TrainConfig()), elbo)
 
     def step(x):
         with pyro.validation_enabled(False):
@@ -124,7 +126,7 @@ def make_step(label: str, vae: VAE):
         return hand_written_step(vae, fused=True)
     if PYRO_VARIANTS[label] is None:
         return plain_pyro_step(vae)
-    return pyro_vae_step(vae, *PYRO_VARIANTS[label])
+    return pyro_vae_step(vae, PYRO_VARIANTS[label]())
 
 
 def batches_of(train: torch.Tensor, batch_size: int, steps: int, device: str) -> list:
