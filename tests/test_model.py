@@ -1,4 +1,5 @@
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -6,6 +7,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae import VAE, ConfigError
 from pyro_vae.estimators import guide_distribution
+from pyro_vae.model import IndependentBernoulli
 from pyro_vae.networks import Encoder
 
 
@@ -131,3 +133,41 @@ def test_pictures_of_a_vae():
     assert isinstance(interpolation_figure(deep, x[:4].reshape(2, 2, 12), (3, 4), steps=5), Figure)
     history = [{"epoch": 1, "train_elbo": -9.0, "test_elbo": -8.0}]
     assert len(metrics_figure(history).axes[0].lines) == 2
+
+
+@pytest.mark.parametrize("event_dims", [1, 3], ids=["flat", "CHW"])
+def test_independent_bernoulli_is_torchs_bernoulli(event_dims):
+    """The likelihood's log density and its gradient equal ``Bernoulli(logits).to_event(n)``'s,
+    under broadcasting (K particles against B images) and after Pyro's ``expand``."""
+    torch.manual_seed(0)
+    shape = (4, 5, 6, 7)[-event_dims - 1 :]  # (B, *event)
+    logits = torch.randn(3, *shape, requires_grad=True)  # (K, B, *event)
+    x = torch.bernoulli(torch.rand(shape))  # (B, *event)
+    mine = IndependentBernoulli(dist.Bernoulli(logits=logits), event_dims)
+    torchs = dist.Bernoulli(logits=logits).to_event(event_dims)
+    assert mine.batch_shape == torchs.batch_shape and mine.event_shape == torchs.event_shape
+    lp, ref = mine.log_prob(x), torchs.log_prob(x)
+    assert lp.shape == ref.shape == (3, shape[0])
+    torch.testing.assert_close(lp, ref)
+    torch.testing.assert_close(
+        torch.autograd.grad(lp.sum(), logits)[0], torch.autograd.grad(ref.sum(), logits)[0]
+    )
+    expanded = mine.expand((2, 3, shape[0]))
+    assert type(expanded) is IndependentBernoulli and expanded.batch_shape == (2, 3, shape[0])
+    torch.testing.assert_close(expanded.log_prob(x), ref.expand(2, 3, shape[0]))
+
+
+def test_independent_bernoulli_checks_the_support_when_validating():
+    logits = torch.zeros(2, 3)
+    with pyro.validation_enabled(True):
+        d = IndependentBernoulli(dist.Bernoulli(logits=logits), 1)
+        with pytest.raises(ValueError, match="support"):
+            d.log_prob(torch.full((2, 3), 0.5))
+    with pyro.validation_enabled(False):
+        d = IndependentBernoulli(dist.Bernoulli(logits=logits), 1)
+        assert torch.isfinite(d.log_prob(torch.full((2, 3), 0.5))).all()
+
+
+def test_the_bernoulli_vae_uses_it():
+    vae = VAE(30, latent_dim=2, hidden_sizes=(4,))
+    assert type(vae.likelihood_distribution(torch.zeros(5, 2))) is IndependentBernoulli
