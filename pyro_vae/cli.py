@@ -293,6 +293,19 @@ def _add_optimizer_arguments(g: argparse._ArgumentGroup, study: bool) -> None:
     )
     if not study:
         _add_shared(g, "num_particles", help="samples per image (default 1)")
+        g.add_argument(
+            "--kl-weight",
+            type=float,
+            metavar="BETA",
+            help="the KL's weight in the training objective, a beta-VAE (default 1); the "
+            "evaluation always reports the true ELBO",
+        )
+        g.add_argument(
+            "--kl-warmup",
+            type=int,
+            metavar="EPOCHS",
+            help="ramp the KL weight linearly from 0 to --kl-weight over EPOCHS epochs",
+        )
     g.add_argument(
         "--lr",
         "--learning-rate",

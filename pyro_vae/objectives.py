@@ -27,14 +27,16 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from pyro_vae.checks import is_whole, require_flag
+from pyro_vae.checks import is_whole, require_flag, require_positive
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import is_reparameterized, uses_baseline
 
 __all__ = [
     "OBJECTIVES",
     "MeanFieldELBO",
+    "check_kl_weight",
     "check_objective",
+    "kl_weight_at",
     "make_elbo",
 ]
 
@@ -128,6 +130,49 @@ def check_objective(
         )
     if jit and objective == "iwae":
         raise ConfigError("Pyro has no JIT-compiled RenyiELBO; drop --jit for objective 'iwae'")
+
+
+def check_kl_weight(
+    kl_weight: float, kl_warmup: int = 0, objective: str = "elbo-analytic-kl",
+    estimator: str = "reparam",
+) -> None:  # fmt: skip
+    """Raise :class:`ConfigError` unless the KL weight (beta) and its warm-up can train.
+
+    A weight other than 1 (a beta-VAE, or a warm-up's ramp) scales the latent site in the model
+    and the guide (``poutine.scale``). The objective is then exactly
+    ``E_q[log p(x|z)] - beta KL(q(z|x) || p(z))`` for ``elbo-analytic-kl`` (Pyro scales the
+    closed-form KL by the guide site's scale) and for ``elbo`` with ``reparam`` or ``stl`` (both
+    log densities are scaled). Refused: ``iwae``, whose log weights would become
+    ``log p(x|z) + beta log p(z)/q(z|x)`` inside the log-mean-exp, a different bound rather
+    than a weighted KL; and the score-function estimators, whose Pyro surrogate scales the
+    score term ``log q(z|x)`` by beta as well, so the reconstruction's learning signal would be
+    scaled by beta too.
+    """
+    require_positive(kl_weight, "kl_weight")
+    if not is_whole(kl_warmup) or kl_warmup < 0:
+        raise ConfigError(f"kl_warmup must be a whole number of epochs >= 0, got {kl_warmup!r}")
+    if kl_weight == 1.0 and kl_warmup == 0:
+        return
+    what = "--kl-weight other than 1" if kl_warmup == 0 else "--kl-warmup"
+    if objective == "iwae":
+        raise ConfigError(
+            f"{what} needs objective 'elbo-analytic-kl' or 'elbo': the importance-weighted "
+            "bound has no KL term to weight"
+        )
+    if not is_reparameterized(estimator):
+        raise ConfigError(
+            f"{what} needs estimator 'reparam' or 'stl': Pyro's score-function surrogate would "
+            f"scale the whole learning signal of estimator {estimator!r} by the weight"
+        )
+
+
+def kl_weight_at(kl_weight: float, warmup_steps: int, step: int) -> float:
+    """The KL weight of training step ``step`` (from 1): ``kl_weight`` after a linear ramp
+    over the first ``warmup_steps`` steps (Bowman et al. 2016; Sonderby et al. 2016), from
+    ``kl_weight / warmup_steps`` at step 1 (Pyro's ``poutine.scale`` wants a positive scale)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return float(kl_weight)
+    return float(kl_weight) * step / warmup_steps
 
 
 def make_elbo(

@@ -78,9 +78,12 @@ class TensorBoardLog:
         self.image_shape = tuple(image_shape)
         self.held_out = None if held_out is None else held_out[:NUM_RECONSTRUCTIONS]
 
-    def step(self, step: int, train_elbo: float) -> None:
-        """One training step's ELBO, nats per image."""
+    def step(self, step: int, train_elbo: float, kl_weight: float | None = None) -> None:
+        """One training step's ELBO, nats per image (beta's bound in a beta-VAE or a warm-up,
+        whose weight ``kl_weight`` is logged with it)."""
         self.writer.add_scalar("elbo/train", train_elbo, step)
+        if kl_weight is not None:
+            self.writer.add_scalar("kl_weight", kl_weight, step)
 
     @torch.no_grad()
     def epoch(self, step: int, label: str, score: float, vae: VAE) -> None:

@@ -72,7 +72,7 @@ from pyro_vae.isolation import (
 )
 from pyro_vae.model import VAE, image_shape_chw
 from pyro_vae.networks import check_network_settings, conv_sizes
-from pyro_vae.objectives import check_objective, make_elbo
+from pyro_vae.objectives import check_kl_weight, check_objective, kl_weight_at, make_elbo
 from pyro_vae.optim import JointAdam, check_optimizer_settings, lr_factor
 from pyro_vae.runfolder import locked_folder
 
@@ -149,6 +149,8 @@ class TrainConfig:
     baseline_beta: float = 0.9  # decay of the reinforce-baseline running average
     baseline_learning_rate: float = 1e-2  # Adam learning rate of the nn baseline
     num_particles: int = 1  # K: samples per image for the training objective
+    kl_weight: float = 1.0  # beta: the KL's weight in the training objective (beta-VAE)
+    kl_warmup: int = 0  # epochs of a linear ramp of the KL weight from 0 to kl_weight
     # optimizer and schedule (pyro_vae.optim)
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # or "iwae": Burda et al.'s 3^i epochs at 10^(-i/7) times it
@@ -197,6 +199,7 @@ class TrainConfig:
         )  # fmt: skip
         check_estimator(self.estimator, self.baseline_beta)
         check_objective(self.objective, self.estimator, self.num_particles, self.jit)
+        check_kl_weight(self.kl_weight, self.kl_warmup, self.objective, self.estimator)
         check_optimizer_settings(
             self.learning_rate,
             self.baseline_learning_rate,
@@ -617,6 +620,8 @@ def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
     key = "valid_elbo" if run.config.valid_fraction > 0 else "test_elbo"
     run.history.append({"epoch": epoch, "step": run.step, "train_elbo": train_elbo,
                         key: score, "seconds": run.seconds})  # fmt: skip
+    if run.config.kl_weight != 1.0 or run.config.kl_warmup:  # train_elbo is then beta's bound
+        run.history[-1]["kl_weight"] = _kl_weight(run)
     if run.log is not None:
         run.log.epoch(run.step, held_out_elbo(run.history[-1])[0], score, run.vae)
     if progress:
@@ -811,7 +816,8 @@ def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float
             elbo = _step(run, step, x, epoch)
             total, count = total + elbo, count + images
             if run.log is not None:
-                run.log.step(run.step, elbo / x.shape[0])
+                weighted = run.config.kl_weight != 1.0 or run.config.kl_warmup
+                run.log.step(run.step, elbo / x.shape[0], _kl_weight(run) if weighted else None)
             bar.set_postfix(elbo=f"{total / count:.2f}", refresh=False)
     run.seconds += time.perf_counter() - started
     return total / count
@@ -824,7 +830,7 @@ def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
     try:
         # the data were checked against the likelihood's support up front, so Pyro's
         # per-step validation only costs time (benchmarks/speed.py)
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(False), run.vae.weighting_kl(_kl_weight(run)):
             loss = step(x)
     except (ValueError, RuntimeError) as e:
         # NaN parameters can fail inside Pyro or torch (a NaN scale cannot be sampled) before
@@ -840,6 +846,12 @@ def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
         error.shared = not cause  # the loss was summed over the processes: all see it
         raise error
     return -loss
+
+
+def _kl_weight(run: _Run) -> float:
+    """Beta for step ``run.step``, on its warm-up ramp (which counts global batches)."""
+    config = run.config
+    return kl_weight_at(config.kl_weight, config.kl_warmup * len(run.loader), run.step)
 
 
 def _score(run: _Run, epoch: int) -> float:
