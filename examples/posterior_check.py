@@ -2,7 +2,8 @@
 
 Trains a VAE, then for a few test digits samples the true posterior p(z|x) with Pyro's NUTS
 (the trained decoder held fixed), checks convergence with ArviZ, and compares: the gap
-log p(x) - ELBO is KL(q(z|x) || p(z|x)), the price of amortization on that image::
+log p(x) - ELBO is KL(q(z|x) || p(z|x)), what the amortized Gaussian guide loses on that
+image (the amortization gap and the Gaussian family's limits together)::
 
     python examples/posterior_check.py --data-dir ../shared/data   # a few minutes on 2 cores
     python examples/posterior_check.py --quick

@@ -133,7 +133,7 @@ def importance_sampled_log_likelihood(
     default :data:`MAX_ROWS` for the images' device) and combined with a ``logsumexp``, so
     ``K = 5000`` needs no more memory than ``K = 50``. The 10,000 MNIST test images at
     ``K = 5000`` take four to eight minutes on two CPU cores for the default 784-400-20 VAE
-    (1.10 times a plain PyTorch loop; ``benchmarks/log_likelihood.py``).
+    (1.06 times a plain PyTorch loop on 2000 images; ``benchmarks/log_likelihood.py``).
 
     The particles are drawn from the caller's RNG streams (as ``pyro.sample`` draws); the
     caller's param store is seen but not added to. :func:`evaluate` seeds and restores the RNGs.
