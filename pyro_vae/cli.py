@@ -53,6 +53,7 @@ from pyro_vae.plots import (
     reconstructions_figure,
     samples_figure,
 )
+from pyro_vae.priors import PRIORS
 from pyro_vae.runfolder import LOCK_FILE, locked_folder
 from pyro_vae.train import (
     CHECKPOINT_FILE,
@@ -274,6 +275,19 @@ def _add_model_arguments(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"default {d.activation}")
     g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"default {d.likelihood}")
+    g.add_argument(
+        "--prior",
+        choices=PRIORS,
+        help=f"p(z) (default {d.prior}): a learned mixture of Gaussians, the VampPrior, or the "
+        "uniform distribution on the unit sphere with a Power Spherical guide (an S-VAE)",
+    )
+    g.add_argument(
+        "--prior-components",
+        type=int,
+        metavar="K",
+        help="Gaussians of the mixture prior (default 10) or pseudo-inputs of the VampPrior "
+        "(default 500)",
+    )
 
 
 def _add_optimizer_arguments(g: argparse._ArgumentGroup, study: bool) -> None:
@@ -362,7 +376,7 @@ def _evaluate_and_report(
         f"nats/image  (NLL {result['nll']:.2f})\n"
         f"  reconstruction   {result['reconstruction_nll']:9.2f} nats/image (-E_q log p(x|z))\n"
         f"  KL(q || p)       {result['kl']:9.2f} nats/image\n"
-        f"  active units     {result['active_units']} of {len(result['kl_per_dim'])}"
+        f"  active units     {result['active_units']} of {vae.latent_dim}"
     )
     try:
         write_json(run_dir / EVALUATION_FILE, result)

@@ -47,11 +47,14 @@ import torch
 
 from pyro_vae.checks import is_real, require_choice
 from pyro_vae.errors import ConfigError
+from pyro_vae.sphere import PowerSpherical
 
 __all__ = [
     "ESTIMATORS",
     "ScoreFunctionNormal",
+    "ScoreFunctionPowerSpherical",
     "StickingTheLandingNormal",
+    "StickingTheLandingPowerSpherical",
     "baseline_options",
     "guide_distribution",
     "is_reparameterized",
@@ -78,6 +81,24 @@ class StickingTheLandingNormal(dist.Normal):
         return dist.Normal(self.loc.detach(), self.scale.detach()).log_prob(value)
 
 
+class ScoreFunctionPowerSpherical(PowerSpherical):
+    """A Power Spherical distribution that Pyro differentiates by the score function only."""
+
+    has_rsample = False
+
+    def sample(self, sample_shape=()):
+        with torch.no_grad():
+            return super().rsample(sample_shape)
+
+
+class StickingTheLandingPowerSpherical(PowerSpherical):
+    """A reparameterized Power Spherical distribution whose ``log_prob`` sees its parameters
+    as constants (sticking the landing on the sphere)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return PowerSpherical(self.loc.detach(), self.concentration.detach()).log_prob(value)
+
+
 def check_estimator(estimator: str, baseline_beta: float | None = None) -> None:
     """Raise :class:`ConfigError` for an unknown estimator, or a decay ``baseline_beta`` of the
     running-average baseline outside ``[0, 1)``."""
@@ -102,10 +123,23 @@ def uses_baseline(estimator: str) -> bool:
 
 
 def guide_distribution(
-    loc: torch.Tensor, scale: torch.Tensor, estimator: str = "reparam"
+    loc: torch.Tensor, scale: torch.Tensor, estimator: str = "reparam", spherical: bool = False
 ) -> dist.TorchDistribution:
-    """``N(loc, diag(scale^2))`` over the last dimension, set up for the given estimator."""
+    """``N(loc, diag(scale^2))`` over the last dimension, set up for the given estimator.
+
+    With ``spherical``, the Power Spherical distribution on the unit sphere instead, with mean
+    direction ``loc / |loc|`` and concentration ``scale``, one an image (``(..., 1)``). Every
+    estimator applies to it: it has a reparameterized sampler and a ``log_prob``.
+    """
     check_estimator(estimator)
+    if spherical:
+        direction = loc / loc.norm(dim=-1, keepdim=True)
+        concentration = scale.squeeze(-1)
+        if estimator == "reparam":
+            return PowerSpherical(direction, concentration)
+        if estimator == "stl":
+            return StickingTheLandingPowerSpherical(direction, concentration)
+        return ScoreFunctionPowerSpherical(direction, concentration)
     if estimator == "reparam":
         cls = dist.Normal
     elif estimator == "stl":

@@ -17,10 +17,12 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from pyro_vae.data import check_support
 from pyro_vae.errors import ConfigError, DataError, NumericalError
+from pyro_vae.estimators import guide_distribution
 from pyro_vae.isolation import check_seed, isolated
 from pyro_vae.model import VAE
 
@@ -201,6 +203,17 @@ def kl_per_dimension(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + 2 * scale.log() - loc.pow(2) - scale.pow(2))
 
 
+def _kl(vae: VAE, x, z, loc, scale) -> torch.Tensor:
+    """``KL(q(z|x) || p(z))`` for each image: the closed form where torch has one (the
+    hyperspherical prior), else the one-sample estimate ``log q(z|x) - log p(z)`` at ``z``."""
+    q = guide_distribution(loc, scale, "reparam", vae.spherical)
+    p = vae.prior_distribution()
+    try:
+        return kl_divergence(q, p.expand(q.batch_shape))
+    except NotImplementedError:
+        return q.log_prob(z) - p.log_prob(z)
+
+
 def _stderr(values: torch.Tensor) -> float | None:
     return (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else None
 
@@ -251,8 +264,8 @@ class Evaluation:
     log_likelihood_stderr: float | None
     nll: float  # -log_likelihood
     reconstruction_nll: float  # -E_q[log p(x|z)], one sample per image
-    kl: float  # KL(q(z|x) || p(z)), closed form
-    kl_per_dim: list[float]
+    kl: float  # KL(q(z|x) || p(z)): closed form, or one sample where none exists
+    kl_per_dim: list[float]  # for the normal prior (empty for the others)
     active_units: int  # Burda et al. (2015): Cov_x(E_q[z_u]) > 0.01
 
     def to_dict(self) -> dict:
@@ -296,10 +309,19 @@ def evaluate(
             locs, recon, kls = [], [], []
             for x in images.split(1000):
                 loc, scale = vae.encode(x)
-                z = loc + scale * torch.randn_like(scale)
+                mean = loc  # E_q[z], whose spread over images counts the active units
+                if vae.spherical:
+                    q = guide_distribution(loc, scale, "reparam", spherical=True)
+                    z = q.sample()
+                    mean = q.mean  # mu kappa / (kappa + d - 1): near 0 where q is near uniform
+                else:
+                    z = loc + scale * torch.randn_like(scale)
                 recon.append(vae.likelihood_distribution(z).log_prob(x))
-                kls.append(kl_per_dimension(loc, scale))
-                locs.append(loc)
+                if vae.prior.name == "normal":
+                    kls.append(kl_per_dimension(loc, scale))
+                else:
+                    kls.append(_kl(vae, x, z, loc, scale)[:, None])
+                locs.append(mean)
     finally:
         vae.train(training)
     locs, kls = torch.cat(locs).double(), torch.cat(kls).double()
@@ -315,7 +337,7 @@ def evaluate(
         nll=-log_px.mean().item(),
         reconstruction_nll=-torch.cat(recon).double().mean().item(),
         kl=kl_dims.sum().item(),
-        kl_per_dim=kl_dims.tolist(),
+        kl_per_dim=kl_dims.tolist() if vae.prior.name == "normal" else [],
         active_units=int((locs.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0,
     )
     figures = ("test_elbo", "log_likelihood", "reconstruction_nll", "kl")

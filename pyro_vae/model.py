@@ -2,12 +2,15 @@
 
 Generative model (Kingma & Welling 2013)::
 
-    z ~ N(0, I)                       # p(z), z in R^Z
+    z ~ p(z)                          # N(0, I) on R^Z, or another prior (pyro_vae.priors)
     x | z ~ p(x | decoder(z))         # Bernoulli, continuous Bernoulli or Gaussian per pixel
 
 Guide (the amortized variational posterior)::
 
     z | x ~ N(mu(x), diag(sigma(x)^2))    # mu, sigma = encoder(x)
+
+or, for the hyperspherical prior, the Power Spherical distribution on the unit sphere with
+mean direction ``mu(x) / |mu(x)|`` and concentration ``kappa(x)`` (one number an image).
 
 Both run under one ``pyro.plate("data")`` over the batch, so every image has its own latent and
 Pyro scales and scores them image by image.
@@ -38,6 +41,7 @@ from pyro_vae.networks import (
     Encoder,
     check_network_settings,
 )
+from pyro_vae.priors import Prior, check_prior, make_prior
 
 __all__ = ["VAE", "IndependentBernoulli", "image_shape_chw"]
 
@@ -115,6 +119,11 @@ class VAE(nn.Module):
         ``(B, Z)``, and ``decoder(z) -> `` the likelihood's parameters, each ``(..., C, H, W)``.
         The pair is checked on a batch of two blank images when the VAE is built.
     :param decoder: see ``encoder``.
+    :param prior: ``normal``, ``mixture``, ``vamp`` or ``hyperspherical``
+        (:mod:`pyro_vae.priors`). For ``hyperspherical`` the encoder's second output is the
+        guide's concentration, ``(B, 1)``, rather than a scale ``(B, Z)``.
+    :param prior_components: ``K``, the Gaussians of ``mixture`` or the pseudo-inputs of
+        ``vamp`` (default 10 and 500).
 
     Images go through the model in the shape :attr:`event_shape`: ``(D,)`` for the MLP,
     ``(C, H, W)`` otherwise. The networks are registered with ``pyro.module`` as ``"encoder"``
@@ -138,6 +147,8 @@ class VAE(nn.Module):
         conv_channels: Sequence[int] = (32, 64),
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        prior: str = "normal",
+        prior_components: int | None = None,
     ) -> None:
         super().__init__()
         if (data_dim is None) == (image_shape is None):
@@ -149,6 +160,7 @@ class VAE(nn.Module):
             latent_dim, hidden_sizes, activation, likelihood, arch, conv_channels
         )
         check_estimator(estimator, baseline_beta)
+        check_prior(prior, prior_components, latent_dim)
         if image_shape is not None:
             self.image_shape: tuple[int, ...] | None = image_shape_chw(image_shape)
         else:
@@ -171,6 +183,7 @@ class VAE(nn.Module):
         # beta of a beta-VAE: the weight of the latent site's terms (the KL) in the model and the
         # guide. 1 outside training; fit() sets it for each step (pyro_vae.objectives).
         self.kl_weight = 1.0
+        self.prior: Prior = make_prior(prior, self.latent_dim, prior_components, self.event_shape)
         if custom:
             self.encoder, self.decoder = self._hand_written(encoder, decoder)
         else:
@@ -193,16 +206,27 @@ class VAE(nn.Module):
         self._check_contract()
         return encoder, decoder
 
+    @property
+    def spherical(self) -> bool:
+        """Whether the latent lies on the unit sphere (the ``hyperspherical`` prior)."""
+        return self.prior.spherical
+
+    @property
+    def scale_dim(self) -> int:
+        """The size of the encoder's second output: ``Z`` scales, or one concentration."""
+        return 1 if self.spherical else self.latent_dim
+
     def _built_in(self, arch, hidden_sizes, conv_channels, activation) -> tuple[nn.Module, ...]:
         z = self.latent_dim
         if arch == "conv":
             return (
-                ConvEncoder(self.image_shape, z, conv_channels, hidden_sizes, activation),
+                ConvEncoder(self.image_shape, z, conv_channels, hidden_sizes, activation,
+                            self.scale_dim),  # fmt: skip
                 ConvDecoder(self.image_shape, z, conv_channels, hidden_sizes, activation,
                             self.likelihood),
             )  # fmt: skip
         return (
-            Encoder(self.data_dim, z, hidden_sizes, activation),
+            Encoder(self.data_dim, z, hidden_sizes, activation, self.scale_dim),
             Decoder(self.data_dim, z, hidden_sizes, activation, self.likelihood),
         )
 
@@ -217,13 +241,22 @@ class VAE(nn.Module):
             device = parameter.device if parameter is not None else "cpu"
             x = torch.zeros(2, *self.event_shape, device=device)
             loc_scale = _call("encoder", self.encoder, x)
-            if _shapes(loc_scale) != [(2, self.latent_dim)] * 2:
-                raise ConfigError(
-                    f"the encoder must return (loc, scale), each (B, {self.latent_dim}); "
-                    f"images {tuple(x.shape)} gave {_shapes(loc_scale)}"
+            if _shapes(loc_scale) != [(2, self.latent_dim), (2, self.scale_dim)]:
+                what = (
+                    f"(loc, concentration), (B, {self.latent_dim}) and (B, 1), for a "
+                    "hyperspherical latent"
+                    if self.spherical
+                    else f"(loc, scale), each (B, {self.latent_dim})"
                 )
+                raise ConfigError(
+                    f"the encoder must return {what}; images {tuple(x.shape)} gave "
+                    f"{_shapes(loc_scale)}"
+                )
+            second = "concentration" if self.spherical else "scale"
             if not (loc_scale[1] > 0).all():
-                raise ConfigError("the encoder's scale must be positive (softplus(.) + 1e-5, say)")
+                raise ConfigError(
+                    f"the encoder's {second} must be positive (softplus(.) + 1e-5, say)"
+                )
             z = torch.zeros(3, 2, self.latent_dim, device=device)  # (particles, batch, Z)
             params = _call("decoder", self.decoder, z)
             count = 2 if self.likelihood == "gaussian" else 1
@@ -264,23 +297,35 @@ class VAE(nn.Module):
     def model(self, x: torch.Tensor) -> None:
         """``p(z) p(x|z)`` for a batch ``x`` of shape ``(B, *event_shape)``."""
         pyro.module("decoder", self.decoder)
+        if any(True for _ in self.prior.parameters()):
+            pyro.module("prior", self.prior)
         batch = x.shape[0]
         with pyro.plate("data", batch):
-            prior = dist.Normal(x.new_zeros(batch, self.latent_dim), 1.0).to_event(1)
+            prior = self.prior_distribution().expand([batch])
             with self._weighted():
                 z = pyro.sample("z", prior)  # (B, Z), or (K, B, Z) under vectorized particles
             pyro.sample("x", self.likelihood_distribution(z), obs=x)
 
+    def prior_distribution(self) -> dist.TorchDistribution:
+        """``p(z)``, event shape ``(Z,)``, batch shape ``()``."""
+        return self.prior.distribution(self.encoder)
+
+    def guide_distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """``q(z|x)`` for images ``x``, ``(B, *event_shape)``, set up for the estimator."""
+        loc, scale = self.encoder(x)  # (B, Z) each; (B, Z) and (B, 1) on the sphere
+        return guide_distribution(loc, scale, self.estimator, self.spherical)
+
     def guide(self, x: torch.Tensor) -> None:
-        """``q(z|x) = N(mu(x), diag sigma(x)^2)`` for a batch ``x``, ``(B, *event_shape)``."""
+        """``q(z|x)`` for a batch ``x``, ``(B, *event_shape)``: ``N(mu(x), diag sigma(x)^2)``,
+        or Power Spherical on the sphere."""
         pyro.module("encoder", self.encoder)
         if self.baseline is not None:
             pyro.module("baseline", self.baseline)
         infer = baseline_options(self.estimator, x, self.baseline, self.baseline_beta)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)  # (B, Z) each
+            q = self.guide_distribution(x)
             with self._weighted():
-                pyro.sample("z", guide_distribution(loc, scale, self.estimator), infer=infer)
+                pyro.sample("z", q, infer=infer)
 
     def _weighted(self):
         """``poutine.scale`` by :attr:`kl_weight` for the latent site, in model and guide alike:
@@ -301,8 +346,12 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, *event_shape)``."""
-        return self.encoder(x)
+        """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, *event_shape)``; on
+        the sphere, its mean direction (a unit vector) and concentration, ``(B, 1)``."""
+        loc, scale = self.encoder(x)
+        if self.spherical:
+            loc = loc / loc.norm(dim=-1, keepdim=True)
+        return loc, scale
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -317,6 +366,4 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean images ``E[x|z]`` for ``num_samples`` draws ``z ~ p(z)``, ``(N, *event_shape)``."""
-        device = next(self.parameters()).device
-        z = torch.randn(num_samples, self.latent_dim, generator=generator, device=device)
-        return self.decode(z)
+        return self.decode(self.prior.sample(num_samples, generator, self.encoder))

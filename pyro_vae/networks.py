@@ -138,7 +138,8 @@ class Encoder(nn.Module):
     """``x -> (loc, scale)`` of the guide ``q(z|x) = N(loc, diag(scale^2))``.
 
     ``scale = softplus(.) + 1e-5``: positive, smooth, and linear (not exponential) for large
-    inputs, so one bad step cannot overflow it.
+    inputs, so one bad step cannot overflow it. ``scale_dim`` (default ``latent_dim``) is its
+    size: 1 for a hyperspherical latent, whose guide has one concentration an image.
     """
 
     def __init__(
@@ -147,12 +148,13 @@ class Encoder(nn.Module):
         latent_dim: int,
         hidden_sizes: Sequence[int] = (400,),
         activation: str = "relu",
+        scale_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.body = mlp([data_dim, *hidden_sizes], activation)
         width = hidden_sizes[-1] if hidden_sizes else data_dim
         self.loc = nn.Linear(width, latent_dim)
-        self.raw_scale = nn.Linear(width, latent_dim)
+        self.raw_scale = nn.Linear(width, latent_dim if scale_dim is None else scale_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)  # (..., H)
@@ -199,7 +201,8 @@ class Decoder(nn.Module):
 
 class ConvEncoder(nn.Module):
     """``x -> (loc, scale)`` for images ``x`` of shape ``(B, C, H, W)``: stride-2 convolutions,
-    then dense layers, then the guide's ``loc`` and ``scale = softplus(.) + 1e-5``."""
+    then dense layers, then the guide's ``loc`` and ``scale = softplus(.) + 1e-5`` (of size
+    ``scale_dim``, as for :class:`Encoder`)."""
 
     def __init__(
         self,
@@ -208,6 +211,7 @@ class ConvEncoder(nn.Module):
         conv_channels: Sequence[int] = (32, 64),
         hidden_sizes: Sequence[int] = (400,),
         activation: str = "relu",
+        scale_dim: int | None = None,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -221,7 +225,7 @@ class ConvEncoder(nn.Module):
         self.body = mlp([flat, *hidden_sizes], activation)
         width = hidden_sizes[-1] if hidden_sizes else flat
         self.loc = nn.Linear(width, latent_dim)
-        self.raw_scale = nn.Linear(width, latent_dim)
+        self.raw_scale = nn.Linear(width, latent_dim if scale_dim is None else scale_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, batch = _fold(x, 3)  # (N, C, H, W)

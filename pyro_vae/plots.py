@@ -84,7 +84,7 @@ def image_grid(
 def samples_figure(
     vae: VAE, image_shape: tuple[int, ...], num_samples: int = 64, seed: int = 0
 ) -> Figure:
-    """Mean images ``E[x|z]`` for ``z ~ N(0, I)``."""
+    """Mean images ``E[x|z]`` for ``z ~ p(z)``."""
     generator = torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
     images = vae.sample(num_samples, generator=generator)
     return image_grid(images, image_shape, title=f"{num_samples} samples from the prior (means)")
@@ -111,16 +111,27 @@ def manifold_figure(vae: VAE, image_shape: tuple[int, ...], num_per_axis: int = 
     """The learned 2-D manifold: decoded means over a grid of ``z`` (Kingma & Welling, Fig. 4).
 
     Grid points are evenly spaced on the unit square and mapped through the inverse Gaussian
-    CDF, so they cover the prior's mass evenly: ``z = (Phi^-1(u_1), Phi^-1(u_2))``.
+    CDF, so they cover the prior's mass evenly: ``z = (Phi^-1(u_1), Phi^-1(u_2))``. For a
+    hyperspherical latent the manifold is the circle: ``3 * num_per_axis`` evenly spaced
+    angles, row by row.
     """
     if vae.latent_dim != 2:
         raise ConfigError(f"the manifold plot needs a 2-D latent space, not {vae.latent_dim}-D")
+    device = next(vae.parameters()).device
+    if vae.spherical:  # the circle: z = (cos theta, sin theta), theta around it row by row
+        n = num_per_axis
+        theta = 2 * math.pi * torch.arange(n * 3, dtype=torch.float32) / (n * 3)
+        z = torch.stack([theta.cos(), theta.sin()], dim=-1)
+        return image_grid(
+            vae.decode(z.to(device)), image_shape, n,
+            title=f"learned manifold on the circle: E[x|z] at {n * 3} angles, "
+            "0 to 2 pi, row by row",
+        )  # fmt: skip
     n = num_per_axis
     u = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     coords = torch.distributions.Normal(0.0, 1.0).icdf(u)  # (n,)
     z1, z2 = torch.meshgrid(coords, coords.flip(0), indexing="xy")  # z2 grows upwards
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)  # (n * n, 2), row by row
-    device = next(vae.parameters()).device
     images = vae.decode(z.to(device))
     return image_grid(
         images, image_shape, n, title="learned manifold: E[x|z] on a grid through Phi^-1"
@@ -137,10 +148,23 @@ def latent_scatter_figure(
     where the data set has them, e.g. Fashion-MNIST's "Trouser", else by label).
 
     A 2-D latent space is drawn as it is; a larger one through its first two principal
-    components, as the axis labels and title say.
+    components, as the axis labels and title say. On the sphere, the mean direction's angle
+    (for ``Z = 2``) against the guide's concentration, or its longitude and latitude (for
+    ``Z = 3``).
     """
-    loc = torch.cat([vae.encode(x)[0] for x in images.split(1000)]).cpu()  # (N, Z)
-    if vae.latent_dim == 2:
+    pairs = [vae.encode(x) for x in images.split(1000)]
+    loc = torch.cat([p[0] for p in pairs]).cpu()  # (N, Z)
+    if vae.spherical and vae.latent_dim == 2:
+        kappa = torch.cat([p[1] for p in pairs]).cpu().squeeze(-1)
+        points = torch.stack([torch.atan2(loc[:, 1], loc[:, 0]), kappa.log10()], dim=-1)
+        xlabel, ylabel = "angle of the mean direction (radians)", "log10 concentration"
+        title = "guide on the circle: mean direction and concentration"
+    elif vae.spherical and vae.latent_dim == 3:
+        points = torch.stack([torch.atan2(loc[:, 1], loc[:, 0]),
+                              torch.asin(loc[:, 2].clamp(-1, 1))], dim=-1)  # fmt: skip
+        xlabel, ylabel = "longitude (radians)", "latitude (radians)"
+        title = "guide mean directions on the sphere S^2"
+    elif vae.latent_dim == 2:
         points, xlabel, ylabel, title = loc, "z1", "z2", "guide means, 2-D latent space"
     else:
         centred = loc - loc.mean(0)
@@ -169,7 +193,8 @@ def latent_scatter_figure(
 def interpolation_figure(
     vae: VAE, pairs: torch.Tensor, image_shape: tuple[int, ...], steps: int = 10
 ) -> Figure:
-    """Decoded means along straight lines between the guide means of pairs of test images.
+    """Decoded means along straight lines between the guide means of pairs of test images
+    (along great circles, for a hyperspherical latent).
 
     ``pairs`` is ``(P, 2, *vae.event_shape)``; each row of the figure goes from the first image
     of a pair (left, original) to the second (right, original) through ``steps`` latent points.
@@ -178,7 +203,10 @@ def interpolation_figure(
     for a, b in pairs:
         loc = vae.encode(torch.stack([a, b]))[0]  # (2, Z)
         t = torch.linspace(0, 1, steps, device=loc.device).unsqueeze(1)
-        decoded = vae.decode((1 - t) * loc[0] + t * loc[1])  # (steps, D)
+        z = (1 - t) * loc[0] + t * loc[1]
+        if vae.spherical:  # along the great circle: the chord's points, projected back
+            z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        decoded = vae.decode(z)  # (steps, D)
         rows.append(torch.cat([a[None], decoded, b[None]]).cpu())
     return image_grid(
         torch.cat(rows), image_shape, steps + 2,

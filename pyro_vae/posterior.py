@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from matplotlib.figure import Figure
 from pyro.infer import MCMC, NUTS
@@ -86,6 +85,11 @@ def nuts_posterior(
     :param progress: show Pyro's progress bar (on stderr), one per chain.
     :raises ConfigError: no draws, no chains, or a negative warm-up.
     """
+    if vae.spherical:
+        raise ConfigError(
+            "the NUTS posterior check needs a latent in R^Z: NUTS moves in unconstrained "
+            "space, and the unit sphere of a hyperspherical latent has no map to it"
+        )
     x = _one_image(vae, x)
     counts = (num_samples, warmup_steps, num_chains, seed)
     if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in counts):
@@ -105,8 +109,11 @@ def nuts_posterior(
     x = x.reshape(1, *vae.event_shape)
     latent_dim = vae.latent_dim
 
+    with torch.no_grad():  # p(z) once: its parameters are constants, as the decoder's are
+        prior = vae.prior_distribution().expand([1])
+
     def model():
-        z = pyro.sample("z", dist.Normal(x.new_zeros(1, latent_dim), 1.0).to_event(1))
+        z = pyro.sample("z", prior)
         pyro.sample("x", vae.likelihood_distribution(z), obs=x)
 
     loc, scale = vae.encode(x)

@@ -74,6 +74,7 @@ from pyro_vae.model import VAE, image_shape_chw
 from pyro_vae.networks import check_network_settings, conv_sizes
 from pyro_vae.objectives import check_kl_weight, check_objective, kl_weight_at, make_elbo
 from pyro_vae.optim import JointAdam, check_optimizer_settings, lr_factor
+from pyro_vae.priors import check_prior
 from pyro_vae.runfolder import locked_folder
 
 __all__ = [
@@ -143,6 +144,9 @@ class TrainConfig:
     hidden_sizes: tuple[int, ...] = (400,)  # dense layers (after the convolutions for conv)
     activation: str = "relu"
     likelihood: str = "bernoulli"
+    # the prior p(z) (pyro_vae.priors): normal, mixture, vamp or hyperspherical
+    prior: str = "normal"
+    prior_components: int | None = None  # K of mixture (default 10) and vamp (default 500)
     # objective and gradient estimator (pyro_vae.objectives, pyro_vae.estimators)
     objective: str = "elbo-analytic-kl"  # same bound as "elbo", closed-form KL: less variance
     estimator: str = "reparam"  # reparam, reinforce, reinforce-baseline, ...-nn-baseline, stl
@@ -197,6 +201,7 @@ class TrainConfig:
             self.latent_dim, self.hidden_sizes, self.activation, self.likelihood, arch,
             self.conv_channels,
         )  # fmt: skip
+        check_prior(self.prior, self.prior_components, self.latent_dim)
         check_estimator(self.estimator, self.baseline_beta)
         check_objective(self.objective, self.estimator, self.num_particles, self.jit)
         check_kl_weight(self.kl_weight, self.kl_warmup, self.objective, self.estimator)
@@ -271,7 +276,8 @@ class TrainResult:
 def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
     """Weights and biases of the encoder and decoder (the nn baseline not included)."""
     data_dim = math.prod(image_shape)
-    if config.arch != "mlp":  # built without memory, on PyTorch's meta device
+    if config.arch != "mlp" or config.prior != "normal":  # built on PyTorch's meta device
+        # (without memory)
         with torch.device("meta"):
             vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
         return sum(p.numel() for p in vae.parameters())
@@ -309,6 +315,8 @@ def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
         image_shape=None if flat else image_shape,
         arch=config.arch,
         conv_channels=config.conv_channels,
+        prior=config.prior,
+        prior_components=config.prior_components,
     )
 
 
@@ -368,7 +376,7 @@ def _finite(vae: VAE, x: torch.Tensor) -> bool:
     if not all(torch.isfinite(p).all() for p in vae.parameters()):
         return False
     try:
-        loc, scale = vae.encoder(x)
+        loc, scale = vae.encode(x)
         outputs = (loc, scale, *vae.decoder(loc))
     except Exception:
         return True
@@ -690,10 +698,15 @@ def _check_custom(config: TrainConfig, vae: VAE | None) -> None:
             "fit(vae=...) takes a VAE with hand-written networks and a config with arch "
             "'custom'; for the built-in networks leave vae out and set arch in the config"
         )
+    mine = {name: getattr(vae, name)
+            for name in ("latent_dim", "likelihood", "estimator", "baseline_beta")}  # fmt: skip
+    mine["prior"] = vae.prior.name
+    if config.prior_components is not None:
+        mine["prior_components"] = getattr(vae.prior, "components", None)
     clashes = [
-        f"{name}: config {getattr(config, name)!r} != VAE {getattr(vae, name)!r}"
-        for name in ("latent_dim", "likelihood", "estimator", "baseline_beta")
-        if getattr(config, name) != getattr(vae, name)
+        f"{name}: config {getattr(config, name)!r} != VAE {value!r}"
+        for name, value in mine.items()
+        if getattr(config, name) != value
     ]
     if clashes:
         raise ConfigError(f"the VAE does not match the config ({'; '.join(clashes)})")

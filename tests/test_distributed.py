@@ -53,8 +53,11 @@ CASES = {
 }
 
 
-def torchrun(args, cwd, nproc=2, timeout=240, **popen):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "60"}
+def torchrun(args, cwd, nproc=2, timeout=600, dist_timeout=300, **popen):
+    # dist_timeout: how long a process waits at a collective. Generous: on a loaded 2-core
+    # machine one process's evaluation or JIT compilation can keep the other waiting for a
+    # minute, and a gloo timeout aborts the waiting process.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": str(dist_timeout)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "pyro_vae", "train", *args]  # fmt: skip
     if popen:
@@ -187,7 +190,7 @@ def test_resume_on_another_number_of_processes(two_process_runs, tmp_path):
 def test_a_killed_process_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     job = torchrun([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                   dist_timeout=60, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
         while not (out / "checkpoint.pt").exists():
@@ -300,11 +303,11 @@ def test_fit_from_a_script_under_torchrun(tmp_path):
         "print('RESULT', dist.get_rank(), row['step'], row['train_elbo'], row['valid_elbo'])\n"
         "dist.destroy_process_group()\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "60"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "300"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(script), str(tmp_path / "run")],
-        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=240,
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = sorted(line.split()[1:] for line in done.stdout.splitlines() if "RESULT" in line)

@@ -1,0 +1,243 @@
+"""The KL weight and the prior on MNIST: three short-budget studies, each beside its paper.
+
+``--study beta``
+    beta-VAE (Higgins et al. 2017) with and without KL warm-up (Bowman et al. 2016; Sonderby
+    et al. 2016): ``--kl-weight`` beta in {0.1, 0.5, 1, 2, 4}, each with no warm-up and with a
+    linear ramp over the first ``--warmup`` epochs. pyro_vae's default VAE otherwise (784-400-20
+    MLP, ReLU, dynamically binarized MNIST, Adam 1e-3, batch 128). Each model is scored as the
+    model it is (beta = 1): test ELBO, importance-sampled log p(x), the KL, and the active units
+    (Burda et al. 2015: Cov_x E_q[z_u] > 0.01), and its reconstructions are drawn.
+``--study sphere``
+    N-VAE against S-VAE (Davidson et al. 2018, Table 1): the Gaussian prior and guide against
+    the uniform prior on the sphere S^(d-1) with a Power Spherical guide (pyro_vae's
+    hyperspherical latent; the paper's guide is von Mises-Fisher), for latent sizes d in
+    {2, 5, 10, 20, 40}, with the paper's networks (encoder 784-256-128, decoder mirrored, ReLU).
+``--study vamp``
+    The VampPrior (Tomczak & Welling 2018) against the standard prior: their one-layer MLP VAE
+    (784-300-300-40, 500 pseudo-inputs), with a KL warm-up as in the paper.
+
+Every model trains ``--epochs`` epochs on the 54,000 training images that pyro_vae keeps after
+its 10% validation split (the papers train for hundreds to thousands of epochs with early
+stopping: these are short-budget figures, and the tables say so), and is scored on the first
+``--test-images`` test images with ``-K`` importance samples each. Writes ``DIR/priors_STUDY.json``
+and the figures ``DIR/priors_STUDY.png`` (and ``DIR/priors_beta_reconstructions.png``)::
+
+    python benchmarks/priors_mnist.py --study beta --data-dir ../shared/data --out DIR
+    python benchmarks/priors_mnist.py --study sphere --data-dir ../shared/data --out DIR
+    python benchmarks/priors_mnist.py --study vamp --data-dir ../shared/data --out DIR
+
+``--quick`` runs a study with small networks for one epoch on the bundled ``mnist-sample``
+(what the test suite checks).
+
+Published figures (test log p(x) in nats per image on dynamically binarized MNIST):
+
+- Davidson et al. (2018), Table 1, mean ± standard deviation over 10 runs, log-likelihood by
+  importance sampling with 500 samples; N-VAE / S-VAE: d = 2: -135.73 ± .83 / -132.50 ± .73;
+  d = 5: -110.21 ± .21 / -108.43 ± .09; d = 10: -93.84 ± .30 / -93.16 ± .31; d = 20:
+  -88.90 ± .26 / -89.02 ± .31; d = 40: -88.93 ± .30 / -90.87 ± .34 (:data:`DAVIDSON`).
+- Tomczak & Welling (2018), Table 2: the one-layer VAE with the standard prior and with the
+  VampPrior. Their numbers could not be read in any source available where this script was
+  written, so none is quoted; their code (github.com/jmtomczak/vae_vampprior) trains up to 2000
+  epochs with early stopping, 100 epochs of warm-up, Adam 5e-4, batch 100, and estimates
+  log p(x) with 5000 samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from measure import machine
+
+from pyro_vae import PyroVAEError, TrainConfig, evaluate, fit
+from pyro_vae.plots import reconstructions_figure
+
+STUDIES = ("beta", "sphere", "vamp")
+BETAS = (0.1, 0.5, 1.0, 2.0, 4.0)
+SPHERE_DIMS = (2, 5, 10, 20, 40)
+# Davidson et al. (2018), Table 1: d -> (log-likelihood, its standard deviation over 10 runs)
+DAVIDSON = {
+    "normal": {2: (-135.73, 0.83), 5: (-110.21, 0.21), 10: (-93.84, 0.30), 20: (-88.90, 0.26),
+               40: (-88.93, 0.30)},
+    "hyperspherical": {2: (-132.50, 0.73), 5: (-108.43, 0.09), 10: (-93.16, 0.31),
+                       20: (-89.02, 0.31), 40: (-90.87, 0.34)},
+}  # fmt: skip
+
+
+def _runs(study: str, args) -> list[tuple[str, TrainConfig]]:
+    """``(label, config)`` of each model a study trains."""
+    base = TrainConfig(dataset="mnist", data_dir=args.data_dir, epochs=args.epochs,
+                       seed=args.seed)  # fmt: skip
+    if args.quick:
+        base = replace(base, dataset="mnist-sample", hidden_sizes=(64,), latent_dim=4,
+                       train_size=512)  # fmt: skip
+    if study == "beta":
+        return [
+            (f"beta={beta:g}" + (f", warm-up {warmup}" if warmup else ""),
+             replace(base, kl_weight=beta, kl_warmup=warmup))
+            for warmup in (0, args.warmup)
+            for beta in BETAS
+        ]  # fmt: skip
+    if study == "sphere":
+        hidden = (64,) if args.quick else (256, 128)
+        dims = SPHERE_DIMS[:2] if args.quick else SPHERE_DIMS
+        return [
+            (f"{prior} d={d}", replace(base, prior=prior, latent_dim=d, hidden_sizes=hidden))
+            for d in dims
+            for prior in ("normal", "hyperspherical")
+        ]
+    hidden = (64,) if args.quick else (300, 300)
+    latent = 4 if args.quick else 40
+    return [
+        (prior, replace(base, prior=prior, hidden_sizes=hidden, latent_dim=latent,
+                        kl_warmup=args.warmup,
+                        prior_components=(20 if args.quick else 500) if prior == "vamp" else None))
+        for prior in ("normal", "vamp")
+    ]  # fmt: skip
+
+
+def run_study(study: str, args) -> list[dict]:
+    rows = []
+    for label, config in _runs(study, args):
+        started = time.perf_counter()
+        result = fit(config)
+        trained = time.perf_counter() - started
+        images = result.test_images[: args.test_images]
+        scores = evaluate(result.vae, images, args.num_particles, seed=args.seed)
+        row = {
+            "label": label,
+            "prior": config.prior,
+            "latent_dim": config.latent_dim,
+            "kl_weight": config.kl_weight,
+            "kl_warmup": config.kl_warmup,
+            "epochs": config.epochs,
+            "train_seconds": round(trained, 1),
+            "final_train_objective": result.history[-1]["train_elbo"],
+            **{k: getattr(scores, k) for k in ("test_elbo", "test_elbo_stderr", "log_likelihood",
+                                               "log_likelihood_stderr", "reconstruction_nll",
+                                               "kl", "active_units", "num_images",
+                                               "num_particles")},
+        }  # fmt: skip
+        if study == "beta":
+            originals = images[:8]
+            row["_reconstructions"] = (originals, result.vae.reconstruct(originals))
+            row["_image_shape"] = result.image_shape
+        rows.append(row)
+        print(f"{label:>26}: test ELBO {scores.test_elbo:8.2f}  log p(x) "
+              f"{scores.log_likelihood:8.2f}  KL {scores.kl:6.2f}  active units "
+              f"{scores.active_units:2d}  ({trained:.0f} s)", flush=True)  # fmt: skip
+    return rows
+
+
+def _beta_figure(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=(12, 3.4))
+    panels = [("test_elbo", "test ELBO (beta = 1)"), ("log_likelihood", "log p(x), IS"),
+              ("kl", "KL(q || p)"), ("active_units", "active units")]  # fmt: skip
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 4, i + 1)
+        for warm, style in ((False, "o-"), (True, "s--")):
+            sel = [r for r in rows if bool(r["kl_warmup"]) == warm]
+            label = f"warm-up {sel[0]['kl_warmup']} epochs" if warm else "no warm-up"
+            ax.plot([r["kl_weight"] for r in sel], [r[key] for r in sel], style, label=label)
+        ax.set_xscale("log")
+        ax.set_xticks(BETAS, [f"{b:g}" for b in BETAS])
+        ax.set_xlabel("KL weight beta")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    fig.axes[0].set_ylabel("nats per image")
+    fig.axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _reconstructions(rows: list[dict]) -> Figure:
+    """Test images over each beta's reconstructions (no warm-up), one pair of rows a beta."""
+    sel = [r for r in rows if not r["kl_warmup"]]
+    originals = torch.cat([r["_reconstructions"][0] for r in sel])
+    recon = torch.cat([r["_reconstructions"][1] for r in sel])
+    fig = reconstructions_figure(originals, recon, sel[0]["_image_shape"])
+    fig.suptitle(
+        "originals over reconstructions; row pairs: beta = " + ", ".join(f"{b:g}" for b in BETAS)
+    )
+    return fig
+
+
+def _sphere_figure(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot()
+    for prior, colour, name in (("normal", "C0", "N-VAE"), ("hyperspherical", "C1", "S-VAE")):
+        sel = [r for r in rows if r["prior"] == prior]
+        ax.errorbar([r["latent_dim"] for r in sel], [r["log_likelihood"] for r in sel],
+                    [r["log_likelihood_stderr"] or 0 for r in sel], fmt="o-", color=colour,
+                    label=f"{name}, here ({sel[0]['epochs']} epochs)")  # fmt: skip
+        paper = DAVIDSON[prior]
+        ax.errorbar(
+            list(paper),
+            [v[0] for v in paper.values()],
+            [v[1] for v in paper.values()],
+            fmt="x--",
+            color=colour,
+            alpha=0.6,
+            label=f"{name}, Davidson et al. Table 1",
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(SPHERE_DIMS, [str(d) for d in SPHERE_DIMS])
+    ax.set_xlabel("latent dimension d")
+    ax.set_ylabel("test log p(x), nats per image")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", choices=STUDIES, required=True)
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw")
+    parser.add_argument("--out", required=True, help="folder for the JSON and the figures")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=5, help="epochs of KL warm-up")
+    parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("-K", "--num-particles", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.warmup, args.test_images, args.num_particles = 1, 1, 50, 10
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = run_study(args.study, args)
+        figures = {f"priors_{args.study}.png": {"beta": _beta_figure, "sphere": _sphere_figure,
+                                                "vamp": None}[args.study]}  # fmt: skip
+        if args.study == "beta":
+            figures["priors_beta_reconstructions.png"] = _reconstructions
+        for name, draw in figures.items():
+            if draw is not None:
+                draw(rows).savefig(out / name, dpi=110)
+                print(f"wrote {out / name}")
+        clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        report = {"study": args.study, "settings": {k: v for k, v in vars(args).items()},
+                  "machine": machine(), "runs": clean}  # fmt: skip
+        if args.study == "sphere":
+            report["davidson_table_1"] = {p: {str(d): v for d, v in t.items()}
+                                          for p, t in DAVIDSON.items()}  # fmt: skip
+        (out / f"priors_{args.study}.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {out / f'priors_{args.study}.json'}")
+    except PyroVAEError as e:
+        print(f"priors_mnist: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"priors_mnist: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+r"""The prior ``p(z)`` of the latent code, and with it the guide's family.
+
+``normal``
+    :math:`\mathcal{N}(0, I)` on :math:`\mathbb{R}^Z`, Kingma & Welling's prior. The guide is
+    :math:`\mathcal{N}(\mu(x), \operatorname{diag} \sigma(x)^2)` and the KL has a closed form.
+``mixture``
+    A learned mixture of ``K`` diagonal Gaussians,
+    :math:`p(z) = \sum_k \pi_k \mathcal{N}(z; m_k, \operatorname{diag} s_k^2)`, with the
+    weights, means and scales trained with the networks. The guide is Gaussian.
+``vamp``
+    The VampPrior (Tomczak & Welling 2018): the guide itself at ``K`` learned pseudo-inputs
+    :math:`u_k`, :math:`p(z) = \frac{1}{K} \sum_k q(z \mid u_k)`. The pseudo-inputs are
+    images (clipped to ``[0, 1]`` by a hard tanh, as in the paper), initialized near 0.05 with
+    standard deviation 0.01 as in the authors' code, and trained with the networks; the
+    encoder gets gradients from the prior as well as the guide.
+``hyperspherical``
+    The uniform distribution on the unit sphere :math:`S^{Z-1}` (an S-VAE, Davidson et al.
+    2018), with the Power Spherical guide of :mod:`pyro_vae.sphere` (De Cao & Aziz 2020):
+    mean direction ``loc / |loc|`` and one concentration an image. The KL has a closed form.
+
+No closed form exists for the KL from a Gaussian guide to a mixture, so with ``mixture`` and
+``vamp`` the analytic-KL objective (Pyro's ``TraceMeanField_ELBO`` and
+:class:`pyro_vae.objectives.MeanFieldELBO`) switches, as Pyro's does, to the Monte Carlo
+estimate ``log q(z|x) - log p(z)`` at the guide's sample: the same bound as ``elbo``, with
+its variance. :func:`has_closed_form_kl` says which priors keep the closed form.
+
+Each prior is an ``nn.Module`` (a part of the :class:`~pyro_vae.VAE`, registered with Pyro as
+``"prior"`` in the model, and saved in checkpoints with the networks) whose
+:meth:`Prior.distribution` gives ``p(z)`` as a Pyro distribution with event shape ``(Z,)``
+and batch shape ``()``, and whose :meth:`Prior.sample` draws from it with a given
+``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import constraints
+
+from pyro_vae.checks import is_whole, require_choice
+from pyro_vae.errors import ConfigError
+from pyro_vae.sphere import HypersphericalUniform
+
+__all__ = [
+    "DEFAULT_COMPONENTS",
+    "PRIORS",
+    "GaussianMixturePrior",
+    "HypersphericalPrior",
+    "NormalPrior",
+    "Prior",
+    "VampPrior",
+    "check_prior",
+    "has_closed_form_kl",
+    "make_prior",
+]
+
+PRIORS = ("normal", "mixture", "vamp", "hyperspherical")
+# K when none is given: 10 Gaussians; 500 pseudo-inputs, Tomczak & Welling's choice for MNIST
+DEFAULT_COMPONENTS = {"mixture": 10, "vamp": 500}
+MIN_SCALE = 1e-5
+
+
+def check_prior(prior: str, components: int | None, latent_dim: int) -> None:
+    """Raise :class:`ConfigError` for an unknown prior, a number of components that is not a
+    positive whole number (or is given to a prior without components), or a sphere of
+    dimension 0."""
+    require_choice(prior, "prior", PRIORS)
+    if components is not None:
+        if prior not in DEFAULT_COMPONENTS:
+            raise ConfigError(
+                f"the {prior} prior has no components; the number of components is for "
+                f"{' and '.join(DEFAULT_COMPONENTS)}"
+            )
+        if not (is_whole(components) and components >= 1):
+            raise ConfigError(
+                f"the number of prior components must be a positive whole number, got "
+                f"{components!r}"
+            )
+    if prior == "hyperspherical" and is_whole(latent_dim) and latent_dim < 2:
+        raise ConfigError(
+            "a hyperspherical latent needs latent_dim >= 2 (the circle is the sphere in 2-D)"
+        )
+
+
+def has_closed_form_kl(prior: str) -> bool:
+    """Whether ``KL(q(z|x) || p(z))`` has a closed form that the analytic-KL objective uses."""
+    require_choice(prior, "prior", PRIORS)
+    return prior in ("normal", "hyperspherical")
+
+
+class Prior(nn.Module):
+    """``p(z)`` over latents of size :attr:`latent_dim`."""
+
+    name = ""
+    #: whether z lies on the unit sphere (the guide is then Power Spherical)
+    spherical = False
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+
+    def distribution(self, encoder: nn.Module | None = None) -> dist.TorchDistribution:
+        """``p(z)``: event shape ``(Z,)``, batch shape ``()``. ``encoder`` is the VAE's (the
+        VampPrior's components are the guide at its pseudo-inputs)."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        encoder: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """``num_samples`` draws ``z ~ p(z)``, ``(N, Z)``, from ``generator``'s stream."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}"
+
+
+class NormalPrior(Prior):
+    """``N(0, I)``."""
+
+    name = "normal"
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__(latent_dim)
+        # a buffer that follows the VAE to its device (not saved: the prior has no state)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def distribution(self, encoder=None):
+        zero = self._anchor.expand(self.latent_dim)
+        return dist.Normal(zero, 1.0).to_event(1)
+
+    def sample(self, num_samples, generator=None, encoder=None):
+        return torch.randn(num_samples, self.latent_dim, generator=generator,
+                           device=self._anchor.device)  # fmt: skip
+
+
+class _GaussianMixture(dist.MixtureSameFamily):
+    """torch's ``MixtureSameFamily`` of diagonal Gaussians, whose support is said to be
+    ``real_vector`` (torch's own constraint for it has no transform, which NUTS needs)."""
+
+    support = constraints.real_vector
+
+
+def _mixture(logits, loc, scale) -> dist.TorchDistribution:
+    return _GaussianMixture(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+
+
+def _draw_mixture(logits, loc, scale, num_samples, generator) -> torch.Tensor:
+    k = torch.multinomial(torch.softmax(logits, -1), num_samples, True, generator=generator)
+    eps = torch.randn(num_samples, loc.shape[-1], generator=generator, device=loc.device)
+    return loc[k] + scale[k] * eps
+
+
+class GaussianMixturePrior(Prior):
+    """A learned mixture of ``K`` diagonal Gaussians. The means start as draws from
+    ``N(0, I)`` (from the global stream, like the networks' weights), the scales at 1 and the
+    weights equal, so that the prior starts as a spread of unit Gaussians around the origin."""
+
+    name = "mixture"
+
+    def __init__(self, latent_dim: int, components: int = DEFAULT_COMPONENTS["mixture"]) -> None:
+        super().__init__(latent_dim)
+        self.components = int(components)
+        self.logits = nn.Parameter(torch.zeros(self.components))
+        self.loc = nn.Parameter(torch.randn(self.components, self.latent_dim))
+        # softplus(raw) + MIN_SCALE = 1 at the start
+        start = math.log(math.expm1(1.0 - MIN_SCALE))
+        self.raw_scale = nn.Parameter(torch.full((self.components, self.latent_dim), start))
+
+    def _parts(self):
+        return self.logits, self.loc, F.softplus(self.raw_scale) + MIN_SCALE
+
+    def distribution(self, encoder=None):
+        return _mixture(*self._parts())
+
+    @torch.no_grad()
+    def sample(self, num_samples, generator=None, encoder=None):
+        return _draw_mixture(*self._parts(), num_samples, generator)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, components={self.components}"
+
+
+class VampPrior(Prior):
+    """The VampPrior: ``p(z) = (1/K) sum_k q(z | u_k)`` at ``K`` learned pseudo-inputs ``u_k``
+    of the images' event shape (Tomczak & Welling 2018)."""
+
+    name = "vamp"
+
+    def __init__(
+        self,
+        latent_dim: int,
+        event_shape: tuple[int, ...],
+        components: int = DEFAULT_COMPONENTS["vamp"],
+    ) -> None:
+        super().__init__(latent_dim)
+        self.components = int(components)
+        self.event_shape = tuple(event_shape)
+        # the authors' initialization: N(0.05, 0.01^2), then the hard tanh into [0, 1]
+        self.raw_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.components, *event_shape))
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The ``K`` pseudo-inputs, ``(K, *event_shape)``, in ``[0, 1]``."""
+        return F.hardtanh(self.raw_inputs, 0.0, 1.0)
+
+    def _parts(self, encoder):
+        if encoder is None:
+            raise ConfigError("the VampPrior needs the VAE's encoder")
+        loc, scale = encoder(self.pseudo_inputs)  # (K, Z) each
+        return self.raw_inputs.new_zeros(self.components), loc, scale
+
+    def distribution(self, encoder=None):
+        return _mixture(*self._parts(encoder))
+
+    @torch.no_grad()
+    def sample(self, num_samples, generator=None, encoder=None):
+        return _draw_mixture(*self._parts(encoder), num_samples, generator)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, components={self.components}"
+
+
+class HypersphericalPrior(Prior):
+    """The uniform distribution on the unit sphere ``S^(Z-1)`` in ``R^Z``."""
+
+    name = "hyperspherical"
+    spherical = True
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__(latent_dim)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def distribution(self, encoder=None):
+        return HypersphericalUniform(self.latent_dim, device=self._anchor.device,
+                                     dtype=self._anchor.dtype)  # fmt: skip
+
+    def sample(self, num_samples, generator=None, encoder=None):
+        z = torch.randn(num_samples, self.latent_dim, generator=generator,
+                        device=self._anchor.device)  # fmt: skip
+        return z / z.norm(dim=-1, keepdim=True)
+
+
+def make_prior(
+    prior: str,
+    latent_dim: int,
+    components: int | None = None,
+    event_shape: tuple[int, ...] | None = None,
+) -> Prior:
+    """The prior named ``prior`` (one of :data:`PRIORS`) for latents of size ``latent_dim``;
+    ``components`` is ``K`` for ``mixture`` and ``vamp`` (default :data:`DEFAULT_COMPONENTS`),
+    ``event_shape`` the images' shape for ``vamp``'s pseudo-inputs."""
+    check_prior(prior, components, latent_dim)
+    if prior == "normal":
+        return NormalPrior(latent_dim)
+    if prior == "hyperspherical":
+        return HypersphericalPrior(latent_dim)
+    k = DEFAULT_COMPONENTS[prior] if components is None else int(components)
+    if prior == "mixture":
+        return GaussianMixturePrior(latent_dim, k)
+    if event_shape is None:
+        raise ConfigError("the VampPrior needs the images' shape for its pseudo-inputs")
+    return VampPrior(latent_dim, tuple(event_shape), k)
