@@ -51,12 +51,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 from measure import machine
 
 from pyro_vae import PyroVAEError, TrainConfig, evaluate, fit
-from pyro_vae.plots import reconstructions_figure
 
 STUDIES = ("beta", "sphere", "vamp")
 BETAS = (0.1, 0.5, 1.0, 2.0, 4.0)
@@ -147,6 +145,9 @@ def _beta_figure(rows: list[dict]) -> Figure:
             ax.plot([r["kl_weight"] for r in sel], [r[key] for r in sel], style, label=label)
         ax.set_xscale("log")
         ax.set_xticks(BETAS, [f"{b:g}" for b in BETAS])
+        ax.minorticks_off()
+        if key == "active_units":
+            ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("KL weight beta")
         ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3)
@@ -157,14 +158,28 @@ def _beta_figure(rows: list[dict]) -> Figure:
 
 
 def _reconstructions(rows: list[dict]) -> Figure:
-    """Test images over each beta's reconstructions (no warm-up), one pair of rows a beta."""
+    """Eight test images (top row) and, in each row below, their reconstructions
+    ``E[x | z = mu(x)]`` by the model of one beta (no warm-up)."""
     sel = [r for r in rows if not r["kl_warmup"]]
-    originals = torch.cat([r["_reconstructions"][0] for r in sel])
-    recon = torch.cat([r["_reconstructions"][1] for r in sel])
-    fig = reconstructions_figure(originals, recon, sel[0]["_image_shape"])
+    originals = sel[0]["_reconstructions"][0].cpu()
+    shape = sel[0]["_image_shape"]
+    lines = [("test images", originals)]
+    lines += [(f"beta = {r['kl_weight']:g}", r["_reconstructions"][1].cpu()) for r in sel]
+    cols = len(originals)
+    fig = Figure(figsize=(1.0 * cols + 1.4, 1.0 * len(lines) + 0.4))
+    for i, (name, images) in enumerate(lines):
+        for j in range(cols):
+            ax = fig.add_subplot(len(lines), cols, i * cols + j + 1)
+            ax.imshow(images[j].reshape(shape[-2:]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
     fig.suptitle(
-        "originals over reconstructions; row pairs: beta = " + ", ".join(f"{b:g}" for b in BETAS)
+        f"reconstructions by the KL weight ({sel[0]['epochs']} epochs, no warm-up)",
+        fontsize="medium",
     )
+    fig.subplots_adjust(left=0.16, right=0.99, top=0.92, bottom=0.01, wspace=0.05, hspace=0.05)
     return fig
 
 
@@ -188,6 +203,7 @@ def _sphere_figure(rows: list[dict]) -> Figure:
         )
     ax.set_xscale("log")
     ax.set_xticks(SPHERE_DIMS, [str(d) for d in SPHERE_DIMS])
+    ax.minorticks_off()
     ax.set_xlabel("latent dimension d")
     ax.set_ylabel("test log p(x), nats per image")
     ax.grid(alpha=0.3)

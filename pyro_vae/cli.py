@@ -458,33 +458,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CheckpointError("give the run folder once: --resume RUN_DIR (without --out)")
     if not args.resume:
         TrainConfig(**given).validate()  # before any folder or data is touched
-    with (
-        distributed.process_group() as world,
-        distributed.partner_failures(world),
-        contextlib.ExitStack() as stack,
-    ):
-        # under torchrun, rank 0 holds and writes the run folder, and reads it for the others
-        data, config, run_dir = None, None, Path(args.resume or "")
-        if args.resume:
-            distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir))
-            saved = distributed.from_main(world, lambda: TrainConfig.from_dict(
-                load_checkpoint(run_dir / CHECKPOINT_FILE)["config"]))  # fmt: skip
-            config = dataclasses.replace(saved, **given)
-        else:
-            config = TrainConfig(**given)
-            stamp = distributed.from_main(world, lambda: time.strftime("%Y%m%d-%H%M%S"))
-            run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
-            distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, True))
-            distributed.from_main(world, lambda: _holds_no_run(run_dir))
-            if "dataset" not in given:  # rank 0 first: it may download MNIST, and warns
-                data = distributed.main_first(
-                    world, lambda: _mnist_or_sample(config.data_dir, loud=world.is_main)
-                )
-                config.dataset = data.name
-        if world.is_main:
-            print(f"training in {run_dir}")
-        log = run_dir / "tensorboard" if args.tensorboard else None
-        result = fit(config, run_dir, data, bool(args.resume), progress, tensorboard=log)
+    # The run folder's lock (on rank 0) outlives the process group: the processes leave the
+    # group together when training is done, and rank 0 then evaluates and draws on its own.
+    with contextlib.ExitStack() as stack:
+        with distributed.process_group() as world, distributed.partner_failures(world):
+            result, run_dir = _train_in_group(args, given, progress, world, stack)
         if not world.is_main:  # rank 0 evaluates, reports and draws
             return 0
         last = result.history[-1]
@@ -506,6 +484,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
             write_plots(result.vae, result.history, result.image_shape, result.test_images,
                         result.test_labels, run_dir, result.class_names)  # fmt: skip
     return 0
+
+
+def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, Path]:
+    """``fit`` in every process of the run; rank 0 holds the run folder (on ``stack``)."""
+    # under torchrun, rank 0 holds and writes the run folder, and reads it for the others
+    data, config, run_dir = None, None, Path(args.resume or "")
+    if args.resume:
+        distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir))
+        saved = distributed.from_main(world, lambda: TrainConfig.from_dict(
+            load_checkpoint(run_dir / CHECKPOINT_FILE)["config"]))  # fmt: skip
+        config = dataclasses.replace(saved, **given)
+    else:
+        config = TrainConfig(**given)
+        stamp = distributed.from_main(world, lambda: time.strftime("%Y%m%d-%H%M%S"))
+        run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
+        distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, True))
+        distributed.from_main(world, lambda: _holds_no_run(run_dir))
+        if "dataset" not in given:  # rank 0 first: it may download MNIST, and warns
+            data = distributed.main_first(
+                world, lambda: _mnist_or_sample(config.data_dir, loud=world.is_main)
+            )
+            config.dataset = data.name
+    if world.is_main:
+        print(f"training in {run_dir}")
+    log = run_dir / "tensorboard" if args.tensorboard else None
+    return fit(config, run_dir, data, bool(args.resume), progress, tensorboard=log), run_dir
 
 
 def _holds_no_run(run_dir: Path) -> None:

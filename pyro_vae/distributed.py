@@ -178,6 +178,10 @@ def process_group() -> Iterator[World]:
         ) from None
     try:
         yield current()
+        # Leave together: no process tears down its side of the group while another still
+        # uses it (a gloo process that did so was seen to abort at exit, now and then).
+        with contextlib.suppress(Exception):
+            dist.barrier()
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()

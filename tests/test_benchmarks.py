@@ -134,3 +134,32 @@ def test_train_memory_quick_run_measures_both_programs(capsys):
     assert any("pytorch/examples" in label for label in labels)
     # every program imports torch: a few hundred MiB at least, and a finite figure
     assert all(200 < row["median_mib"] < 20_000 for row in rows), rows
+
+
+@pytest.mark.parametrize("study", ["beta", "sphere", "vamp"])
+def test_priors_quick_runs_write_their_reports(study, tmp_path, capsys):
+    import json
+    import math
+
+    import priors_mnist
+
+    assert priors_mnist.main(["--study", study, "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / f"priors_{study}.json").read_text())
+    runs = report["runs"]
+    expected = {"beta": 10, "sphere": 4, "vamp": 2}[study]
+    assert len(runs) == expected and len({r["label"] for r in runs}) == expected
+    for r in runs:
+        assert math.isfinite(r["log_likelihood"]) and r["log_likelihood"] <= 0
+        # log p(x) is a log-mean-exp of weights whose mean is the ELBO
+        assert r["log_likelihood"] >= r["test_elbo"] - 1e-6
+        assert r["kl"] >= -1e-6 or r["prior"] != "normal"
+    if study == "beta":
+        assert [r["kl_weight"] for r in runs] == [0.1, 0.5, 1.0, 2.0, 4.0] * 2
+        assert [r["kl_warmup"] for r in runs] == [0] * 5 + [1] * 5
+        assert (tmp_path / "priors_beta_reconstructions.png").stat().st_size > 1000
+    if study == "sphere":
+        assert {r["prior"] for r in runs} == {"normal", "hyperspherical"}
+        assert report["davidson_table_1"]["hyperspherical"]["2"] == [-132.5, 0.73]
+    if study != "vamp":
+        assert (tmp_path / f"priors_{study}.png").stat().st_size > 1000
+    assert capsys.readouterr().out.count("test ELBO") == expected
