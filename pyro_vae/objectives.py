@@ -9,6 +9,11 @@
 ``iwae``
     ``RenyiELBO(alpha=0)`` with ``K`` particles: ``E[log 1/K sum_k p(x, z_k) / q(z_k|x)]``, the
     importance-weighted bound of Burda et al. (2015), tighter than the ELBO for ``K > 1``.
+``wake-sleep``
+    The wake-sleep algorithm (Hinton et al. 1995), :class:`WakeSleep`: not a bound's gradient,
+    but two phases a step, the decoder climbing ``log p(x, z)`` at ``z ~ q(z|x)`` and the
+    encoder climbing ``log q(z|x)`` on dreams ``(z, x) ~ p(z) p(x|z)``. The loss it reports is
+    the ELBO at the wake sample, so its training curve reads like the others'.
 
 Particles are vectorized (one batched pass for ``K > 1`` samples). Only ``elbo`` supports the
 score-function estimators and ``stl``: Pyro's ``TraceMeanField_ELBO`` assumes a
@@ -34,13 +39,14 @@ from pyro_vae.estimators import is_reparameterized, uses_baseline
 __all__ = [
     "OBJECTIVES",
     "MeanFieldELBO",
+    "WakeSleep",
     "check_kl_weight",
     "check_objective",
     "kl_weight_at",
     "make_elbo",
 ]
 
-OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae")
+OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae", "wake-sleep")
 
 
 class MeanFieldELBO(infer.TraceMeanField_ELBO):
@@ -98,6 +104,84 @@ class MeanFieldELBO(infer.TraceMeanField_ELBO):
         return -torch_item(elbo), -elbo
 
 
+class WakeSleep(infer.ELBO):
+    """The wake-sleep algorithm (Hinton, Dayan, Frey & Neal 1995), for continuous latents, on
+    Pyro's traces of the model and guide.
+
+    Each call of :meth:`loss_and_grads` runs both phases and leaves their gradients on the
+    parameters, for one optimizer step:
+
+    - *wake*: ``z ~ q(z|x)`` from a trace of the guide, its values detached (no gradient flows
+      through the sample), and the model replayed on them; the gradient of ``-log p(x, z)``
+      reaches the decoder (and a learned prior) only.
+    - *sleep*: a dream ``(z', x') ~ p(z) p(x|z)`` from a trace of
+      ``poutine.uncondition(model)``, detached, and the guide run on ``x'`` conditioned on
+      ``z'``; the gradient of ``-log q(z'|x')`` reaches the encoder only.
+
+    The model and the guide take the observations as their first argument, the value of the
+    model's one observed site (the VAE's ``model(x)`` and ``guide(x)``): the sleep phase calls
+    the guide on the dreamed ``x'`` in its place. Plates scale both phases as they scale an ELBO.
+
+    The returned loss is ``-(log p(x, z) - log q(z|x))`` at the wake sample: minus a one-sample
+    ELBO estimate, which is what wake-sleep's training curve reports (the gradients are not
+    this quantity's).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(num_particles=1, max_plate_nesting=1)
+
+    def _wake(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample" and not site["is_observed"]:
+                site["value"] = site["value"].detach()
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+        log_q = guide_trace.log_prob_sum(lambda name, site: not site_is_subsample(site))
+        log_joint = model_trace.log_prob_sum(lambda name, site: not site_is_subsample(site))
+        return model_trace, log_joint, log_q
+
+    def _sleep(self, model, guide, model_trace, args, kwargs):
+        observed = [name for name, site in model_trace.nodes.items()
+                    if site["type"] == "sample" and site["is_observed"]]  # fmt: skip
+        if len(observed) != 1:
+            raise ConfigError(
+                f"wake-sleep needs a model with one observed site (the images), found {observed}"
+            )
+        with torch.no_grad():
+            dream = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+        latents = {name: site["value"].detach() for name, site in dream.nodes.items()
+                   if site["type"] == "sample" and name not in observed
+                   and not site_is_subsample(site)}  # fmt: skip
+        x_dream = dream.nodes[observed[0]]["value"].detach()
+        guide_trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(
+            x_dream, *args[1:], **kwargs
+        )
+        return guide_trace.log_prob_sum(
+            lambda name, site: name in latents and not site_is_subsample(site)
+        )
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            _, log_joint, log_q = self._wake(model, guide, args, kwargs)
+        return -torch_item(log_joint - log_q)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        model_trace, log_joint, log_q = self._wake(model, guide, args, kwargs)
+        log_q_dream = self._sleep(model, guide, model_trace, args, kwargs)
+        surrogate = -(log_joint + log_q_dream)
+        if surrogate.requires_grad:
+            surrogate.backward()
+        return -torch_item(log_joint - log_q)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        raise NotImplementedError("wake-sleep follows two gradients, not one loss's")
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("wake-sleep runs its own phases (loss_and_grads)")
+
+
 def _scaled_log_prob(site: dict) -> torch.Tensor:
     log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_prob, site["scale"], site["mask"])
@@ -114,6 +198,18 @@ def check_objective(
     if num_particles < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
     require_flag(jit, "jit")
+    if objective == "wake-sleep":
+        if estimator != "reparam":
+            raise ConfigError(
+                f"objective 'wake-sleep' takes no estimator (leave the default 'reparam'): its "
+                f"gradients are the wake and sleep phases', not a gradient of the ELBO that "
+                f"{estimator!r} would estimate"
+            )
+        if int(num_particles) != 1:
+            raise ConfigError("objective 'wake-sleep' draws one sample a phase (K = 1)")
+        if jit:
+            raise ConfigError("Pyro has no JIT-compiled wake-sleep; drop --jit")
+        return
     if estimator != "reparam" and objective != "elbo":
         why = (
             "its density must not be replaced by the closed-form KL or the IWAE weights"
@@ -154,6 +250,8 @@ def check_kl_weight(
     if kl_weight == 1.0 and kl_warmup == 0:
         return
     what = "--kl-weight other than 1" if kl_warmup == 0 else "--kl-warmup"
+    if objective == "wake-sleep":
+        raise ConfigError(f"{what} does not apply to wake-sleep, which has no KL term to weight")
     if objective == "iwae":
         raise ConfigError(
             f"{what} needs objective 'elbo-analytic-kl' or 'elbo': the importance-weighted "
@@ -189,6 +287,8 @@ def make_elbo(
     :param jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``).
     """
     check_objective(objective, estimator, num_particles, jit)
+    if objective == "wake-sleep":
+        return WakeSleep()
     # One particle needs no particle plate: without it every site skips a broadcast.
     vectorize = int(num_particles) > 1
     kwargs = dict(
