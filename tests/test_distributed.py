@@ -50,6 +50,7 @@ CASES = {
     "stl": ["--objective", "elbo", "--estimator", "stl"],
     "reinforce-nn-baseline": ["--objective", "elbo", "--estimator", "reinforce-nn-baseline"],
     "jit": ["--objective", "elbo-analytic-kl", "--jit"],
+    "wake-sleep": ["--objective", "wake-sleep"],
 }
 
 
