@@ -49,6 +49,7 @@ What each process does, and what is shared:
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import re
@@ -183,6 +184,7 @@ def process_group() -> Iterator[World]:
         with contextlib.suppress(Exception):
             dist.barrier()
     finally:
+        gc.collect()  # DDP's reducer and its pending work, freed while the group is alive
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 

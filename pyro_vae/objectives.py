@@ -14,6 +14,16 @@
     but two phases a step, the decoder climbing ``log p(x, z)`` at ``z ~ q(z|x)`` and the
     encoder climbing ``log q(z|x)`` on dreams ``(z, x) ~ p(z) p(x|z)``. The loss it reports is
     the ELBO at the wake sample, so its training curve reads like the others'.
+``rws``
+    Reweighted wake-sleep (Bornschein & Bengio 2015), :class:`ReweightedWakeSleep`, with
+    ``K >= 2`` particles: the decoder climbs each image's importance-weighted bound, the
+    encoder the self-normalized ``sum_k w~_k log q(z_k|x)``, with one set of weights per image.
+    The loss it reports is minus the importance-weighted bound.
+``mcem``
+    Monte Carlo EM (:class:`MonteCarloEM`): the decoder climbs ``log p(x, z)`` at samples of
+    the exact posterior ``p(z|x)`` drawn by HMC; the encoder, fitted alongside by the ELBO with
+    the decoder held fixed, starts the chains and reports the bound. For small training sets,
+    as in Kingma & Welling's comparison: every step runs the decoder 30 times over.
 
 Particles are vectorized (one batched pass for ``K > 1`` samples). Only ``elbo`` supports the
 score-function estimators and ``stl``: Pyro's ``TraceMeanField_ELBO`` assumes a
@@ -24,11 +34,15 @@ baseline estimator, ``elbo`` is estimated by ``TraceGraph_ELBO``, which implemen
 
 from __future__ import annotations
 
+import math
+
+import pyro
 import pyro.infer as infer
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.ops.integrator import potential_grad, velocity_verlet
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
@@ -39,6 +53,8 @@ from pyro_vae.estimators import is_reparameterized, uses_baseline
 __all__ = [
     "OBJECTIVES",
     "MeanFieldELBO",
+    "MonteCarloEM",
+    "ReweightedWakeSleep",
     "WakeSleep",
     "check_kl_weight",
     "check_objective",
@@ -46,7 +62,7 @@ __all__ = [
     "make_elbo",
 ]
 
-OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae", "wake-sleep")
+OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae", "wake-sleep", "rws", "mcem")
 
 
 class MeanFieldELBO(infer.TraceMeanField_ELBO):
@@ -142,15 +158,18 @@ class WakeSleep(infer.ELBO):
         log_joint = model_trace.log_prob_sum(lambda name, site: not site_is_subsample(site))
         return model_trace, log_joint, log_q
 
-    def _sleep(self, model, guide, model_trace, args, kwargs):
-        observed = [name for name, site in model_trace.nodes.items()
-                    if site["type"] == "sample" and site["is_observed"]]  # fmt: skip
+    @staticmethod
+    def sleep_log_q(model, guide, args, kwargs) -> torch.Tensor:
+        """``log q(z'|x')`` at a detached dream ``(z', x') ~ p(z) p(x|z)``, differentiable in
+        the guide's parameters: the sleep phase's objective."""
+        with torch.no_grad():
+            dream = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+        observed = [name for name, site in dream.nodes.items()
+                    if site["type"] == "sample" and site["infer"].get("was_observed")]  # fmt: skip
         if len(observed) != 1:
             raise ConfigError(
                 f"wake-sleep needs a model with one observed site (the images), found {observed}"
             )
-        with torch.no_grad():
-            dream = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
         latents = {name: site["value"].detach() for name, site in dream.nodes.items()
                    if site["type"] == "sample" and name not in observed
                    and not site_is_subsample(site)}  # fmt: skip
@@ -168,8 +187,8 @@ class WakeSleep(infer.ELBO):
         return -torch_item(log_joint - log_q)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        model_trace, log_joint, log_q = self._wake(model, guide, args, kwargs)
-        log_q_dream = self._sleep(model, guide, model_trace, args, kwargs)
+        _, log_joint, log_q = self._wake(model, guide, args, kwargs)
+        log_q_dream = self.sleep_log_q(model, guide, args, kwargs)
         surrogate = -(log_joint + log_q_dream)
         if surrogate.requires_grad:
             surrogate.backward()
@@ -180,6 +199,273 @@ class WakeSleep(infer.ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("wake-sleep runs its own phases (loss_and_grads)")
+
+
+class ReweightedWakeSleep(infer.ELBO):
+    """Reweighted wake-sleep (Bornschein & Bengio 2015) with one set of importance weights per
+    image, on Pyro's traces of the model and guide.
+
+    For each image ``x_b`` of the batch, ``K`` particles ``z_kb ~ q(z|x_b)`` (detached, drawn in
+    one vectorized pass), log weights ``log w_kb = log p(x_b, z_kb) - log q(z_kb|x_b)`` and
+    their self-normalized weights ``w~_kb = w_kb / sum_j w_jb``:
+
+    - *wake-theta* (the model): ascend the importance-weighted bound of each image,
+      ``log 1/K sum_k w_kb`` (Burda et al.'s IWAE bound, with ``q``'s density held fixed);
+    - *wake-phi* (the guide): ascend ``sum_k w~_kb log q(z_kb|x_b)``, a self-normalized
+      estimate of ``-KL(p(z|x_b) || q(z|x_b))``'s gradient;
+    - *sleep-phi*, weighted by ``1 - insomnia``: the wake-sleep dream's ``log q(z'|x')``
+      (:class:`WakeSleep`).
+
+    Pyro's ``ReweightedWakeSleep`` sums the log weights over the whole batch before
+    normalizing (one weight per particle for all images together, and its docstring says that
+    minibatches are not supported); this class keeps one weight per particle and image, which
+    is what a minibatch of independent images needs. With one image the two agree (tested).
+    Each image's terms are multiplied by the scale of the observed site (a subsampling plate's
+    ``N / B``). The reported loss is minus the summed importance-weighted bound.
+
+    :param num_particles: ``K >= 2`` (with one particle the normalized weight is 1 and the
+        guide's update has expectation zero).
+    :param insomnia: the wake-phi share of the guide's update, in ``[0, 1]``.
+    """
+
+    def __init__(self, num_particles: int = 5, insomnia: float = 1.0) -> None:
+        if not is_whole(num_particles) or num_particles < 2:
+            raise ConfigError(f"reweighted wake-sleep needs K >= 2 particles, got {num_particles}")
+        if not (isinstance(insomnia, (int, float)) and 0.0 <= insomnia <= 1.0):
+            raise ConfigError(f"insomnia is a share in [0, 1], got {insomnia!r}")
+        super().__init__(num_particles=int(num_particles), vectorize_particles=True,
+                         max_plate_nesting=1)  # fmt: skip
+        self.insomnia = float(insomnia)
+
+    def log_weights(self, model, guide, *args, **kwargs):
+        """``(log p(x, z), log q(z|x), scale)``: the first two ``(K, B)``, per particle and
+        image, at detached draws of the guide; ``scale`` the observed site's."""
+        guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(
+            *args, **kwargs
+        )
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample" and not site["is_observed"]:
+                site["value"] = site["value"].detach()
+        model_trace = poutine.trace(
+            poutine.replay(self._vectorized_num_particles(model), trace=guide_trace)
+        ).get_trace(*args, **kwargs)
+        observed = _observed_sites(model_trace)
+        log_p = sum(_masked_log_prob(site) for site in _sample_sites(model_trace))
+        log_q = sum(_masked_log_prob(site) for site in _sample_sites(guide_trace))
+        shape = (self.num_particles, -1)
+        return log_p.reshape(shape), log_q.reshape(shape), model_trace.nodes[observed[0]]["scale"]
+
+    def _losses(self, model, guide, args, kwargs):
+        log_p, log_q, scale = self.log_weights(model, guide, *args, **kwargs)
+        log_w = log_p - log_q.detach()  # (K, B)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)  # (B,)
+        theta_loss = -(scale * bound).sum()
+        phi_loss = 0.0
+        if self.insomnia > 0:
+            normalized = torch.softmax(log_w.detach(), dim=0)  # over the particles of each image
+            phi_loss = -self.insomnia * (scale * (normalized * log_q).sum(0)).sum()
+        if self.insomnia < 1:
+            phi_loss = phi_loss - (1.0 - self.insomnia) * WakeSleep.sleep_log_q(model, guide, args,
+                                                                               kwargs)  # fmt: skip
+        return theta_loss, phi_loss
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            log_p, log_q, scale = self.log_weights(model, guide, *args, **kwargs)
+            bound = torch.logsumexp(log_p - log_q, dim=0) - math.log(self.num_particles)
+        return -torch_item((scale * bound).sum())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        theta_loss, phi_loss = self._losses(model, guide, args, kwargs)
+        surrogate = theta_loss + phi_loss
+        if surrogate.requires_grad:
+            surrogate.backward()
+        return torch_item(theta_loss)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        raise NotImplementedError("reweighted wake-sleep follows two gradients, not one loss's")
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("reweighted wake-sleep draws its own traces (loss_and_grads)")
+
+
+class MonteCarloEM(infer.ELBO):
+    """Monte Carlo EM with Hamiltonian Monte Carlo, the third method of Kingma & Welling's
+    (2013) comparison, on Pyro's traces of the model and guide.
+
+    Each call of :meth:`loss_and_grads` leaves on the parameters the gradients of one step:
+
+    - *E-step*: ``z ~ p(z|x)`` for each image by HMC on the potential ``-log p(x, z)``:
+      ``num_transitions`` transitions of ``num_leapfrog`` leapfrog steps (Pyro's
+      ``velocity_verlet``), each image accepted or rejected on its own energy, from a chain
+      started at a draw of the guide. One step size for all images, adapted from step to
+      step (Robbins-Monro on its logarithm) toward ``target_accept`` of the proposals accepted,
+      and jittered by up to 25% per image and transition.
+    - *M-step*: the gradient of ``-log p(x, z)`` at the E-step's samples, for the model's
+      parameters (the decoder, a learned prior) only.
+    - *the encoder*: fitted alongside, not used by the M-step's gradient: the gradient of minus
+      the ELBO (one reparameterized sample) for the guide's parameters only, the decoder held
+      fixed. It starts the chains, and it is the encoder with which the ELBO and the
+      importance-sampled log-likelihood of an MCEM model are reported.
+
+    The adapted step size is state a resumed run needs: it lives in Pyro's param store as
+    ``__mcem_log_step_size`` (outside every trace, so no optimizer touches it) and is
+    checkpointed with the baselines' averages.
+
+    The returned loss is minus the one-sample ELBO at the guide's draw, as for
+    :class:`WakeSleep`.
+
+    :param num_leapfrog: leapfrog steps per HMC transition (the paper: 10).
+    :param num_transitions: HMC transitions per E-step.
+    :param target_accept: the acceptance rate the step size is tuned toward (the paper: 0.9).
+    """
+
+    STEP_SIZE = "__mcem_log_step_size"
+
+    def __init__(
+        self, num_leapfrog: int = 10, num_transitions: int = 3, target_accept: float = 0.9,
+        initial_step_size: float = 0.1, adaptation_rate: float = 0.05,
+    ) -> None:  # fmt: skip
+        for name, value in (("num_leapfrog", num_leapfrog), ("num_transitions", num_transitions)):
+            if not is_whole(value) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not (isinstance(target_accept, float) and 0.0 < target_accept < 1.0):
+            raise ConfigError(f"target_accept must be in (0, 1), got {target_accept!r}")
+        require_positive(initial_step_size, "initial_step_size")
+        require_positive(adaptation_rate, "adaptation_rate")
+        super().__init__(num_particles=1, max_plate_nesting=1)
+        self.num_leapfrog, self.num_transitions = int(num_leapfrog), int(num_transitions)
+        self.target_accept, self.adaptation_rate = target_accept, float(adaptation_rate)
+        self.initial_step_size = float(initial_step_size)
+
+    def log_joint(self, model, z: dict, *args, **kwargs) -> tuple[torch.Tensor, float]:
+        """``(log p(x_b, z_b) for each image b, scale)``: the model run with its latent sites
+        set to ``z``; the sum over the sites of each image's log densities."""
+        trace = poutine.trace(poutine.condition(model, data=z)).get_trace(*args, **kwargs)
+        observed = _observed_sites(trace, conditioned=z)
+        total = sum(_masked_log_prob(site) for site in _sample_sites(trace))
+        return total, trace.nodes[observed[0]]["scale"]
+
+    def step_size(self) -> float:
+        """The current step size of the leapfrog integrator."""
+        store = pyro.get_param_store()
+        if self.STEP_SIZE not in store:
+            return self.initial_step_size
+        return math.exp(store[self.STEP_SIZE].item())
+
+    def e_step(self, model, z: dict, *args, adapt: bool = True, **kwargs) -> tuple[dict, float]:
+        """``num_transitions`` HMC transitions for each image from the latents ``z`` (each
+        ``(B, Z)``): the new latents and the mean acceptance probability. With ``adapt``, the
+        step size moves toward the target acceptance rate afterwards."""
+        last = {}
+
+        def potential(values: dict) -> torch.Tensor:
+            log_p, _ = self.log_joint(model, values, *args, **kwargs)
+            last["per_image"] = -log_p.detach()
+            return -log_p.sum()
+
+        z = {name: value.detach() for name, value in z.items()}
+        step_size = self.step_size()
+        accept = []
+        z_grads, energy = potential_grad(potential, z)
+        energy = last["per_image"]
+        for _ in range(self.num_transitions):
+            r = {name: torch.randn_like(value) for name, value in z.items()}
+            kinetic = 0.5 * sum((v**2).sum(-1) for v in r.values())
+            # each image's step jittered by up to 25% (Neal 2011, sec. 5.4.2.2): a fixed
+            # trajectory near a multiple of a Gaussian posterior's period barely moves
+            some = next(iter(z.values()))
+            jitter = 1.0 + 0.5 * (torch.rand(some.shape[:-1] + (1,), dtype=some.dtype,
+                                             device=some.device) - 0.5)  # fmt: skip
+            z_new, r_new, z_grads_new, _ = velocity_verlet(
+                z, r, potential, _kinetic_grad, step_size * jitter, self.num_leapfrog, z_grads
+            )
+            energy_new = last["per_image"]
+            kinetic_new = 0.5 * sum((v**2).sum(-1) for v in r_new.values())
+            log_accept = (energy + kinetic) - (energy_new + kinetic_new)
+            log_accept = torch.nan_to_num(log_accept, nan=-math.inf).clamp(max=0.0)
+            accepted = torch.rand_like(log_accept).log() < log_accept  # (B,)
+            z = {name: torch.where(accepted.unsqueeze(-1), z_new[name], z[name]) for name in z}
+            z_grads = {name: torch.where(accepted.unsqueeze(-1), z_grads_new[name], z_grads[name])
+                       for name in z}  # fmt: skip
+            energy = torch.where(accepted, energy_new, energy)
+            accept.append(log_accept.exp().mean().item())
+        rate = sum(accept) / len(accept)
+        if adapt:
+            log_step = math.log(step_size) + self.adaptation_rate * (rate - self.target_accept)
+            pyro.get_param_store()[self.STEP_SIZE] = torch.tensor(log_step)
+        return z, rate
+
+    def _latents(self, guide_trace) -> dict:
+        return {name: site["value"] for name, site in guide_trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"]
+                and not site_is_subsample(site)}  # fmt: skip
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            log_p, scale = self.log_joint(model, self._latents(guide_trace), *args, **kwargs)
+            log_q = sum(_masked_log_prob(site) for site in _sample_sites(guide_trace))
+        return -torch_item((scale * (log_p - log_q)).sum())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        # the encoder: minus the ELBO at a reparameterized draw, for the guide's parameters only
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        draw = self._latents(guide_trace)
+        log_p, scale = self.log_joint(model, draw, *args, **kwargs)
+        log_q = sum(_masked_log_prob(site) for site in _sample_sites(guide_trace))
+        elbo = (scale * (log_p - log_q)).sum()
+        guide_params = [site["value"].unconstrained() for site in guide_trace.nodes.values()
+                        if site["type"] == "param"]  # fmt: skip
+        _add_gradients(guide_params, torch.autograd.grad(-elbo, guide_params, allow_unused=True))
+        # E-step from the guide's draw, then the M-step at its samples
+        z, _ = self.e_step(model, draw, *args, **kwargs)
+        log_p, scale = self.log_joint(model, z, *args, **kwargs)
+        m_loss = -(scale * log_p).sum()
+        if m_loss.requires_grad:
+            m_loss.backward()
+        return -torch_item(elbo)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        raise NotImplementedError("Monte Carlo EM follows two gradients, not one loss's")
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("Monte Carlo EM draws its own traces (loss_and_grads)")
+
+
+def _kinetic_grad(r: dict) -> dict:
+    return r  # unit mass matrix: d/dr of |r|^2 / 2
+
+
+def _add_gradients(params: list, grads) -> None:
+    for param, grad in zip(params, grads, strict=True):
+        if grad is not None:
+            param.grad = grad if param.grad is None else param.grad + grad
+
+
+def _sample_sites(trace) -> list[dict]:
+    return [site for site in trace.nodes.values()
+            if site["type"] == "sample" and not site_is_subsample(site)]  # fmt: skip
+
+
+def _observed_sites(trace, conditioned=()) -> list[str]:
+    """The names of the observed sites, less the ones ``conditioned`` on latent values."""
+    observed = [name for name, site in trace.nodes.items()
+                if site["type"] == "sample" and site["is_observed"]
+                and name not in conditioned]  # fmt: skip
+    if len(observed) != 1:
+        raise ConfigError(
+            f"this objective needs a model with one observed site (the images), found {observed}"
+        )
+    return observed
+
+
+def _masked_log_prob(site: dict) -> torch.Tensor:
+    """A site's log density, unscaled (the weights are log-mean-exp'd), masked."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    if site["mask"] is not None:
+        log_prob = log_prob.masked_fill(~site["mask"], 0.0)
+    return log_prob
 
 
 def _scaled_log_prob(site: dict) -> torch.Tensor:
@@ -198,17 +484,22 @@ def check_objective(
     if num_particles < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
     require_flag(jit, "jit")
-    if objective == "wake-sleep":
+    if objective in ("wake-sleep", "rws", "mcem"):
         if estimator != "reparam":
             raise ConfigError(
-                f"objective 'wake-sleep' takes no estimator (leave the default 'reparam'): its "
-                f"gradients are the wake and sleep phases', not a gradient of the ELBO that "
+                f"objective {objective!r} takes no estimator (leave the default 'reparam'): its "
+                f"gradients are its wake and sleep phases', not a gradient of the ELBO that "
                 f"{estimator!r} would estimate"
             )
-        if int(num_particles) != 1:
-            raise ConfigError("objective 'wake-sleep' draws one sample a phase (K = 1)")
+        if objective in ("wake-sleep", "mcem") and int(num_particles) != 1:
+            raise ConfigError(f"objective {objective!r} draws one sample a step (K = 1)")
+        if objective == "rws" and int(num_particles) < 2:
+            raise ConfigError(
+                "objective 'rws' needs K >= 2 particles (-K): with one, the normalized weight "
+                "is 1 and the guide learns nothing"
+            )
         if jit:
-            raise ConfigError("Pyro has no JIT-compiled wake-sleep; drop --jit")
+            raise ConfigError(f"Pyro has no JIT-compiled {objective}; drop --jit")
         return
     if estimator != "reparam" and objective != "elbo":
         why = (
@@ -250,8 +541,8 @@ def check_kl_weight(
     if kl_weight == 1.0 and kl_warmup == 0:
         return
     what = "--kl-weight other than 1" if kl_warmup == 0 else "--kl-warmup"
-    if objective == "wake-sleep":
-        raise ConfigError(f"{what} does not apply to wake-sleep, which has no KL term to weight")
+    if objective in ("wake-sleep", "rws", "mcem"):
+        raise ConfigError(f"{what} does not apply to {objective}, which has no KL term to weight")
     if objective == "iwae":
         raise ConfigError(
             f"{what} needs objective 'elbo-analytic-kl' or 'elbo': the importance-weighted "
@@ -289,6 +580,10 @@ def make_elbo(
     check_objective(objective, estimator, num_particles, jit)
     if objective == "wake-sleep":
         return WakeSleep()
+    if objective == "rws":
+        return ReweightedWakeSleep(num_particles)
+    if objective == "mcem":
+        return MonteCarloEM()
     # One particle needs no particle plate: without it every site skips a broadcast.
     vectorize = int(num_particles) > 1
     kwargs = dict(

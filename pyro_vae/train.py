@@ -205,6 +205,11 @@ class TrainConfig:
         check_estimator(self.estimator, self.baseline_beta)
         check_objective(self.objective, self.estimator, self.num_particles, self.jit)
         check_kl_weight(self.kl_weight, self.kl_warmup, self.objective, self.estimator)
+        if self.objective == "mcem" and self.prior == "hyperspherical":
+            raise ConfigError(
+                "objective 'mcem' samples the posterior by HMC in R^d, and the hyperspherical "
+                "latent lives on the sphere; choose another prior"
+            )
         check_optimizer_settings(
             self.learning_rate,
             self.baseline_learning_rate,
@@ -892,7 +897,9 @@ def _score(run: _Run, epoch: int) -> float:
 def _checkpoint_state(run: _Run, store) -> dict:
     """Everything a resume needs to continue bit for bit (see :mod:`pyro_vae.checkpoint`).
     Called by every process of a distributed run: it gathers their streams and baselines."""
-    baseline = {k: v.detach().cpu() for k, v in store.items() if k.startswith("__baseline")}
+    # the objectives' running state in the param store: the baselines' decaying averages,
+    # Monte Carlo EM's step size (names beginning "__", outside every trace)
+    baseline = {k: v.detach().cpu() for k, v in store.items() if k.startswith("__")}
     ranks = distributed.gather(run.world, {"rng": get_rng_state(), "baseline_state": baseline})
     state = {
         "config": run.config.to_dict(),

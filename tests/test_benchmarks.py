@@ -118,7 +118,9 @@ def test_conv_vs_mlp_quick_run_gives_sane_rows(capsys, tmp_path):
     (first,) = conv_vs_mlp.train_for(tiny, 0.0, tmp_path / "one", None).history
     budget = 3 * first["seconds"]  # a few epochs, however fast this machine is
     history = conv_vs_mlp.train_for(tiny, budget, tmp_path / "run", None).history
-    assert history[-1]["seconds"] >= budget > history[-2]["seconds"]
+    # stops at the first epoch that reaches the budget (on a busy machine that may be the first)
+    assert history[-1]["seconds"] >= budget
+    assert all(h["seconds"] < budget for h in history[:-1])
 
 
 def test_train_memory_quick_run_measures_both_programs(capsys):

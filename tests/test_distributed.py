@@ -51,6 +51,8 @@ CASES = {
     "reinforce-nn-baseline": ["--objective", "elbo", "--estimator", "reinforce-nn-baseline"],
     "jit": ["--objective", "elbo-analytic-kl", "--jit"],
     "wake-sleep": ["--objective", "wake-sleep"],
+    "rws": ["--objective", "rws", "-K", "3"],
+    "mcem": ["--objective", "mcem"],
 }
 
 
@@ -88,13 +90,14 @@ def reference(config: TrainConfig, world: int = 2) -> dict:
             with poutine.trace(param_only=True) as capture:
                 for rank in range(world):
                     set_rng_state(streams[rank])
-                    for name in [k for k in store.keys() if k.startswith("__baseline")]:
+                    # each rank's running state: baseline averages, MCEM's step size
+                    for name in [k for k in store.keys() if k.startswith("__")]:
                         del store[name]
                     for name, value in baselines[rank].items():
                         store[name] = value
                     elbos[rank].loss_and_grads(vae.model, vae.guide, x[rank * B : (rank + 1) * B])
                     streams[rank] = get_rng_state()
-                    baselines[rank] = {k: store[k] for k in store.keys() if k.startswith("__b")}
+                    baselines[rank] = {k: store[k] for k in store.keys() if k.startswith("__")}
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
             optim(params)
             zero_grads(params)

@@ -102,7 +102,7 @@ def test_the_reported_loss_is_minus_the_elbo_at_the_wake_sample(float64):
     [
         (dict(estimator="reinforce"), "takes no estimator"),
         (dict(estimator="stl"), "takes no estimator"),
-        (dict(num_particles=5), "one sample a phase"),
+        (dict(num_particles=5), "one sample a step"),
         (dict(jit=True), "JIT"),
         (dict(kl_weight=2.0), "no KL term"),
         (dict(kl_warmup=2), "no KL term"),

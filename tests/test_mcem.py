@@ -1,0 +1,191 @@
+"""Monte Carlo EM (pyro_vae.objectives.MonteCarloEM): its E-step against the exact posterior
+of a linear-Gaussian model, its two gradients against what they should be, and as a training
+objective of the CLI and fit."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae import ConfigError, TrainConfig, fit
+from pyro_vae.objectives import MonteCarloEM, make_elbo
+
+SIGMA = 0.6
+# x (3) = W z (2) + b + noise; float64, as every test of the model runs
+W = torch.tensor([[1.0, 0.5], [-0.7, 1.2], [0.3, -0.4]], dtype=torch.float64)
+BIAS = torch.tensor([0.2, -0.1, 0.4], dtype=torch.float64)
+
+
+def model(x):
+    w = pyro.param("w", W.clone())
+    b = pyro.param("b", BIAS.clone())
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z @ w.T + b, SIGMA).to_event(1), obs=x)
+
+
+def guide(x):
+    loc = pyro.param("loc", torch.zeros(2))
+    with pyro.plate("data", x.shape[0]):  # a poor guide: the chains must find the posterior
+        pyro.sample("z", dist.Normal(loc.expand(x.shape[0], 2), 1.5).to_event(1))
+
+
+def exact_posterior(x):
+    """p(z|x) = N(mu, Sigma), Sigma = (I + W^T W / s^2)^-1, mu = Sigma W^T (x - b) / s^2."""
+    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)
+    return cov @ W.T @ (x - BIAS) / SIGMA**2, cov
+
+
+def test_the_e_step_samples_the_exact_posterior(float64):
+    """4000 independent chains for one image, from the guide's (wrong) draws: after the
+    transitions their states have the posterior's mean and covariance, within 5 standard
+    errors of Monte Carlo."""
+    x = torch.tensor([0.9, -1.1, 0.5])
+    n = 4000
+    xs = x.expand(n, 3)
+    pyro.set_rng_seed(0)
+    mcem = MonteCarloEM(num_leapfrog=10, num_transitions=30, initial_step_size=0.3)
+    start = {"z": 1.5 * torch.randn(n, 2)}
+    z, rate = mcem.e_step(model, start, xs, adapt=False)
+    assert 0.5 < rate <= 1.0
+    z = z["z"]
+    mu, cov = exact_posterior(x)
+    se_mean = (torch.diagonal(cov) / n).sqrt()
+    assert ((z.mean(0) - mu).abs() < 5 * se_mean).all(), (z.mean(0), mu)
+    sample_cov = torch.cov(z.T)
+    se_cov = ((torch.outer(torch.diagonal(cov), torch.diagonal(cov)) + cov**2) / n).sqrt()
+    assert ((sample_cov - cov).abs() < 5 * se_cov).all(), (sample_cov, cov)
+    # the check has power: the start is far from the posterior
+    assert ((start["z"].mean(0) - mu).abs() > 20 * se_mean).any()
+
+
+def test_too_few_transitions_are_caught(float64):
+    """The same check fails for chains that have not moved far enough: it can fail."""
+    x = torch.tensor([0.9, -1.1, 0.5])
+    pyro.set_rng_seed(0)
+    mcem = MonteCarloEM(num_leapfrog=1, num_transitions=1, initial_step_size=0.05)
+    z, _ = mcem.e_step(model, {"z": 1.5 * torch.randn(4000, 2) + 3.0}, x.expand(4000, 3),
+                       adapt=False)  # fmt: skip
+    mu, cov = exact_posterior(x)
+    assert ((z["z"].mean(0) - mu).abs() > 5 * (torch.diagonal(cov) / 4000).sqrt()).any()
+
+
+def test_the_step_size_adapts_toward_the_target_rate(float64):
+    x = torch.randn(200, 3)
+    mcem = MonteCarloEM(num_transitions=2, initial_step_size=2.0, adaptation_rate=0.5)
+    pyro.set_rng_seed(1)
+    rates = []
+    for _ in range(60):
+        _, rate = mcem.e_step(model, {"z": torch.randn(200, 2)}, x)
+        rates.append(rate)
+    assert rates[0] < 0.6  # a step of 2 overshoots
+    assert sum(rates[-10:]) / 10 == pytest.approx(0.9, abs=0.05)
+    assert mcem.STEP_SIZE in pyro.get_param_store()
+
+
+def test_each_gradient_reaches_its_own_parameters(float64):
+    """The guide's gradient is minus the ELBO's at its draw (Pyro's Trace_ELBO on the same
+    draw); the model's is minus log p(x, z) at the E-step's samples: rerun from the same seed,
+    the E-step returns those samples."""
+    x = torch.randn(50, 3)
+    mcem = MonteCarloEM(num_transitions=2)
+    pyro.set_rng_seed(3)
+    loss = mcem.loss_and_grads(model, guide, x)
+    got = {n: pyro.param(n).unconstrained().grad.clone() for n in ("w", "b", "loc")}
+    for n in got:
+        pyro.param(n).unconstrained().grad = None
+    pyro.set_rng_seed(3)
+    trace_elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    expected_loss = trace_elbo.loss_and_grads(model, guide, x)
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    assert torch.allclose(got["loc"], pyro.param("loc").unconstrained().grad, rtol=1e-10)
+    for n in got:
+        pyro.param(n).unconstrained().grad = None
+    del pyro.get_param_store()[MonteCarloEM.STEP_SIZE]  # the first step adapted it
+    pyro.set_rng_seed(3)
+    draw = pyro.poutine.trace(guide).get_trace(x).nodes["z"]["value"]
+    z, _ = MonteCarloEM(num_transitions=2).e_step(model, {"z": draw}, x)
+    log_p, _ = mcem.log_joint(model, z, x)
+    w, b = pyro.param("w"), pyro.param("b")
+    grad_w, grad_b = torch.autograd.grad(-log_p.sum(), [w, b])
+    assert torch.allclose(got["w"], grad_w, rtol=1e-10)
+    assert torch.allclose(got["b"], grad_b, rtol=1e-10)
+
+
+def test_learns_the_decoder_of_a_linear_gaussian_model(float64):
+    """From a wrong bias, EM climbs the exact log-likelihood N(x; b, W W^T + s^2 I)."""
+    pyro.set_rng_seed(0)
+    x = torch.randn(500, 2) @ W.T + BIAS + SIGMA * torch.randn(500, 3)
+    pyro.param("w", W.clone())
+    pyro.param("b", BIAS + 1.5)  # far off
+
+    def exact_log_likelihood():
+        cov = pyro.param("w") @ pyro.param("w").T + SIGMA**2 * torch.eye(3)
+        return dist.MultivariateNormal(pyro.param("b"), cov).log_prob(x).mean().item()
+
+    before = exact_log_likelihood()
+    mcem = MonteCarloEM(num_transitions=10)  # enough from this poor guide
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), mcem)
+    for _ in range(150):
+        svi.step(x)
+    assert exact_log_likelihood() > before + 1.0
+    assert torch.allclose(pyro.param("b").detach(), x.mean(0), atol=0.15)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        pytest.param(dict(estimator="reinforce"), "takes no estimator", id="reinforce"),
+        pytest.param(dict(num_particles=3), "one sample a step", id="K"),
+        pytest.param(dict(jit=True), "JIT", id="jit"),
+        pytest.param(dict(kl_weight=0.5), "no KL term", id="kl weight"),
+        pytest.param(dict(prior="hyperspherical"), "sphere", id="sphere"),
+    ],
+)
+def test_refused_combinations(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(objective="mcem", **settings).validate()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param(dict(num_leapfrog=0), id="no leapfrog"),
+        pytest.param(dict(num_transitions=1.5), id="half a transition"),
+        pytest.param(dict(target_accept=1.0), id="accept all"),
+        pytest.param(dict(initial_step_size=-0.1), id="negative step"),
+        pytest.param(dict(adaptation_rate=math.nan), id="nan rate"),
+    ],
+)
+def test_the_class_refuses_bad_settings(kwargs):
+    with pytest.raises(ConfigError):
+        MonteCarloEM(**kwargs)
+
+
+def test_the_cli_refuses_with_one_line(capsys, tmp_path):
+    from conftest import cli_fails
+
+    argv = ["train", "--dataset", "mnist-sample", "--objective", "mcem", "--prior",
+            "hyperspherical", "--out", str(tmp_path / "r")]  # fmt: skip
+    err = cli_fails(argv, capsys)
+    assert "sphere" in err and not (tmp_path / "r").exists()
+
+
+SMALL = dict(dataset="mnist-sample", train_size=256, batch_size=64, hidden_sizes=(64,),
+             latent_dim=3, objective="mcem")  # fmt: skip
+
+
+def test_a_short_mnist_run_trains_and_resumes_as_uninterrupted(tmp_path):
+    whole = fit(TrainConfig(**SMALL, epochs=4), tmp_path / "whole")
+    first, last = whole.history[0], whole.history[-1]
+    assert last["train_elbo"] > first["train_elbo"] and math.isfinite(last["valid_elbo"])
+    assert isinstance(make_elbo("mcem"), MonteCarloEM)
+    fit(TrainConfig(**SMALL, epochs=2), tmp_path / "split")
+    resumed = fit(TrainConfig(**SMALL, epochs=4), tmp_path / "split", resume=True)
+    for a, b in zip(whole.vae.parameters(), resumed.vae.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in whole.history]
