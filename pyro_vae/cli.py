@@ -44,7 +44,7 @@ from pyro_vae.evaluate import evaluate
 from pyro_vae.isolation import check_seed
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.optim import LR_SCHEDULES
+from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.plots import (
     interpolation_figure,
     latent_scatter_figure,
@@ -321,11 +321,16 @@ def _add_optimizer_arguments(g: argparse._ArgumentGroup, study: bool) -> None:
             help="ramp the KL weight linearly from 0 to --kl-weight over EPOCHS epochs",
         )
     g.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adam (the default) or adagrad, Kingma & Welling's (2013) optimizer",
+    )
+    g.add_argument(
         "--lr",
         "--learning-rate",
         dest="learning_rate",
         type=float,
-        help=f"Adam learning rate (default {d.learning_rate})",
+        help=f"learning rate (default {d.learning_rate})",
     )
     g.add_argument(
         "--lr-schedule",
@@ -335,6 +340,12 @@ def _add_optimizer_arguments(g: argparse._ArgumentGroup, study: bool) -> None:
     )
     g.add_argument("--adam-eps", type=float, help=f"Adam's epsilon (default {d.adam_eps:g})")
     g.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="times each parameter, added to its batch-summed gradient (default 0); "
+        "batch size / training images is a N(0, I) prior on the parameters",
+    )
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     _add_shared(g, "seed", default=None, help=f"default {d.seed} (0 to 2**32 - 1)")

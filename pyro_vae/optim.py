@@ -1,18 +1,21 @@
-"""One Adam over all parameters, as a Pyro optimizer.
+"""One optimizer over all parameters, as a Pyro optimizer: Adam, or Adagrad (the optimizer of
+Kingma & Welling 2013), with an optional weight decay.
 
 Pyro's ``pyro.optim.Adam`` builds one ``torch.optim.Adam`` per parameter tensor and steps each
 in turn: ten Python-level optimizer steps per SVI step for a one-hidden-layer VAE. On a small
-network that is a measurable share of the step (see ``benchmarks/speed.py``). :class:`JointAdam`
-steps all parameters with a single ``torch.optim.Adam``: by default PyTorch's fused kernel (one
-pass over each tensor, the fastest update on the CPU too), which agrees with Pyro's Adam to
-float32 rounding; with ``fused=False`` the multi-tensor update, which is bit for bit Pyro's
-(Adam's update is elementwise). After the step it sets the gradients to ``None``,
-as ``zero_grad()`` does, so that ``SVI`` has no zeros to write and the next backward pass
-assigns gradients instead of adding them to zeros.
+network that is a measurable share of the step (see ``benchmarks/speed.py``).
+:class:`JointOptimizer` steps all parameters with a single ``torch.optim.Adam``: by default
+PyTorch's fused kernel (one pass over each tensor, the fastest update on the CPU too), which
+agrees with Pyro's Adam to float32 rounding; with ``fused=False`` the multi-tensor update,
+which is bit for bit Pyro's (Adam's update is elementwise). Adagrad runs as one multi-tensor
+``torch.optim.Adagrad``. After the step it sets the gradients to ``None``, as ``zero_grad()``
+does, so that ``SVI`` has no zeros to write and the next backward pass assigns gradients
+instead of adding them to zeros.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import pyro
@@ -20,11 +23,13 @@ import torch
 from pyro.optim import PyroOptim
 from pyro.params.param_store import normalize_param_name
 
-from pyro_vae.checks import require_choice, require_positive
+from pyro_vae.checks import is_real, require_choice, require_positive
+from pyro_vae.errors import ConfigError
 
-__all__ = ["LR_SCHEDULES", "JointAdam", "check_optimizer_settings", "lr_factor"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "JointOptimizer", "check_optimizer_settings", "lr_factor"]
 
 LR_SCHEDULES = ("constant", "iwae")
+OPTIMIZERS = ("adam", "adagrad")
 
 
 def check_optimizer_settings(
@@ -33,8 +38,10 @@ def check_optimizer_settings(
     adam_eps: float = 1e-8,
     clip_norm: float | None = None,
     lr_schedule: str = "constant",
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
 ) -> None:
-    """Raise :class:`pyro_vae.ConfigError` for a setting of :class:`JointAdam` out of range."""
+    """Raise :class:`pyro_vae.ConfigError` for a setting of :class:`JointOptimizer` out of range."""
     for name, value in (
         ("learning_rate", learning_rate),
         ("baseline_learning_rate", baseline_learning_rate),
@@ -43,6 +50,9 @@ def check_optimizer_settings(
         require_positive(value, name)
     require_positive(clip_norm, "clip_norm", optional=True)
     require_choice(lr_schedule, "lr_schedule", LR_SCHEDULES)
+    require_choice(optimizer, "optimizer", OPTIMIZERS)
+    if not is_real(weight_decay) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
 def lr_factor(schedule: str, epoch: int) -> float:
@@ -65,14 +75,18 @@ def lr_factor(schedule: str, epoch: int) -> float:
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {LR_SCHEDULES}")
 
 
-class JointAdam(PyroOptim):
-    """Adam over every parameter SVI hands it, in one ``torch.optim.Adam``.
+class JointOptimizer(PyroOptim):
+    """Adam (or Adagrad) over every parameter SVI hands it, in one torch optimizer.
 
     :param learning_rate: a function of the parameter's name (as in ``nn.Module``, e.g.
         ``"encoder.loc.weight"``) that gives its learning rate.
     :param clip_norm: if given, each parameter's gradient is clipped to this norm before the
         step, as Pyro's ``clip_args={"clip_norm": ...}`` does.
     :param eps: Adam's ``epsilon`` (Burda et al. 2015 use ``1e-4``); betas are ``(0.9, 0.999)``.
+    :param algorithm: ``"adam"`` or ``"adagrad"`` (``torch.optim.Adagrad``, its defaults).
+    :param weight_decay: added times each parameter to its gradient, as torch's optimizers
+        do: with the loss summed over a batch of ``M`` of ``N`` images, ``M / N`` is the
+        MAP estimate under a ``N(0, I)`` prior on the parameters (Kingma & Welling 2013).
     :param fused: use PyTorch's fused Adam where this PyTorch has it for the parameters'
         device, else the multi-tensor one.
     """
@@ -83,14 +97,18 @@ class JointAdam(PyroOptim):
         clip_norm: float | None = None,
         eps: float = 1e-8,
         fused: bool = True,
+        algorithm: str = "adam",
+        weight_decay: float = 0.0,
     ) -> None:
         # PyroOptim's own machinery (one optimizer per tensor) is not used.
         self.learning_rate = learning_rate
         self.clip_norm = clip_norm
         self.eps = eps
         self.fused = fused
+        self.algorithm = algorithm
+        self.weight_decay = float(weight_decay)
         self.lr_factor = 1.0
-        self.optim: torch.optim.Adam | None = None
+        self.optim: torch.optim.Optimizer | None = None
         self.names: dict[torch.Tensor, str] = {}
         self.by_name: dict[str, torch.Tensor] = {}
         self._pending_state: dict[str, dict] = {}
@@ -108,7 +126,7 @@ class JointAdam(PyroOptim):
             base_lr = self.learning_rate(normalize_param_name(name))
             group = {"params": [p], "base_lr": base_lr, "lr": base_lr * self.lr_factor}
             if self.optim is None:
-                self.optim = self._make_adam(group)
+                self.optim = self._make(group)
             else:
                 same = (g for g in self.optim.param_groups if g["base_lr"] == base_lr)
                 existing = next(same, None)
@@ -120,13 +138,16 @@ class JointAdam(PyroOptim):
             if state is not None:
                 self.optim.state[p] = {k: v.to(p.device) for k, v in state.items()}
 
-    def _make_adam(self, group: dict) -> torch.optim.Adam:
+    def _make(self, group: dict) -> torch.optim.Optimizer:
+        decay = self.weight_decay
+        if self.algorithm == "adagrad":
+            return torch.optim.Adagrad([group], weight_decay=decay, foreach=True)
         if self.fused:
             try:
-                return torch.optim.Adam([group], eps=self.eps, fused=True)
+                return torch.optim.Adam([group], eps=self.eps, weight_decay=decay, fused=True)
             except (RuntimeError, TypeError):  # no fused Adam for this device or this torch
                 pass
-        return torch.optim.Adam([group], eps=self.eps, foreach=True)
+        return torch.optim.Adam([group], eps=self.eps, weight_decay=decay, foreach=True)
 
     def set_lr_factor(self, factor: float) -> None:
         """Scale every learning rate to ``factor`` times its base value (a schedule's step)."""
@@ -149,7 +170,7 @@ class JointAdam(PyroOptim):
         stepped = set(params)
         for p in self.names:
             if p not in stepped:
-                p.grad = None  # not in this step's trace: Adam must leave it alone
+                p.grad = None  # not in this step's trace: the optimizer must leave it alone
         if self.clip_norm is not None:
             for p in params:
                 torch.nn.utils.clip_grad_norm_(p, self.clip_norm)
@@ -158,7 +179,8 @@ class JointAdam(PyroOptim):
             p.grad = None
 
     def get_state(self) -> dict:
-        """Adam's moments and step count for each parameter, by param-store name."""
+        """The optimizer's state (Adam's moments, Adagrad's sums; the step count) for each
+        parameter, by param-store name."""
         if self.optim is None:
             return dict(self._pending_state)
         state = {self.names[p]: dict(s) for p, s in self.optim.state.items()}

@@ -73,7 +73,7 @@ from pyro_vae.isolation import (
 from pyro_vae.model import VAE, image_shape_chw
 from pyro_vae.networks import check_network_settings, conv_sizes
 from pyro_vae.objectives import check_kl_weight, check_objective, kl_weight_at, make_elbo
-from pyro_vae.optim import JointAdam, check_optimizer_settings, lr_factor
+from pyro_vae.optim import JointOptimizer, check_optimizer_settings, lr_factor
 from pyro_vae.priors import check_prior
 from pyro_vae.runfolder import locked_folder
 
@@ -156,10 +156,12 @@ class TrainConfig:
     kl_weight: float = 1.0  # beta: the KL's weight in the training objective (beta-VAE)
     kl_warmup: int = 0  # epochs of a linear ramp of the KL weight from 0 to kl_weight
     # optimizer and schedule (pyro_vae.optim)
+    optimizer: str = "adam"  # or "adagrad", Kingma & Welling's (2013)
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # or "iwae": Burda et al.'s 3^i epochs at 10^(-i/7) times it
     adam_eps: float = 1e-8  # Adam's epsilon; Burda et al. (2015) use 1e-4
     clip_norm: float | None = None  # clip each parameter's gradient norm (Pyro's clip_args)
+    weight_decay: float = 0.0  # times the parameters, added to the batch-summed gradient
     epochs: int = 10
     batch_size: int = 128
     # where and how it runs
@@ -216,6 +218,8 @@ class TrainConfig:
             self.adam_eps,
             self.clip_norm,
             self.lr_schedule,
+            self.optimizer,
+            self.weight_decay,
         )
         require_whole(self.epochs, "epochs")
         check_seed(self.seed)
@@ -359,14 +363,15 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
         raise
 
 
-def make_optimizer(config: TrainConfig) -> JointAdam:
-    """Adam over all parameters, the nn baseline's at their own learning rate."""
+def make_optimizer(config: TrainConfig) -> JointOptimizer:
+    """Adam or Adagrad over all parameters, the nn baseline's at their own learning rate."""
 
     def learning_rate(name: str) -> float:
         baseline = name.startswith("baseline.")
         return config.baseline_learning_rate if baseline else config.learning_rate
 
-    return JointAdam(learning_rate, config.clip_norm, eps=config.adam_eps)
+    return JointOptimizer(learning_rate, config.clip_norm, eps=config.adam_eps,
+                          algorithm=config.optimizer, weight_decay=config.weight_decay)  # fmt: skip
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -530,7 +535,7 @@ class _Run:
     score_images: torch.Tensor  # (V, ...) float, on the device: validation, else test
     test_images: torch.Tensor  # (M, ...) float, on the device
     vae: VAE
-    optim: JointAdam
+    optim: JointOptimizer
     loader: BatchLoader
     history: list[dict[str, float]]
     epochs_done: int = 0

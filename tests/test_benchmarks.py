@@ -165,3 +165,31 @@ def test_priors_quick_runs_write_their_reports(study, tmp_path, capsys):
     if study != "vamp":
         assert (tmp_path / f"priors_{study}.png").stat().st_size > 1000
     assert capsys.readouterr().out.count("test ELBO") == expected
+
+
+@pytest.mark.parametrize("figure", [2, 3])
+def test_aevb_wake_sleep_quick_runs_draw_their_curves(figure, tmp_path):
+    """Kingma & Welling's Figures 2 and 3 at a tiny size: every method's curve, at growing
+    numbers of training images seen, with the same bound for every method."""
+    import json
+    import math
+
+    import aevb_wake_sleep
+
+    assert aevb_wake_sleep.checkpoints(13) == [1, 2, 3, 4, 7, 10, 13]
+    assert aevb_wake_sleep.main(["--figure", str(figure), "--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / f"aevb_fig{figure}.json").read_text())["rows"]
+    methods = [r["method"] for r in rows]
+    if figure == 2:
+        assert methods == ["AEVB", "wake-sleep"]
+    else:  # MCEM on the small sets only; every set trains for the same number of images
+        assert methods == ["AEVB", "wake-sleep", "MCEM"] * 2
+        assert {r["points"][-1]["images_seen"] for r in rows} == {1200}
+    for row in rows:
+        seen = [p["images_seen"] for p in row["points"]]
+        assert seen == sorted(seen) and len(set(seen)) == len(seen) > 1
+        for p in row["points"]:
+            assert math.isfinite(p["train_elbo"]) and math.isfinite(p["test_elbo"])
+            if figure == 3:  # log p(x) is a log-mean-exp of weights whose mean is the ELBO
+                assert p["test_log_px"] >= p["test_elbo"] - 1e-4
+    assert (tmp_path / f"aevb_fig{figure}.png").stat().st_size > 1000

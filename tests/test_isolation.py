@@ -148,7 +148,7 @@ def test_a_vae_and_a_config_refuse_a_setting_in_the_same_words(settings, message
 
 def test_only_the_isolation_module_touches_pyros_global_state():
     """benchmarks/code_shape.py finds every call that seeds, saves or restores the global RNGs
-    or swaps the param store; outside pyro_vae/isolation.py only JointAdam's name look-up is
+    or swaps the param store; outside pyro_vae/isolation.py only JointOptimizer's name look-up is
     left (Pyro's own optimizers look names up the same way)."""
     spec = importlib.util.spec_from_file_location("code_shape", ROOT / "benchmarks/code_shape.py")
     code_shape = importlib.util.module_from_spec(spec)

@@ -221,7 +221,7 @@ def test_real_mnist_few_hundred_steps(data_dir):
 
 
 def _recording_optimizers(monkeypatch, **joint_adam_options) -> list:
-    """Make fit's optimizer with these JointAdam options, and keep each one made."""
+    """Make fit's optimizer with these JointOptimizer options, and keep each one made."""
     import pyro_vae.train as train
 
     created, make_optimizer = [], train.make_optimizer
@@ -238,7 +238,7 @@ def _recording_optimizers(monkeypatch, **joint_adam_options) -> list:
 
 
 def test_joint_adam_is_pyros_adam_bit_for_bit(monkeypatch):
-    """The multi-tensor JointAdam gives exactly what Pyro's one-Adam-per-tensor gives, with
+    """The multi-tensor JointOptimizer gives exactly what Pyro's one-Adam-per-tensor gives, with
     clipping and the nn baseline's own learning rate."""
     import pyro_vae.train as train
 
