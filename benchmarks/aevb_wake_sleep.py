@@ -35,6 +35,7 @@ suite checks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -48,7 +49,7 @@ from matplotlib.figure import Figure
 from measure import machine
 
 from pyro_vae import PyroVAEError, TrainConfig, evaluate, fit
-from pyro_vae.data import as_float, binarize_once
+from pyro_vae.data import ImageData, as_float, binarize_once, load_dataset
 from pyro_vae.train import run_images
 
 LATENTS = {"mnist": (3, 5, 10, 20, 200), "frey-faces": (2, 5, 10, 20)}
@@ -68,31 +69,40 @@ def checkpoints(epochs: int) -> list[int]:
     return [*points, epochs]
 
 
-def _train_images(config: TrainConfig, count: int) -> torch.Tensor:
+def _data(config: TrainConfig, test_images: int) -> ImageData:
+    """The data set, loaded once for a whole curve, with its first ``test_images`` test images:
+    each epoch's held-out score and the test bound are measured on those."""
+    data = load_dataset(config.dataset, config.data_dir)
+    labels = data.test_labels[:test_images] if data.test_labels is not None else None
+    return dataclasses.replace(data, test_images=data.test_images[:test_images],
+                               test_labels=labels)  # fmt: skip
+
+
+def _train_images(config: TrainConfig, data: ImageData, count: int) -> torch.Tensor:
     """The first ``count`` training images, binarized once (fixed seed) where training
     binarizes them afresh: the images the training bound is measured on."""
-    train = as_float(run_images(config).train[:count])
+    train = as_float(run_images(config, data).train[:count])
     return binarize_once(train, TRAIN_BINARIZATION_SEED) if config.binarize == "dynamic" else train
 
 
-def select_step_size(config: TrainConfig, images: int) -> tuple[float, dict]:
+def select_step_size(config: TrainConfig, images: int, data: ImageData) -> tuple[float, dict]:
     """The step size of :data:`STEP_SIZES` whose one pass over the first ``images`` training
     images ends with the highest training bound (the paper's choice "on a short run")."""
     scores = {}
     for lr in STEP_SIZES:
         size = min(images, config.train_size or images)
         short = replace(config, learning_rate=lr, epochs=1, train_size=size)
-        scores[lr] = fit(short).history[-1]["train_elbo"]
+        scores[lr] = fit(short, data=data).history[-1]["train_elbo"]
     finite = {lr: v for lr, v in scores.items() if math.isfinite(v)}
     return max(finite, key=finite.get), scores
 
 
-def curve(config: TrainConfig, run_dir: Path, args, figure: int) -> list[dict]:
+def curve(config: TrainConfig, data: ImageData, run_dir: Path, args, figure: int) -> list[dict]:
     """Train ``config`` to each of :func:`checkpoints`, measuring the bounds at each."""
-    train_images = _train_images(config, args.eval_images)
+    train_images = _train_images(config, data, args.eval_images)
     points, started = [], time.perf_counter()
     for epochs in checkpoints(config.epochs):
-        result = fit(replace(config, epochs=epochs), run_dir, resume=run_dir.exists())
+        result = fit(replace(config, epochs=epochs), run_dir, data, resume=run_dir.exists())
         images_seen = result.history[-1]["step"] * config.batch_size
         test_images = result.test_images[: args.eval_images]
         K = args.num_particles if figure == 3 else 1
@@ -208,11 +218,12 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="aevb-runs-") as scratch:
             for i, run in enumerate(_runs(args)):
                 config = run.pop("config")
-                train_images = run_images(config).train.shape[0]
+                data = _data(config, args.eval_images)
+                train_images = run_images(config, data).train.shape[0]
                 config = replace(config, weight_decay=config.batch_size / train_images)
-                lr, scores = select_step_size(config, args.select_images)
+                lr, scores = select_step_size(config, args.select_images, data)
                 config = replace(config, learning_rate=lr)
-                run["points"] = curve(config, Path(scratch) / str(i), args, args.figure)
+                run["points"] = curve(config, data, Path(scratch) / str(i), args, args.figure)
                 run |= {"epochs": config.epochs, "hidden": config.hidden_sizes[0],
                         "step_size": lr, "step_size_scores": scores,
                         "weight_decay": config.weight_decay}  # fmt: skip

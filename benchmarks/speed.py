@@ -13,7 +13,7 @@ reparameterized sample):
     the fused Adam that pyro_vae's optimizer uses: the same floating-point work as pyro_vae's
     step, so the ratio against it is what Pyro's tracing costs.
 
-The Pyro steps are ``SVI.step``: ``pyro-vae train``'s configuration (its ELBO, ``JointAdam``,
+The Pyro steps are ``SVI.step``: ``pyro-vae train``'s configuration (its ELBO, ``JointOptimizer``,
 validation off) with each ELBO class, and a plain Pyro VAE as Pyro's tutorial writes it
 (``pyro.optim.Adam``, Pyro's validation on). Each Pyro step is timed alternately
 with the two hand-written ones, in rotating order, in one process; the report gives medians of

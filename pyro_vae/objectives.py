@@ -309,8 +309,8 @@ class MonteCarloEM(infer.ELBO):
       importance-sampled log-likelihood of an MCEM model are reported.
 
     The adapted step size is state a resumed run needs: it lives in Pyro's param store as
-    ``__mcem_log_step_size`` (outside every trace, so no optimizer touches it) and is
-    checkpointed with the baselines' averages.
+    ``__mcem_log_step_size``, a parameter without a gradient (so no optimizer steps it), and
+    is checkpointed with the baselines' averages.
 
     The returned loss is minus the one-sample ELBO at the guide's draw, as for
     :class:`WakeSleep`.
@@ -346,12 +346,13 @@ class MonteCarloEM(infer.ELBO):
         total = sum(_masked_log_prob(site) for site in _sample_sites(trace))
         return total, trace.nodes[observed[0]]["scale"]
 
+    def _log_step_size(self) -> torch.Tensor:
+        # a param with no gradient, as Pyro keeps its baselines' averages: no optimizer steps it
+        return pyro.param(self.STEP_SIZE, lambda: torch.tensor(math.log(self.initial_step_size)))
+
     def step_size(self) -> float:
         """The current step size of the leapfrog integrator."""
-        store = pyro.get_param_store()
-        if self.STEP_SIZE not in store:
-            return self.initial_step_size
-        return math.exp(store[self.STEP_SIZE].item())
+        return math.exp(self._log_step_size().item())
 
     def e_step(self, model, z: dict, *args, adapt: bool = True, **kwargs) -> tuple[dict, float]:
         """``num_transitions`` HMC transitions for each image from the latents ``z`` (each
@@ -393,7 +394,7 @@ class MonteCarloEM(infer.ELBO):
         rate = sum(accept) / len(accept)
         if adapt:
             log_step = math.log(step_size) + self.adaptation_rate * (rate - self.target_accept)
-            pyro.get_param_store()[self.STEP_SIZE] = torch.tensor(log_step)
+            self._log_step_size().unconstrained().data.fill_(log_step)
         return z, rate
 
     def _latents(self, guide_trace) -> dict:

@@ -903,7 +903,7 @@ def _checkpoint_state(run: _Run, store) -> dict:
     """Everything a resume needs to continue bit for bit (see :mod:`pyro_vae.checkpoint`).
     Called by every process of a distributed run: it gathers their streams and baselines."""
     # the objectives' running state in the param store: the baselines' decaying averages,
-    # Monte Carlo EM's step size (names beginning "__", outside every trace)
+    # Monte Carlo EM's step size (parameters without gradients, names beginning "__")
     baseline = {k: v.detach().cpu() for k, v in store.items() if k.startswith("__")}
     ranks = distributed.gather(run.world, {"rng": get_rng_state(), "baseline_state": baseline})
     state = {
