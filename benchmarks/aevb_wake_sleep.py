@@ -29,7 +29,8 @@ Writes ``DIR/aevb_fig{2,3}.json`` and ``DIR/aevb_fig{2,3}.png``::
     python benchmarks/aevb_wake_sleep.py --figure 3 --data-dir ../shared/data --out DIR
 
 ``--quick`` runs tiny networks for a few epochs on the bundled ``mnist-sample`` (what the test
-suite checks).
+suite checks); ``--from-json DIR/aevb_fig2.json --figure 2`` redraws a figure from a run's JSON
+(``benchmarks/results/`` holds the ones in the docs).
 """
 
 from __future__ import annotations
@@ -146,8 +147,13 @@ def _runs(args) -> list[dict]:
 
 def _figure2(rows: list[dict]) -> Figure:
     panels = [(r["dataset"], r["latent_dim"]) for r in rows if r["method"] == "AEVB"]
-    fig = Figure(figsize=(3.2 * len(panels), 3.3), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    columns = min(3, len(panels))  # rows of three panels: readable on a page
+    lines = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(4.2 * columns, 3.4 * lines), layout="constrained")
+    grid = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax in grid[len(panels) :]:
+        ax.set_visible(False)
+    axes = grid[: len(panels)]
     colours = {"AEVB": "tab:red", "wake-sleep": "tab:blue"}
     for ax, (dataset, d) in zip(axes, panels, strict=True):
         for row in rows:
@@ -163,7 +169,8 @@ def _figure2(rows: list[dict]) -> Figure:
         ax.set_title(f"{'Frey Face' if dataset == 'frey-faces' else 'MNIST'}, $N_z$ = {d}")
         ax.set_xlabel("training images seen")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("ELBO (nats per image)")
+    for ax in grid[::columns]:
+        ax.set_ylabel("ELBO (nats per image)")
     axes[0].legend(fontsize="small")
     return fig
 
@@ -190,6 +197,19 @@ def _figure3(rows: list[dict]) -> Figure:
     return fig
 
 
+def _redraw(path: Path, figure: int, out: Path) -> int:
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        out.mkdir(parents=True, exist_ok=True)
+        drawn = _figure2(rows) if figure == 2 else _figure3(rows)
+        drawn.savefig(out / f"aevb_fig{figure}.png", dpi=110)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"aevb_wake_sleep: cannot redraw {path}: {e}", file=sys.stderr)
+        return 1
+    print(f"written to {out / f'aevb_fig{figure}.png'}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--figure", type=int, choices=(2, 3), default=2)
@@ -206,7 +226,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-images", type=int, default=1000, help="images per bound (1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
+    p.add_argument("--from-json", type=Path, metavar="JSON",
+                   help="redraw an earlier run's figure into --out; train nothing")  # fmt: skip
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        return _redraw(args.from_json, args.figure, args.out or args.from_json.parent)
     if args.quick:
         args.datasets, args.latents, args.hidden, args.epochs = ["mnist-sample"], [2], 16, 3
         args.train_sizes, args.num_particles, args.eval_images = [100, 400], 10, 50

@@ -368,8 +368,8 @@ class MonteCarloEM(infer.ELBO):
         z = {name: value.detach() for name, value in z.items()}
         step_size = self.step_size()
         accept = []
-        z_grads, energy = potential_grad(potential, z)
-        energy = last["per_image"]
+        z_grads, _ = potential_grad(potential, z)
+        energy = last["per_image"]  # (B,): each image's -log p(x, z)
         for _ in range(self.num_transitions):
             r = {name: torch.randn_like(value) for name, value in z.items()}
             kinetic = 0.5 * sum((v**2).sum(-1) for v in r.values())
