@@ -145,55 +145,55 @@ def _runs(args) -> list[dict]:
     return runs
 
 
-def _figure2(rows: list[dict]) -> Figure:
-    panels = [(r["dataset"], r["latent_dim"]) for r in rows if r["method"] == "AEVB"]
-    columns = min(3, len(panels))  # rows of three panels: readable on a page
-    lines = math.ceil(len(panels) / columns)
+COLOURS = {"AEVB": "tab:red", "wake-sleep": "tab:blue", "MCEM": "tab:green"}
+
+
+def _panels(count: int) -> tuple[Figure, list, int]:
+    """A figure of ``count`` panels in rows of at most three (readable on a page)."""
+    columns = min(3, count)
+    lines = math.ceil(count / columns)
     fig = Figure(figsize=(4.2 * columns, 3.4 * lines), layout="constrained")
     grid = fig.subplots(lines, columns, squeeze=False).ravel()
-    for ax in grid[len(panels) :]:
+    for ax in grid[count:]:
         ax.set_visible(False)
-    axes = grid[: len(panels)]
-    colours = {"AEVB": "tab:red", "wake-sleep": "tab:blue"}
-    for ax, (dataset, d) in zip(axes, panels, strict=True):
-        for row in rows:
-            if (row["dataset"], row["latent_dim"]) != (dataset, d):
-                continue
-            x = [p["images_seen"] for p in row["points"]]
-            colour = colours[row["method"]]
-            ax.plot(x, [p["train_elbo"] for p in row["points"]], "-", color=colour,
-                    label=f"{row['method']} (train)")  # fmt: skip
-            ax.plot(x, [p["test_elbo"] for p in row["points"]], "--", color=colour,
-                    label=f"{row['method']} (test)")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_title(f"{'Frey Face' if dataset == 'frey-faces' else 'MNIST'}, $N_z$ = {d}")
-        ax.set_xlabel("training images seen")
-        ax.grid(alpha=0.3)
+    return fig, list(grid), columns
+
+
+def _curves(ax, rows: list[dict], train_key: str, test_key: str, title: str) -> None:
+    """Each row's training (solid) and test (dashed) curve against the images seen."""
+    for row in rows:
+        x = [p["images_seen"] for p in row["points"]]
+        colour = COLOURS[row["method"]]
+        for key, style, which in ((train_key, "-", "train"), (test_key, "--", "test")):
+            ax.plot(x, [p[key] for p in row["points"]], style, color=colour,
+                    label=f"{row['method']} ({which})")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("training images seen")
+    ax.grid(alpha=0.3)
+
+
+def _figure2(rows: list[dict]) -> Figure:
+    panels = [(r["dataset"], r["latent_dim"]) for r in rows if r["method"] == "AEVB"]
+    fig, grid, columns = _panels(len(panels))
+    for ax, (dataset, d) in zip(grid, panels, strict=False):
+        mine = [r for r in rows if (r["dataset"], r["latent_dim"]) == (dataset, d)]
+        name = "Frey Face" if dataset == "frey-faces" else "MNIST"
+        _curves(ax, mine, "train_elbo", "test_elbo", f"{name}, $N_z$ = {d}")
     for ax in grid[::columns]:
         ax.set_ylabel("ELBO (nats per image)")
-    axes[0].legend(fontsize="small")
+    grid[0].legend(fontsize="small")
     return fig
 
 
 def _figure3(rows: list[dict]) -> Figure:
     sizes = sorted({r["train_size"] for r in rows})
-    fig = Figure(figsize=(4.5 * len(sizes), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
-    colours = {"AEVB": "tab:red", "wake-sleep": "tab:blue", "MCEM": "tab:green"}
-    for ax, size in zip(axes, sizes, strict=True):
-        for row in (r for r in rows if r["train_size"] == size):
-            x = [p["images_seen"] for p in row["points"]]
-            colour = colours[row["method"]]
-            ax.plot(x, [p["train_log_px"] for p in row["points"]], "-", color=colour,
-                    label=f"{row['method']} (train)")  # fmt: skip
-            ax.plot(x, [p["test_log_px"] for p in row["points"]], "--", color=colour,
-                    label=f"{row['method']} (test)")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_title(f"$N_{{train}}$ = {size:,}")
-        ax.set_xlabel("training images seen")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("marginal log-likelihood (nats per image)")
-    axes[0].legend(fontsize="small")
+    fig, grid, _ = _panels(len(sizes))
+    for ax, size in zip(grid, sizes, strict=False):
+        mine = [r for r in rows if r["train_size"] == size]
+        _curves(ax, mine, "train_log_px", "test_log_px", f"$N_{{train}}$ = {size:,}")
+    grid[0].set_ylabel("marginal log-likelihood (nats per image)")
+    grid[0].legend(fontsize="small")
     return fig
 
 

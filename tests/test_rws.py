@@ -5,32 +5,16 @@ weights written out by hand; and as a training objective of the CLI and fit."""
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import SIGMA, S, guide, model
 
-from pyro_vae import ConfigError, TrainConfig, fit
-from pyro_vae.objectives import ReweightedWakeSleep, WakeSleep, make_elbo
+from pyro_vae import ConfigError, TrainConfig
+from pyro_vae.objectives import ReweightedWakeSleep, WakeSleep
 
-SIGMA, S, K = 0.7, 0.5, 6  # the model's noise, the guide's scale, the particles
-
-
-def model(x):
-    w = pyro.param("w", torch.tensor(1.3))
-    b = pyro.param("b", torch.tensor(-0.4))
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.sample("x", dist.Normal(w * z + b, SIGMA), obs=x)
-
-
-def guide(x):
-    a = pyro.param("a", torch.tensor(0.6))
-    c = pyro.param("c", torch.tensor(0.2))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(a * x + c, S))
+K = 6  # particles
 
 
 def _grads(elbo_step, *args, names="wbac"):
@@ -168,19 +152,3 @@ def test_the_cli_refuses_with_one_line(capsys, tmp_path):
     err = cli_fails(["train", "--dataset", "mnist-sample", "--objective", "rws", "-K", "1",
                      "--out", str(tmp_path / "r")], capsys)  # fmt: skip
     assert "K >= 2" in err and not (tmp_path / "r").exists()
-
-
-SMALL = dict(dataset="mnist-sample", train_size=512, batch_size=64, hidden_sizes=(64,),
-             latent_dim=4, objective="rws", num_particles=5)  # fmt: skip
-
-
-def test_a_short_mnist_run_trains_and_resumes_as_uninterrupted(tmp_path):
-    whole = fit(TrainConfig(**SMALL, epochs=4), tmp_path / "whole")
-    first, last = whole.history[0], whole.history[-1]
-    assert last["train_elbo"] > first["train_elbo"] and math.isfinite(last["valid_elbo"])
-    assert isinstance(make_elbo("rws", num_particles=5), ReweightedWakeSleep)
-    fit(TrainConfig(**SMALL, epochs=2), tmp_path / "split")
-    resumed = fit(TrainConfig(**SMALL, epochs=4), tmp_path / "split", resume=True)
-    for a, b in zip(whole.vae.parameters(), resumed.vae.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in whole.history]

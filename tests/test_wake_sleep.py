@@ -6,29 +6,12 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import SIGMA, S, guide, model
 
-from pyro_vae import ConfigError, TrainConfig, fit
-from pyro_vae.objectives import WakeSleep, make_elbo
-
-SIGMA, S = 0.7, 0.5  # the model's noise and the guide's scale, fixed
-
-
-def model(x):
-    w = pyro.param("w", torch.tensor(1.3))
-    b = pyro.param("b", torch.tensor(-0.4))
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.sample("x", dist.Normal(w * z + b, SIGMA), obs=x)
-
-
-def guide(x):
-    a = pyro.param("a", torch.tensor(0.6))
-    c = pyro.param("c", torch.tensor(0.2))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(a * x + c, S))
+from pyro_vae import ConfigError, TrainConfig
+from pyro_vae.objectives import WakeSleep
 
 
 def _closed_form(x, w=1.3, b=-0.4, a=0.6, c=0.2):
@@ -119,19 +102,3 @@ def test_the_cli_refuses_with_one_line(capsys, tmp_path):
     err = cli_fails(["train", "--dataset", "mnist-sample", "--objective", "wake-sleep",
                      "--estimator", "reinforce", "--out", str(tmp_path / "r")], capsys)  # fmt: skip
     assert "takes no estimator" in err and not (tmp_path / "r").exists()
-
-
-SMALL = dict(dataset="mnist-sample", train_size=512, batch_size=64, hidden_sizes=(64,),
-             latent_dim=4, objective="wake-sleep")  # fmt: skip
-
-
-def test_a_short_mnist_run_trains_and_resumes_as_uninterrupted(tmp_path):
-    whole = fit(TrainConfig(**SMALL, epochs=4), tmp_path / "whole")
-    first, last = whole.history[0], whole.history[-1]
-    assert last["train_elbo"] > first["train_elbo"] and math.isfinite(last["valid_elbo"])
-    assert isinstance(make_elbo("wake-sleep"), WakeSleep)
-    fit(TrainConfig(**SMALL, epochs=2), tmp_path / "split")
-    resumed = fit(TrainConfig(**SMALL, epochs=4), tmp_path / "split", resume=True)
-    for a, b in zip(whole.vae.parameters(), resumed.vae.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in whole.history]
