@@ -8,9 +8,11 @@ import json
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
+from torch.distributions.kl import _kl_normal_normal, kl_divergence
 
 from pyro_vae import VAE, ConfigError, TrainConfig
 from pyro_vae.estimators import ESTIMATORS, guide_distribution
@@ -22,6 +24,7 @@ from pyro_vae.priors import (
     PRIORS,
     GaussianMixturePrior,
     HypersphericalPrior,
+    StandardNormal,
     VampPrior,
     has_closed_form_kl,
     make_prior,
@@ -431,3 +434,44 @@ def test_active_units_on_the_sphere_count_the_guide_mean_not_its_direction():
         result = evaluate(vae, x, 5)
         assert result.active_units == expected, (bias, result.active_units)
     assert (vae.encode(x)[0].var(0) > 0.01).all()  # the directions spread either way
+
+
+def test_standard_normal_kl_is_torchs_normal_normal_kl():
+    """The KL from a Gaussian to the ``normal`` prior's :class:`StandardNormal` equals torch's
+    Normal-Normal formula at loc 0 and scale 1, with its gradients, also when the prior's
+    batch shape broadcasts against the guide's; ``kl_divergence`` dispatches to it."""
+    torch.manual_seed(0)
+    loc = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    scale = (0.1 + torch.rand(4, 3, dtype=torch.float64)).requires_grad_()
+    q = dist.Normal(loc, scale)
+    for prior_shape in ((4, 3), (3,)):
+        zeros = torch.zeros(prior_shape, dtype=torch.float64)
+        mine = kl_divergence(q, StandardNormal(zeros, zeros + 1))
+        torchs = _kl_normal_normal(q, torch.distributions.Normal(zeros, zeros + 1))
+        assert mine.shape == torchs.shape == (4, 3)
+        torch.testing.assert_close(mine, torchs, rtol=1e-12, atol=1e-12)
+        weights = torch.randn(4, 3, dtype=torch.float64)
+        grads = [torch.autograd.grad((kl * weights).sum(), (loc, scale)) for kl in (mine, torchs)]
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(AssertionError):  # a wrong formula would show (the check can fail)
+        torch.testing.assert_close(kl_divergence(q, dist.Normal(0.0, 2.0)), mine)
+
+
+def test_normal_prior_reuses_its_batch_distribution():
+    """The ``normal`` prior builds ``N(0, I)`` once per batch shape, device, dtype and
+    validation setting, and the distribution is the standard normal of that shape."""
+    prior = make_prior("normal", 3)
+    with pyro.validation_enabled(False):
+        d = prior.batch_distribution((5,))
+        assert prior.batch_distribution([5]) is d
+        assert prior.batch_distribution((6,)) is not d
+    assert type(d.base_dist) is StandardNormal
+    assert d.batch_shape == (5,) and d.event_shape == (3,)
+    assert torch.equal(d.base_dist.loc, torch.zeros(5, 3))
+    assert torch.equal(d.base_dist.scale, torch.ones(5, 3))
+    with pyro.validation_enabled(True):
+        checked = prior.batch_distribution((5,))
+        assert checked is not d and checked.base_dist._validate_args
+    assert prior.double().batch_distribution((5,)).base_dist.loc.dtype == torch.float64
+    assert prior.distribution().batch_shape == () and prior.distribution().event_shape == (3,)
