@@ -15,16 +15,21 @@ from torch import nn
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def log_weights(vae, x: torch.Tensor, encoded, eps: torch.Tensor) -> torch.Tensor:
+def log_weights(vae, x: torch.Tensor, encoded, eps: torch.Tensor, density=None) -> torch.Tensor:
     """``log p(x, z_k) - log q(z_k|x)``, ``(K, B)``, for pyro_vae's networks (any ``vae`` with
     its ``encoder`` and Bernoulli ``decoder``), written out without Pyro: ``encoded`` is the
-    encoder's ``(loc, scale)`` for ``x``, ``eps`` the standard normal noise, ``(K, B, Z)``."""
+    encoder's ``(loc, scale)`` for ``x``, ``eps`` the standard normal noise, ``(K, B, Z)``.
+    ``log p(x|z)`` is ``-binary_cross_entropy_with_logits`` summed over the pixels, or
+    ``density(logits, x)`` if given (e.g. :func:`pyro_vae.model.bernoulli_log_density`)."""
     loc, scale = encoded  # (B, Z) each
     z = loc + scale * eps  # (K, B, Z)
     logits = vae.decoder(z)[0]  # (K, B, D)
-    log_px_z = -F.binary_cross_entropy_with_logits(
-        logits, x.expand_as(logits), reduction="none"
-    ).sum(-1)
+    if density is not None:
+        log_px_z = density(logits, x.expand_as(logits))
+    else:
+        log_px_z = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
     log_pz = (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
     log_qz = (-0.5 * eps.pow(2) - scale.log() - HALF_LOG_2PI).sum(-1)
     return log_px_z + log_pz - log_qz

@@ -15,7 +15,8 @@ reparameterized sample):
     same floating-point work as pyro_vae's step, so the ratio against it is what Pyro's tracing
     costs.
 
-The Pyro steps are ``SVI.step``: ``pyro-vae train``'s configuration (its ELBO, ``JointOptimizer``,
+The Pyro steps are ``pyro-vae train``'s step (:class:`pyro_vae.train.SVIStep`, ``SVI.step``
+with a lighter capture of the parameters): its configuration (its ELBO, ``JointOptimizer``,
 validation off) with each ELBO class, and a plain Pyro VAE as Pyro's tutorial writes it
 (``pyro.optim.Adam``, Pyro's validation on). Each Pyro step is timed alternately
 with the two hand-written ones, in rotating order, in one process; the report gives medians of
@@ -51,7 +52,7 @@ from pyro_vae.data import BatchLoader, load_dataset, prepare_images
 from pyro_vae.evaluate import kl_per_dimension
 from pyro_vae.model import bernoulli_log_density
 from pyro_vae.objectives import make_elbo
-from pyro_vae.train import TrainConfig, make_optimizer
+from pyro_vae.train import SVIStep, TrainConfig, make_optimizer
 
 HAND = "hand-written"
 SAME = "hand-written, same arithmetic"
@@ -93,7 +94,7 @@ def hand_written_step(vae: VAE, same: bool):
 
 def pyro_vae_step(vae: VAE, elbo):
     """``pyro-vae train``'s step with an ELBO: its optimizer, Pyro's validation off."""
-    svi = SVI(vae.model, vae.guide, make_optimizer(TrainConfig()), elbo)
+    svi = SVIStep(vae.model, vae.guide, make_optimizer(TrainConfig()), elbo)
 
     def step(x):
         with pyro.validation_enabled(False):

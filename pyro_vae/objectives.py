@@ -44,6 +44,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.ops.integrator import potential_grad, velocity_verlet
 from pyro.poutine.util import site_is_subsample
+from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
 from pyro_vae.checks import is_whole, require_flag, require_positive
@@ -92,31 +93,50 @@ class MeanFieldELBO(infer.TraceMeanField_ELBO):
         )
         return model_trace, guide_trace
 
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """Pyro's ``Trace_ELBO.loss_and_grads`` for one particle written out (without its
+        generator of traces): the same loss, and the same backward pass, which runs only if
+        the traces hold a param site and the loss has a gradient."""
+        if self.num_particles != 1 or self.vectorize_particles or is_validation_enabled():
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
+        loss, surrogate_loss = self._differentiable_loss_particle(model_trace, guide_trace)
+        if getattr(surrogate_loss, "requires_grad", False) and any(
+            site["type"] == "param" for trace in (model_trace, guide_trace)
+            for site in trace.nodes.values()
+        ):  # fmt: skip
+            surrogate_loss.backward(retain_graph=self.retain_graph)
+        warn_if_nan(loss, "loss")
+        return loss
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         if is_validation_enabled():  # the traces were scored by Pyro's _get_trace
             return super()._differentiable_loss_particle(model_trace, guide_trace)
-        elbo = 0.0
+        elbo = None
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             if site["is_observed"]:
-                elbo = elbo + _scaled_log_prob(site).sum()
+                elbo = _plus(elbo, _scaled_log_prob(site).sum())
                 continue
             guide_site = guide_trace.nodes[name]
             try:
                 kl = kl_divergence(guide_site["fn"], site["fn"])
             except NotImplementedError:  # as Pyro's class: log p(z) - log q(z) at the sample
-                elbo = elbo + _scaled_log_prob(site).sum() - _scaled_log_prob(guide_site).sum()
+                term = _scaled_log_prob(site).sum() - _scaled_log_prob(guide_site).sum()
+                elbo = _plus(elbo, term)
                 continue
             kl = scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
             if torch.is_tensor(kl):
-                elbo = elbo - kl.sum()
+                elbo = _plus(elbo, -kl.sum())
             else:
-                elbo = elbo - kl * guide_site["fn"].batch_shape.numel()
+                elbo = _plus(elbo, -kl * guide_site["fn"].batch_shape.numel())
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
             if guide_site["type"] == "sample" and not site_is_subsample(guide_site):
                 if name not in model_trace.nodes:
-                    elbo = elbo - _scaled_log_prob(guide_site).sum()
+                    elbo = _plus(elbo, -_scaled_log_prob(guide_site).sum())
+        if elbo is None:
+            elbo = torch.tensor(0.0)
         return -torch_item(elbo), -elbo
 
 
@@ -435,6 +455,11 @@ class MonteCarloEM(infer.ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("Monte Carlo EM draws its own traces (loss_and_grads)")
+
+
+def _plus(total, term):
+    """``total + term``, where ``None`` is an empty sum (no ``0.0 +`` node in the graph)."""
+    return term if total is None else total + term
 
 
 def _kinetic_grad(r: dict) -> dict:
