@@ -72,7 +72,7 @@ class _BernoulliLogDensity(torch.autograd.Function):
     ``softplus`` call) is not vectorized in every build: on this project's CI machine it costs
     eight times ``log``, and the likelihood was a tenth of a training step. This function
     takes half the time of ``binary_cross_entropy_with_logits`` and its backward pass
-    (``benchmarks/speed.py``). It has no second derivative.
+    (``benchmarks/speed.py``). Under ``create_graph`` its backward pass is differentiable too.
     """
 
     @staticmethod
@@ -88,7 +88,10 @@ class _BernoulliLogDensity(torch.autograd.Function):
         grad = grad.reshape(grad.shape + (1,) * (logits.dim() - grad.dim()))
         grad_logits = grad_value = None
         if ctx.needs_input_grad[0]:
-            grad_logits = torch.sigmoid(logits).sub_(value).neg_().mul_(grad)
+            if torch.is_grad_enabled():  # create_graph: a backward pass autograd can follow
+                grad_logits = (value - torch.sigmoid(logits)) * grad
+            else:
+                grad_logits = torch.sigmoid(logits).sub_(value).neg_().mul_(grad)
         if ctx.needs_input_grad[1]:
             grad_value = logits * grad
         return grad_logits, grad_value, None

@@ -176,7 +176,8 @@ def test_bernoulli_log_density_against_log1p_in_float64_and_float32():
 
 
 def test_bernoulli_log_density_gradients():
-    """Both inputs' gradients against finite differences (``gradcheck``), with the value
+    """Both inputs' gradients, and their gradients, against finite differences (``gradcheck``,
+    ``gradgradcheck``), with the value
     broadcast against particles of logits, and the logits' gradient against torch's
     ``binary_cross_entropy_with_logits``."""
     torch.manual_seed(0)
@@ -187,6 +188,7 @@ def test_bernoulli_log_density_gradients():
         return bernoulli_log_density(*torch.broadcast_tensors(logits, value), 1)
 
     assert torch.autograd.gradcheck(density, (logits, value))
+    assert torch.autograd.gradgradcheck(density, (logits, value))
     x = torch.bernoulli(torch.rand(2, 5, dtype=torch.float64))
     mine = torch.autograd.grad(density(logits, x).square().sum(), logits)[0]
     bce = F.binary_cross_entropy_with_logits(logits, x.expand(3, 2, 5), reduction="none")
