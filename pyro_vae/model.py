@@ -110,6 +110,8 @@ def bernoulli_log_density(
     autograd function would cut off from the graph), by ``-binary_cross_entropy_with_logits``.
     ``logits`` and ``value`` must have one shape.
     """
+    if event_dims == 0:  # (an empty tuple of dimensions would sum over all of them)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
     dims = tuple(range(-event_dims, 0))
     plain = _PLAIN_TENSORS
     if logits.device.type == "cpu" and type(logits) in plain and type(value) in plain:

@@ -280,7 +280,6 @@ class HypersphericalPrior(Prior):
     def __init__(self, latent_dim: int) -> None:
         super().__init__(latent_dim)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
-        self._cache: dict[tuple, dist.TorchDistribution] = {}
 
     def distribution(self, encoder=None):
         return HypersphericalUniform(self.latent_dim, device=self._anchor.device,

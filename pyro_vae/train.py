@@ -846,7 +846,9 @@ class SVIStep:
             return type(loss)(map(torch_item, loss))
         return torch_item(loss)
 
-    step = __call__
+    def step(self, *args, **kwargs) -> float:
+        """The step, under ``SVI``'s name for it."""
+        return self(*args, **kwargs)
 
 
 def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:

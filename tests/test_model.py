@@ -166,6 +166,8 @@ def test_bernoulli_log_density_against_log1p_in_float64_and_float32():
     logits = logits.double().reshape(4, 3)
     for value in (torch.zeros_like(logits), torch.ones_like(logits), torch.full_like(logits, 0.3)):
         exact = value * logits - logits.clamp(min=0) - torch.log1p(torch.exp(-logits.abs()))
+        per_pixel = bernoulli_log_density(logits, value, 0)  # no event: pixel by pixel
+        torch.testing.assert_close(per_pixel, exact, rtol=1e-13, atol=1e-15)
         exact = exact.sum(-1)
         torch.testing.assert_close(
             bernoulli_log_density(logits, value, 1), exact, rtol=1e-13, atol=1e-15
