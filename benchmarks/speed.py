@@ -23,6 +23,11 @@ with the two hand-written ones, in rotating order, in one process; the report gi
 the per-round ratios. Peak memory is measured per side in a fresh process (``--memory``)::
 
     python benchmarks/speed.py --data-dir ../shared/data --steps 300
+
+``--kernels`` times the Bernoulli log-density's kernels alone instead (``log1p`` against
+``log``, torch's against pyro_vae's)::
+
+    python benchmarks/speed.py --kernels --batch-sizes 128
 """
 
 import argparse
@@ -192,6 +197,41 @@ def profile(label: str, batches: list, rows: int = 25) -> None:
     print(operators.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def kernels(batch_size: int, steps: int, device: str) -> None:
+    """The Bernoulli log-density's kernels on a ``(batch_size, 784)`` array of logits, timed
+    alternately: ``log1p`` against ``log``, and torch's ``binary_cross_entropy_with_logits``
+    against pyro_vae's ``bernoulli_log_density``, each summed over the pixels, forward and
+    backward."""
+    torch.manual_seed(0)
+    logits = torch.randn(batch_size, 784, device=device, requires_grad=True)
+    x = torch.bernoulli(torch.rand(batch_size, 784, device=device))
+    plain = logits.detach().abs()
+
+    def backward(log_px):
+        log_px.sum().backward()
+        logits.grad = None
+
+    sides = {
+        "log1p": lambda _: torch.log1p(plain),
+        "log": lambda _: torch.log(plain),
+        "binary_cross_entropy_with_logits, forward and backward": lambda _: backward(
+            -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        ),
+        "bernoulli_log_density, forward and backward": lambda _: backward(
+            bernoulli_log_density(logits, x, 1)
+        ),
+    }
+    times = time_alternately(sides, [None] * (steps + 20), device=device)
+    print(f"median of {steps} rounds, ({batch_size}, 784) float32 on {device}\n")
+    print("| kernel | µs |\n|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {1e6 * statistics.median(seconds):.0f} |")
+    names = list(sides)
+    print(f"\nlog1p / log: {median_ratio(times, names[0], names[1]):.2f}; "
+          f"bernoulli_log_density / binary_cross_entropy_with_logits: "
+          f"{median_ratio(times, names[3], names[2]):.2f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -201,9 +241,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
     parser.add_argument("--profile", metavar="LABEL", help="cProfile this side's steps instead")
+    parser.add_argument(
+        "--kernels", action="store_true", help="time the Bernoulli density's kernels instead"
+    )
     parser.add_argument("--memory", metavar="LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
+    if args.kernels:
+        kernels(args.batch_sizes[0], args.steps, args.device)
+        return
 
     data = load_dataset("mnist", args.data_dir)
     train, _ = prepare_images(data, "dynamic", "bernoulli", seed=0)

@@ -71,9 +71,9 @@ class _BernoulliLogDensity(torch.autograd.Function):
     pixel, the size of the rounding of the term itself.
     On the CPU, PyTorch's ``log1p`` (which ``binary_cross_entropy_with_logits`` and
     ``softplus`` call) is not vectorized in every build: on this project's CI machine it costs
-    eight times ``log``, and the likelihood was a tenth of a training step. This function
+    seven times ``log``, and the likelihood was a tenth of a training step. This function
     takes half the time of ``binary_cross_entropy_with_logits`` and its backward pass
-    (``benchmarks/speed.py``). Under ``create_graph`` its backward pass is differentiable too.
+    (``python benchmarks/speed.py --kernels``). Under ``create_graph`` its backward pass is differentiable too.
     """
 
     @staticmethod

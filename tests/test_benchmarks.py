@@ -193,3 +193,19 @@ def test_aevb_wake_sleep_quick_runs_draw_their_curves(figure, tmp_path):
             if figure == 3:  # log p(x) is a log-mean-exp of weights whose mean is the ELBO
                 assert p["test_log_px"] >= p["test_elbo"] - 1e-4
     assert (tmp_path / f"aevb_fig{figure}.png").stat().st_size > 1000
+
+
+def test_speed_kernels_times_the_four_kernels(capsys):
+    """``speed.py --kernels`` (the source of the log1p figures in docs/benchmarks.md) runs and
+    reports each kernel and both ratios."""
+    import speed
+
+    speed.kernels(batch_size=4, steps=3, device="cpu")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "µs" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == [
+        "log1p", "log", "binary_cross_entropy_with_logits, forward and backward",
+        "bernoulli_log_density, forward and backward",
+    ]  # fmt: skip
+    assert all(float(row.split(" | ")[1].rstrip(" |")) >= 0 for row in rows)
+    assert "log1p / log: " in out and "bernoulli_log_density / binary_cross_entropy" in out

@@ -27,6 +27,14 @@ QUICK = [
 ]
 
 
+# a small estimator study: two gradient stages, one epoch of training per estimator
+QUICK_STUDY = [
+    "--dataset", "mnist-sample", "--train-size", "256", "--batch-size", "32",
+    "--hidden-sizes", "16", "--latent-dim", "3", "--epochs", "1", "--gradient-epochs", "0", "1",
+    "--num-estimates", "10", "--reference-estimates", "20",
+]  # fmt: skip
+
+
 def run_cli(*args, check=True):
     env = {**os.environ, "PYRO_VAE_OFFLINE": "1"}
     proc = subprocess.run(
@@ -188,12 +196,7 @@ def test_damaged_runs_are_reported_and_left_alone(tmp_path, capsys):
 
 def test_compare_estimators_end_to_end(tmp_path):
     out = tmp_path / "study"
-    proc = run_cli(
-        "compare-estimators", "--dataset", "mnist-sample", "--train-size", "256",
-        "--batch-size", "32", "--hidden-sizes", "16", "--latent-dim", "3", "--epochs", "1",
-        "--gradient-epochs", "0", "1", "--num-estimates", "10", "--reference-estimates", "20",
-        "--out", out,
-    )  # fmt: skip
+    proc = run_cli("compare-estimators", *QUICK_STUDY, "--out", out)
     assert "reinforce-nn-baseline" in proc.stdout
     with open(out / "gradients.csv") as f:
         rows = list(csv.DictReader(f))

@@ -12,7 +12,7 @@ import math
 import pyro
 import pytest
 import torch
-from test_cli import QUICK, assert_png, run_cli
+from test_cli import QUICK, QUICK_STUDY, assert_png, run_cli
 
 from pyro_vae import VAE
 from pyro_vae.evaluate import importance_sampled_log_likelihood
@@ -69,12 +69,7 @@ def test_pictures_posterior_and_resume_of_a_cuda_run(cuda_run, tmp_path):
 
 def test_compare_estimators_on_cuda(tmp_path):
     out = tmp_path / "study"
-    proc = run_cli(
-        "compare-estimators", "--dataset", "mnist-sample", "--train-size", "256",
-        "--batch-size", "32", "--hidden-sizes", "16", "--latent-dim", "3", "--epochs", "1",
-        "--gradient-epochs", "0", "1", "--num-estimates", "10", "--reference-estimates", "20",
-        "--device", "cuda", "--out", out,
-    )  # fmt: skip
+    proc = run_cli("compare-estimators", *QUICK_STUDY, "--device", "cuda", "--out", out)
     assert "reinforce-nn-baseline" in proc.stdout
     assert_png(out / "variance.png", 100, 100)
 
