@@ -73,7 +73,8 @@ class _BernoulliLogDensity(torch.autograd.Function):
     ``softplus`` call) is not vectorized in every build: on this project's CI machine it costs
     seven times ``log``, and the likelihood was a tenth of a training step. This function
     takes half the time of ``binary_cross_entropy_with_logits`` and its backward pass
-    (``python benchmarks/speed.py --kernels``). Under ``create_graph`` its backward pass is differentiable too.
+    (``python benchmarks/speed.py --kernels``). Under ``create_graph`` its backward pass is
+    differentiable too.
     """
 
     @staticmethod
