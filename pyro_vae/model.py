@@ -100,7 +100,7 @@ class _BernoulliLogDensity(torch.autograd.Function):
         return grad_logits, grad_value, None
 
 
-_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+_PLAIN_TENSORS = {torch.Tensor, nn.Parameter}
 
 
 def bernoulli_log_density(
@@ -116,8 +116,7 @@ def bernoulli_log_density(
     if event_dims == 0:  # a sum over a new dimension of one: an empty tuple would sum them all
         return bernoulli_log_density(logits.unsqueeze(-1), value.unsqueeze(-1), 1)
     dims = tuple(range(-event_dims, 0))
-    plain = _PLAIN_TENSORS
-    if logits.device.type == "cpu" and type(logits) in plain and type(value) in plain:
+    if logits.device.type == "cpu" and {type(logits), type(value)} <= _PLAIN_TENSORS:
         return _BernoulliLogDensity.apply(logits, value, dims)
     return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(dims)
 
