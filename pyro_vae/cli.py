@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import signal
 import sys
@@ -457,6 +458,15 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="also log to RUN/tensorboard: the training ELBO of every step, the validation "
         "ELBO, samples and reconstructions of every epoch (needs the tensorboard package)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine, each on its slice of every batch "
+        "(--batch-size is per process; with --device cuda, one GPU a process): torchrun's "
+        "launch, started for you (default 1)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -469,6 +479,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CheckpointError("give the run folder once: --resume RUN_DIR (without --out)")
     if not args.resume:
         TrainConfig(**given).validate()  # before any folder or data is touched
+    if _processes(args, given) > 1 and not distributed.launched():
+        return distributed.start_processes(args.processes, args.argv)
     # The run folder's lock (on rank 0) outlives the process group: the processes leave the
     # group together when training is done, and rank 0 then evaluates and draws on its own.
     with contextlib.ExitStack() as stack:
@@ -495,6 +507,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
             write_plots(result.vae, result.history, result.image_shape, result.test_images,
                         result.test_labels, run_dir, result.class_names)  # fmt: skip
     return 0
+
+
+def _processes(args: argparse.Namespace, given: dict[str, Any]) -> int:
+    """``--processes``, checked against the machine, and against torchrun's world when a
+    process of its launch (ours or the user's) reads it."""
+    _check_count(args.processes, "--processes")
+    if distributed.launched():
+        size = int(os.environ["WORLD_SIZE"])
+        if args.processes not in (1, size):
+            raise ConfigError(
+                f"--processes {args.processes} under torchrun, which started {size}; "
+                "give one or the other"
+            )
+    elif args.processes > 1 and str(given.get("device", "")).startswith("cuda"):
+        gpus = torch.cuda.device_count()
+        if args.processes > gpus:
+            raise ConfigError(
+                f"--processes {args.processes} with --device cuda needs a GPU each; "
+                f"this machine has {gpus}"
+            )
+    return args.processes
 
 
 def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, Path]:
@@ -912,6 +945,29 @@ class _Guarded(io.TextIOBase):
         return self.stream.encoding
 
 
+def _failed(prefix: str, what: str, status: int = 1, quiet: bool = False) -> int:
+    """Say ``what`` ended the command in one line on stderr (unless ``quiet``); return the
+    exit status.
+
+    In a process of a torchrun launch, the line also goes to the file where torchrun's
+    failure report looks for the cause (``TORCHELASTIC_ERROR_FILE``), so that the report
+    names it instead of pointing to a traceback.
+    """
+    if not quiet:
+        print(f"{prefix}: {what}", file=sys.stderr)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path and distributed.launched():
+        cause = {"message": what, "extraInfo": {"timestamp": str(int(time.time()))}}
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps({"message": cause}))
+    return status
+
+
+def _rank() -> int:
+    """This process's rank in a torchrun launch (0 outside one)."""
+    return int(os.environ.get("RANK", 0)) if distributed.launched() else 0
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -929,7 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args = build_parser().parse_args(argv)  # exits 0 for --help, 2 for a malformed line
-        prefix = f"pyro-vae {args.command}"
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --processes
+        prefix = f"pyro-vae {args.command}" + (f" (rank {_rank()})" if _rank() > 0 else "")
         try:
             if args.command != "train" and distributed.launched():
                 if int(os.environ["WORLD_SIZE"]) > 1:
@@ -938,37 +995,24 @@ def main(argv: list[str] | None = None) -> int:
                     )
             return args.func(args)
         except PyroVAEError as e:
-            rank = int(os.environ.get("RANK", 0)) if distributed.launched() else 0
-            if rank > 0:  # an error all processes share is reported once, by rank 0
-                if e.shared:
-                    return 1
-                prefix = f"{prefix} (rank {rank})"
-            print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
-            return 1
+            # an error every process raised alike is reported once, by rank 0
+            return _failed(prefix, f"error: {_one_line(e)}", quiet=e.shared and _rank() > 0)
         except torch.cuda.OutOfMemoryError:
-            print(f"{prefix}: error: out of GPU memory; try a smaller --batch-size or -K",
-                  file=sys.stderr)  # fmt: skip
-            return 1
+            return _failed(prefix, "error: out of GPU memory; try a smaller --batch-size or -K")
         except MemoryError:
-            print(f"{prefix}: error: out of memory; try a smaller --batch-size or -K",
-                  file=sys.stderr)  # fmt: skip
-            return 1
+            return _failed(prefix, "error: out of memory; try a smaller --batch-size or -K")
         except RuntimeError as e:
             if "allocate" not in str(e) and "out of memory" not in str(e):
                 raise  # a bug: keep the traceback
-            print(f"{prefix}: error: out of memory ({_one_line(e)[:160]}); try a smaller "
-                  "--batch-size or -K", file=sys.stderr)  # fmt: skip
-            return 1
+            return _failed(prefix, f"error: out of memory ({_one_line(e)[:160]}); try a "
+                           "smaller --batch-size or -K")  # fmt: skip
         except OSError as e:  # the machine's, not the code's: a vanished file, a dead disk
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            print(f"{prefix}: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
-            return 1
+            return _failed(prefix, f"error: {e.strerror or _one_line(e)}{where}")
         except _Terminated:
-            print(f"{prefix}: terminated", file=sys.stderr)
-            return 143
+            return _failed(prefix, "terminated", 143)
         except KeyboardInterrupt:
-            print(f"{prefix}: interrupted", file=sys.stderr)
-            return 130
+            return _failed(prefix, "interrupted", 130)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, on_term)

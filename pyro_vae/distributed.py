@@ -1,6 +1,7 @@
 """Training in several processes: ``torchrun`` starts them, ``torch.distributed`` connects them.
 
-``torchrun --nproc_per_node=N -m pyro_vae train ...`` starts N copies of ``pyro-vae train``.
+``torchrun --nproc_per_node=N -m pyro_vae train ...`` starts N copies of ``pyro-vae train``
+(so does ``pyro-vae train --processes N``, through :func:`start_processes`).
 Each reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``) and joins one process group (:func:`process_group`): gloo on the CPU, NCCL on
 GPUs, where each process takes the GPU of its ``LOCAL_RANK`` (:func:`local_device`). From
@@ -41,18 +42,23 @@ What each process does, and what is shared:
   different number, the global batch changes; rank 0 continues its stream, the other ranks
   start new ones seeded by ``(seed, rank, epoch)``: the run continues correctly, but not as
   the uninterrupted run would have.
-- **Failure.** A process that raises ends with a one-line error; ``torchrun`` then stops the
-  others. Every collective has a timeout (``PYRO_VAE_DIST_TIMEOUT`` seconds, default 600), so a
-  process whose partner vanished does not wait forever.
+- **Failure.** A process that raises ends with a one-line error (once, from rank 0, for an
+  error all processes raise alike); ``torchrun`` then stops the others. Every collective has
+  a timeout (``PYRO_VAE_DIST_TIMEOUT`` seconds, default 600), so a process whose partner
+  vanished does not wait forever.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import os
 import re
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -82,6 +88,7 @@ __all__ = [
     "partner_failures",
     "process_group",
     "rank_seed",
+    "start_processes",
     "sum_gradients",
     "sum_over",
 ]
@@ -209,6 +216,66 @@ def partner_failures(world: World) -> Iterator[None]:
             f"another process of the run failed or did not answer ({first}); the run folder "
             "keeps its last checkpoint"
         ) from None
+
+
+def start_processes(count: int, argv: Sequence[str]) -> int:
+    """Run ``pyro-vae ARGV`` in ``count`` processes on this machine, as ``torchrun --standalone
+    --nproc-per-node=COUNT -m pyro_vae ARGV`` would (the same launcher, called from here), and
+    return the exit status: 0 when every process succeeded.
+
+    The processes print their own lines. Of the launcher's output, only what a process cannot
+    say itself is kept: one line for a process that a signal ended (the kernel's out-of-memory
+    killer, say). torchrun's log and its traceback of the failed processes are not shown.
+    Each process gets ``OMP_NUM_THREADS`` of this machine's cores divided by ``count``,
+    unless the variable is set. The caller's environment, logging and signal handlers are
+    left as they were.
+
+    :raises ConfigError: a bad ``PYRO_VAE_DIST_TIMEOUT``.
+    :raises DistributedError: the launcher itself failed (its first line).
+    """
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    _timeout()  # checked here, once, rather than by every process
+    launch = torchrun.parse_args(
+        ["--standalone", f"--nproc-per-node={count}", "--module", "pyro_vae", *argv]
+    )
+    environ = dict(os.environ)  # the launcher adds to it, for its processes
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
+    quiet = logging.root.manager.disable
+    handlers = {}  # the launcher installs its own, and leaves them
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+            if signal.getsignal(sig) is not None:
+                handlers[sig] = signal.getsignal(sig)
+    logging.disable(logging.CRITICAL)  # torchrun logs to stderr, in its own format
+    try:
+        torchrun.run(launch)
+    except ChildFailedError as e:
+        _, first = e.get_first_failure()
+        for rank, failure in sorted(e.failures.items()):
+            if failure.exitcode < 0:  # a signal: the process could not say why itself
+                print(
+                    f"pyro-vae {argv[0]}: error: process {rank} of {count} was ended by "
+                    f"{failure.signal_name()}, and the others were stopped; the run folder "
+                    "keeps its last checkpoint",
+                    file=sys.stderr,
+                )
+        return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
+    except SignalException as e:  # the processes got it too, and said so
+        return 128 + int(e.sigval)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DistributedError(f"cannot start {count} processes ({first})") from None
+    finally:
+        logging.disable(quiet)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
+    return 0
 
 
 def from_main(world: World, make: Callable[[], T]) -> T:

@@ -769,9 +769,13 @@ def _open_run(
     drop_last = uses_baseline(config.estimator) or world.size > 1
     global_batch = config.batch_size * world.size
     loader = BatchLoader(train, global_batch, config.binarize, config.seed, True, drop_last)
-    if len(loader) == 0:
-        each = f" ({world.size} processes of {config.batch_size})" if world.size > 1 else ""
-        raise ConfigError(f"fewer training images than one batch of {global_batch}{each}")
+
+    def enough_images() -> None:  # every process has the same images: rank 0 says so once
+        if len(loader) == 0:
+            each = f" ({world.size} processes of {config.batch_size})" if world.size > 1 else ""
+            raise ConfigError(f"fewer training images than one batch of {global_batch}{each}")
+
+    distributed.from_main(world, enough_images)
     score = valid if config.valid_fraction > 0 else test
     run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader,
                [], world=world)  # fmt: skip

@@ -319,3 +319,121 @@ def test_fit_from_a_script_under_torchrun(tmp_path):
     assert rows[0][1:] == rows[1][1:]  # the same steps and the same summed ELBOs in both
     assert rows[0][1] == str(128 // 64)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+
+
+# -- pyro-vae train --processes: torchrun's launch, started by pyro-vae ----------------------
+
+
+def processes(args, cwd, nproc=2, timeout=600, **popen):
+    """``pyro-vae train --processes nproc ARGS`` (the console script's module)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "300"}
+    command = [sys.executable, "-m", "pyro_vae", "train", "--processes", str(nproc), *args]
+    if popen:
+        return subprocess.Popen(command, cwd=cwd, env=env, text=True, **popen)
+    return subprocess.run(command, cwd=cwd, env=env, text=True, capture_output=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def _clean(stderr: str) -> list[str]:
+    """stderr's lines, none of them torchrun's log or a traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.splitlines()
+    assert not [line for line in lines if line[:1] in "WEI" and "torch/" in line], lines
+    return lines
+
+
+def test_processes_is_the_torchrun_run(two_process_runs, tmp_path):
+    case = "elbo-analytic-kl"
+    done = processes([*COMMON, *CASES[case], "--epochs", "1", "--out", "run"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _clean(done.stderr) == []
+    assert done.stdout.count("training in") == 1 and done.stdout.count("test ELBO") == 1
+    ours = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    theirs = load_checkpoint(two_process_runs[case][0] / "checkpoint.pt")
+    assert len(ours["ranks"]) == 2
+    for name, value in theirs["model"].items():
+        assert torch.equal(ours["model"][name], value), name
+
+
+def test_processes_report_a_shared_error_once(tmp_path):
+    out = tmp_path / "run"
+    done = processes([*COMMON, "--lr", "1e30", "--epochs", "2", "--out", str(out)], cwd=tmp_path)
+    assert done.returncode == 1
+    lines = _clean(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("pyro-vae train: error: training diverged")
+    assert not out.exists()
+    done = processes([*COMMON, "--train-size", "40", "--out", str(out)], cwd=tmp_path)
+    assert done.returncode == 1
+    assert _clean(done.stderr) == [
+        "pyro-vae train: error: fewer training images than one batch of 64 (2 processes of 32)"
+    ]
+
+
+def test_processes_name_a_process_a_signal_ended(tmp_path):
+    out = tmp_path / "run"
+    job = processes([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists():
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in 180 s"
+            time.sleep(0.2)
+        os.kill(_worker(job.pid, rank=1), signal.SIGKILL)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 128 + signal.SIGKILL
+    lines = _clean(err)
+    assert "pyro-vae train: error: process 1 of 2 was ended by SIGKILL" in lines[-1], lines
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+
+
+def test_processes_checked_before_any_start(tmp_path, capsys, monkeypatch):
+    from conftest import cli_fails
+
+    run = ["train", "--dataset", "mnist-sample", "--out", str(tmp_path / "run")]
+    assert "--processes must be at least 1, got 0" in cli_fails([*run, "--processes", "0"], capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    err = cli_fails([*run, "--processes", "2", "--device", "cuda"], capsys)
+    assert "--processes 2 with --device cuda needs a GPU each; this machine has 1" in err
+    monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "soon")
+    assert "PYRO_VAE_DIST_TIMEOUT must be" in cli_fails([*run, "--processes", "2"], capsys)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost",
+                        "MASTER_PORT": "29999"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    err = cli_fails([*run, "--processes", "3"], capsys)
+    assert "--processes 3 under torchrun, which started 2" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_start_processes_leaves_the_caller_as_it_was(tmp_path, monkeypatch, capfd):
+    """The launcher, called in this process: its status, and this process's environment,
+    logging and signal handlers as they were."""
+    import logging
+
+    from pyro_vae.distributed import start_processes
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env, handlers = dict(os.environ), {s: signal.getsignal(s) for s in signal.Signals}
+    run = ["train", *COMMON, "--epochs", "1", "--out", "run"]
+    assert start_processes(2, [*run, "--lr", "-1"]) == 1
+    assert dict(os.environ) == env
+    assert logging.root.manager.disable == logging.NOTSET
+    assert {s: signal.getsignal(s) for s in signal.Signals} == handlers
+    err = capfd.readouterr().err
+    assert err.count("error: learning rate must be positive") == 2  # each process's own
+    assert start_processes(2, run) == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+
+
+def test_torchrun_report_names_the_error(tmp_path):
+    done = torchrun([*COMMON, "--lr", "-1", "--out", str(tmp_path / "run")], cwd=tmp_path)
+    assert done.returncode != 0
+    # torchrun's own report of the failed processes: the cause, not a pointer to a traceback
+    report = done.stderr[done.stderr.index("Root Cause") :]
+    assert "traceback : error: learning rate must be positive and finite" in report, report
