@@ -246,8 +246,9 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
     quiet = logging.root.manager.disable
     handlers = {}  # the launcher installs its own, and leaves them
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-            if signal.getsignal(sig) is not None:
+        for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"):  # not all on every system
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is not None:
                 handlers[sig] = signal.getsignal(sig)
     logging.disable(logging.CRITICAL)  # torchrun logs to stderr, in its own format
     try:
@@ -258,8 +259,7 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
             if failure.exitcode < 0:  # a signal: the process could not say why itself
                 print(
                     f"pyro-vae {argv[0]}: error: process {rank} of {count} was ended by "
-                    f"{failure.signal_name()}, and the others were stopped; the run folder "
-                    "keeps its last checkpoint",
+                    f"{failure.signal_name()}; the run folder keeps its last checkpoint",
                     file=sys.stderr,
                 )
         return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
