@@ -150,6 +150,37 @@ def test_two_processes_equal_one_on_the_global_batch(two_process_runs, case):
     assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
 
 
+def test_two_machines_are_one_run(two_process_runs, tmp_path):
+    """The docs' several-machines route: two launchers (here, on one machine) of one process
+    each, meeting at a c10d rendezvous, train the run two processes of one launcher train."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    case = "elbo-analytic-kl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "300"}
+    flags = [*COMMON, *CASES[case], "--epochs", "1", "--out", "run"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+               "--rdzv-id=test", "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}",
+               "-m", "pyro_vae", "train", *flags]  # fmt: skip
+    nodes = [subprocess.Popen(command, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    try:
+        outputs = [node.communicate(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert sum(out.count("training in") for out, _ in outputs) == 1  # rank 0's machine only
+    ours = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    theirs = load_checkpoint(two_process_runs[case][0] / "checkpoint.pt")
+    for name, value in theirs["model"].items():
+        assert torch.equal(ours["model"][name], value), name
+
+
 def test_only_rank_0_writes_and_reports(two_process_runs):
     out, done = two_process_runs["elbo-analytic-kl"]
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(CASES)  # nothing else
