@@ -43,15 +43,18 @@ What each process does, and what is shared:
   start new ones seeded by ``(seed, rank, epoch)``: the run continues correctly, but not as
   the uninterrupted run would have.
 - **Failure.** A process that raises ends with a one-line error (once, from rank 0, for an
-  error all processes raise alike); ``torchrun`` then stops the others. Every collective has
-  a timeout (``PYRO_VAE_DIST_TIMEOUT`` seconds, default 600), so a process whose partner
-  vanished does not wait forever.
+  error all processes raise alike); ``torchrun`` then stops the others. After every epoch
+  the processes compare digests of their parameters (:func:`fingerprint`), equal bit for bit
+  unless something is wrong, and stop before the epoch's checkpoint if they differ. Every
+  collective has a timeout (``PYRO_VAE_DIST_TIMEOUT`` seconds, default 600), so a process
+  whose partner vanished does not wait forever.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import logging
 import math
 import os
@@ -59,7 +62,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -80,6 +83,7 @@ __all__ = [
     "World",
     "current",
     "enter_on_main",
+    "fingerprint",
     "from_main",
     "gather",
     "launched",
@@ -326,6 +330,17 @@ def gather(world: World, value: T) -> list[T]:
     return values
 
 
+def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A digest of named tensors' names, shapes, dtypes and exact values: two processes whose
+    parameters should be equal compare digests instead of the tensors."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tuple(value.shape)} {value.dtype};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def sum_over(world: World, value: torch.Tensor) -> torch.Tensor:
     """``value`` summed over the processes (a copy; float64 for scalars)."""
     total = value.detach().clone()
@@ -376,6 +391,12 @@ class DistributedStep:
         else:  # DDP broadcasts rank 0's weights when it wraps them; so do we
             for tensor in [*vae.parameters(), *vae.buffers()]:
                 dist.broadcast(tensor.data, src=0)
+
+    def close(self) -> None:
+        """Free DDP and its reducer now, while the process group is alive: freed later (by the
+        interpreter's teardown, after the group's), their gloo threads abort the process."""
+        self.ddp = None
+        gc.collect()  # DDP's reference cycles
 
     def __call__(self, x: torch.Tensor) -> float:
         with poutine.trace(param_only=True) as capture:

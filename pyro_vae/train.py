@@ -60,7 +60,13 @@ from pyro_vae.data import (
     split_validation,
 )
 from pyro_vae.distributed import DistributedStep, World, rank_seed
-from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
+from pyro_vae.errors import (
+    CheckpointError,
+    ConfigError,
+    DistributedError,
+    OutputError,
+    PyroVAEError,
+)
 from pyro_vae.estimators import check_estimator, uses_baseline
 from pyro_vae.evaluate import importance_sampled_log_likelihood
 from pyro_vae.isolation import (
@@ -622,6 +628,8 @@ def fit(
         stack.enter_context(_put_back_on_failure(run_dir if writes else None, resume))
         run = _open_run(config, run_dir, data, resume, store, vae, world)
         step = _stepper(run)
+        if isinstance(step, DistributedStep):
+            stack.callback(step.close)
         stack.enter_context(_tensorboard_log(run, tensorboard if world.is_main else None))
         for epoch in range(run.epochs_done, config.epochs):
             train_elbo = _train_epoch(run, step, epoch, progress)
@@ -953,6 +961,8 @@ def _checkpoint_state(run: _Run, store) -> dict:
     # Monte Carlo EM's step size (parameters without gradients, names beginning "__")
     baseline = {k: v.detach().cpu() for k, v in store.items() if k.startswith("__")}
     ranks = distributed.gather(run.world, {"rng": get_rng_state(), "baseline_state": baseline})
+    if run.world.size > 1:
+        _check_same_parameters(run, store)
     state = {
         "config": run.config.to_dict(),
         "epoch": len(run.history),
@@ -968,6 +978,23 @@ def _checkpoint_state(run: _Run, store) -> dict:
     if run.world.size > 1:
         state["ranks"] = ranks
     return state
+
+
+def _check_same_parameters(run: _Run, store) -> None:
+    """Every process's trained parameters (the networks', an nn baseline's) are equal, bit for
+    bit, after every epoch: their gradients were summed alike. A process whose parameters
+    drifted (a parameter that no step sums, a bug) stops the run before its checkpoint."""
+    trained = {k: v for k, v in store.items() if not k.startswith("__")}
+    digests = distributed.gather(run.world, distributed.fingerprint(trained))
+    differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    if differ:
+        error = DistributedError(
+            f"after epoch {len(run.history)}, the parameters of process {differ[0]} differ from "
+            f"those of process 0, which the summed gradients should prevent; training stopped, "
+            f"{run.kept()}"
+        )
+        error.shared = True  # every process found it
+        raise error
 
 
 def _save(run: _Run, store) -> None:

@@ -468,3 +468,49 @@ def test_torchrun_report_names_the_error(tmp_path):
     # torchrun's own report of the failed processes: the cause, not a pointer to a traceback
     report = done.stderr[done.stderr.index("Root Cause") :]
     assert "traceback : error: learning rate must be positive and finite" in report, report
+
+
+def test_processes_whose_parameters_drift_apart_stop(tmp_path):
+    """A process whose parameters stop being the others' (here rank 1 nudges a weight after
+    each step, as a parameter no step sums would drift) ends the run at the epoch's end."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist, pyro_vae\n"
+        "from pyro_vae.distributed import DistributedStep\n"
+        "dist.init_process_group('gloo')\n"
+        "step = DistributedStep.__call__\n"
+        "def nudged(self, x):\n"
+        "    loss = step(self, x)\n"
+        "    if dist.get_rank() == 1:\n"
+        "        with torch.no_grad():\n"
+        "            next(self.vae.decoder.parameters()).view(-1)[0] += float(sys.argv[2])\n"
+        "    return loss\n"
+        "DistributedStep.__call__ = nudged\n"
+        "config = pyro_vae.TrainConfig(dataset='mnist-sample', train_size=128, batch_size=32,\n"
+        "                              epochs=2, hidden_sizes=(32,), latent_dim=2)\n"
+        "try:\n"
+        "    pyro_vae.fit(config, run_dir=sys.argv[1])\n"
+        "    print('TRAINED', dist.get_rank())\n"
+        "except pyro_vae.PyroVAEError as e:\n"
+        "    print('ERROR', dist.get_rank(), e)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "300"}
+    for nudge in ("0.0", "1e-6"):
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(script), str(tmp_path / nudge), nudge],
+            cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = sorted(line for line in done.stdout.splitlines() if line[:1] in "TE")
+        if nudge == "0.0":  # adding zero changes nothing: the check does not cry wolf
+            assert lines == ["TRAINED 0", "TRAINED 1"], done.stdout
+            continue
+        assert len(lines) == 2 and all(line.startswith("ERROR") for line in lines), lines
+        assert (
+            "after epoch 1, the parameters of process 1 differ from those of process 0"
+            in (lines[0])
+        )
+        assert "no checkpoint was written" in lines[0]
+        assert not (tmp_path / nudge).exists()
