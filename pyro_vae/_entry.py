@@ -1,5 +1,6 @@
 """The ``pyro-vae`` console script: a Ctrl-C while PyTorch and Pyro load is one line too."""
 
+import contextlib
 import os
 import sys
 
@@ -16,7 +17,9 @@ def main() -> int:
         # writes. It ends here, without the interpreter's teardown: gloo's threads, destroyed
         # there (behind DDP's reducer), were seen to abort a process that had finished its
         # work ("terminate called without an active exception", SIGABRT) now and then.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # None where it was closed (`>&-`)
+            if stream is not None:
+                with contextlib.suppress(Exception):  # a reader gone: nothing more to say
+                    stream.flush()
         os._exit(code)
     return code

@@ -514,3 +514,13 @@ def test_processes_whose_parameters_drift_apart_stop(tmp_path):
         )
         assert "no checkpoint was written" in lines[0]
         assert not (tmp_path / nudge).exists()
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_processes_with_a_closed_stream(tmp_path, closed):
+    """``pyro-vae train --processes 2 >&-`` (or ``2>&-``): the run is trained and written."""
+    out = tmp_path / "run"
+    job = processes([*COMMON, "--epochs", "1", "--out", str(out)], cwd=tmp_path,
+                    preexec_fn=lambda: os.close(closed))  # fmt: skip
+    assert job.wait(timeout=600) == 0
+    assert (out / "evaluation.json").exists()
