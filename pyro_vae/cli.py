@@ -945,21 +945,24 @@ class _Guarded(io.TextIOBase):
         return self.stream.encoding
 
 
-def _failed(prefix: str, what: str, status: int = 1, quiet: bool = False) -> int:
+def _failed(
+    prefix: str, what: str, status: int = 1, quiet: bool = False, cause: bool = True
+) -> int:
     """Say ``what`` ended the command in one line on stderr (unless ``quiet``); return the
     exit status.
 
     In a process of a torchrun launch, the line also goes to the file where torchrun's
     failure report looks for the cause (``TORCHELASTIC_ERROR_FILE``), so that the report
-    names it instead of pointing to a traceback.
+    names it instead of pointing to a traceback; ``cause`` is false for what only follows
+    from another process's failure (a lost partner, the launcher's SIGTERM).
     """
     if not quiet:
         print(f"{prefix}: {what}", file=sys.stderr)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path and distributed.launched():
-        cause = {"message": what, "extraInfo": {"timestamp": str(int(time.time()))}}
+        info = {"timestamp": str(int(time.time())), "cause": cause}
         with contextlib.suppress(OSError):
-            Path(path).write_text(json.dumps({"message": cause}))
+            Path(path).write_text(json.dumps({"message": {"message": what, "extraInfo": info}}))
     return status
 
 
@@ -996,7 +999,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         except PyroVAEError as e:
             # an error every process raised alike is reported once, by rank 0
-            return _failed(prefix, f"error: {_one_line(e)}", quiet=e.shared and _rank() > 0)
+            quiet, cause = e.shared and _rank() > 0, not getattr(e, "elsewhere", False)
+            return _failed(prefix, f"error: {_one_line(e)}", quiet=quiet, cause=cause)
         except torch.cuda.OutOfMemoryError:
             return _failed(prefix, "error: out of GPU memory; try a smaller --batch-size or -K")
         except MemoryError:
@@ -1010,9 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             return _failed(prefix, f"error: {e.strerror or _one_line(e)}{where}")
         except _Terminated:
-            return _failed(prefix, "terminated", 143)
+            return _failed(prefix, "terminated", 143, cause=False)
         except KeyboardInterrupt:
-            return _failed(prefix, "interrupted", 130)
+            return _failed(prefix, "interrupted", 130, cause=False)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, on_term)

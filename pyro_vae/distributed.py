@@ -157,6 +157,21 @@ def local_device(device: str) -> str:
     return device
 
 
+def _end_with_launcher() -> None:
+    """Have Linux send this process SIGTERM when its parent, torchrun's launcher, dies (killed
+    with SIGKILL, say): torchrun leaves its processes running then, holding the run folder."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before this process could ask
+        raise DistributedError("the launcher of this process (torchrun) is gone")
+
+
 @contextlib.contextmanager
 def process_group() -> Iterator[World]:
     """Join the process group of a ``torchrun`` launch of more than one process for the
@@ -169,6 +184,8 @@ def process_group() -> Iterator[World]:
     :raises DistributedError: the processes cannot connect.
     """
     joined = dist.is_available() and dist.is_initialized()
+    if launched() and not joined:
+        _end_with_launcher()
     if not launched() or int(os.environ["WORLD_SIZE"]) <= 1 or joined:
         yield current()
         return
@@ -216,10 +233,12 @@ def partner_failures(world: World) -> Iterator[None]:
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # gloo's "[path/pair.cc:545] "
-        raise DistributedError(
+        error = DistributedError(
             f"another process of the run failed or did not answer ({first}); the run folder "
             "keeps its last checkpoint"
-        ) from None
+        )
+        error.elsewhere = True
+        raise error from None
 
 
 def start_processes(count: int, argv: Sequence[str]) -> int:
@@ -259,8 +278,12 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
         torchrun.run(launch)
     except ChildFailedError as e:
         _, first = e.get_first_failure()
-        for rank, failure in sorted(e.failures.items()):
-            if failure.exitcode < 0:  # a signal: the process could not say why itself
+        # a process that stopped with an error of its own said why; the others, ended by a
+        # signal (the launcher's, once one had failed) or by a lost partner, are consequences
+        failures = sorted(e.failures.items())
+        said = any(failure.exitcode > 0 and _cause(failure.message) for _, failure in failures)
+        for rank, failure in failures:
+            if failure.exitcode < 0 and not said:  # it could not say why itself
                 print(
                     f"pyro-vae {argv[0]}: error: process {rank} of {count} was ended by "
                     f"{failure.signal_name()}; the run folder keeps its last checkpoint",
@@ -280,6 +303,14 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
             del os.environ[name]
         os.environ.update(environ)
     return 0
+
+
+def _cause(message: Any) -> bool:
+    """Whether a failed process's report to torchrun (its error file, see ``pyro_vae.cli``)
+    names a cause, not a consequence; one without a report of ours (a traceback) is a cause."""
+    if not isinstance(message, dict):
+        return True
+    return bool(message.get("extraInfo", {}).get("cause", True))
 
 
 def from_main(world: World, make: Callable[[], T]) -> T:

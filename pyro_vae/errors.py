@@ -58,4 +58,9 @@ class NumericalError(PyroVAEError):
 
 
 class DistributedError(PyroVAEError):
-    """Processes of a distributed run cannot connect, or one of them failed or timed out."""
+    """Processes of a distributed run cannot connect, or one of them failed or timed out.
+
+    ``elsewhere`` is true where the cause lies in another process (this one lost its partner).
+    """
+
+    elsewhere = False

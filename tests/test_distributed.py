@@ -12,6 +12,7 @@ stream, so its parameters differ by the noise (not checked here beyond its being
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -456,8 +457,11 @@ def test_start_processes_leaves_the_caller_as_it_was(tmp_path, monkeypatch, capf
     assert dict(os.environ) == env
     assert logging.root.manager.disable == logging.NOTSET
     assert {s: signal.getsignal(s) for s in signal.Signals} == handlers
-    err = capfd.readouterr().err
-    assert err.count("error: learning rate must be positive") == 2  # each process's own
+    # rank 0's line, and rank 1's unless the launcher stopped it first; no line for that stop
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[0] in [f"pyro-vae train{who}: error: learning rate must be positive and "
+                        "finite, got -1.0" for who in ("", " (rank 1)")], lines  # fmt: skip
+    assert all("error: learning rate" in line for line in lines), lines
     assert start_processes(2, run) == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
@@ -524,3 +528,69 @@ def test_processes_with_a_closed_stream(tmp_path, closed):
                     preexec_fn=lambda: os.close(closed))  # fmt: skip
     assert job.wait(timeout=600) == 0
     assert (out / "evaluation.json").exists()
+
+
+def test_processes_end_with_their_launcher(tmp_path):
+    """A launcher killed outright (SIGKILL: it cannot stop its processes) takes them with it;
+    they release the run folder and leave its last checkpoint."""
+    out = tmp_path / "run"
+    job = processes([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists():
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in 180 s"
+            time.sleep(0.2)
+        workers = [_worker(job.pid, rank) for rank in (0, 1)]
+        job.kill()
+        _, err = job.communicate(timeout=60)  # the pipe closes when the workers are gone
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    for pid in workers:  # gone, or a zombie its new parent has yet to reap
+        with contextlib.suppress(FileNotFoundError):
+            assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    lines = sorted(_clean(err))
+    assert lines == ["pyro-vae train (rank 1): terminated", "pyro-vae train: terminated"], lines
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint.pt", "config.json", "metrics.jsonl"]  # and no lock
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+
+
+def test_start_processes_names_a_signal_only_where_no_process_said_why(tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    """The launcher's line for a process a signal ended, from torchrun's record of the failed
+    processes: none where another process stopped with an error of its own (the launcher then
+    ended the rest), one where the others only lost their partner or were stopped."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from pyro_vae.distributed import start_processes
+
+    def failure(rank, exitcode, what=None, cause=True):
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"  # a process's error file
+        if what is not None:
+            info = {"timestamp": str(rank), "cause": cause}
+            path.write_text(json.dumps({"message": {"message": what, "extraInfo": info}}))
+        return ProcessFailure(local_rank=rank, pid=1 + rank, exitcode=exitcode,
+                              error_file=str(path))  # fmt: skip
+
+    killed = "pyro-vae train: error: process 1 of 2 was ended by SIGKILL; the run folder keeps"
+    cases = [
+        ({0: failure(0, 1, "error: no room"), 1: failure(1, -15)}, 1, []),
+        ({0: failure(0, 1), 1: failure(1, -15)}, 1, []),  # a traceback: it said why itself
+        ({0: failure(0, 143, "terminated", False), 1: failure(1, -9)}, 143, [killed]),
+        ({0: failure(0, 1, "error: another process ...", False), 1: failure(1, -9)}, 1, [killed]),
+        ({1: failure(1, -9)}, 137, [killed]),
+    ]
+    for failures, status, lines in cases:
+
+        def run(args, failures=failures):
+            raise ChildFailedError("pyro_vae", failures)
+
+        monkeypatch.setattr(torchrun, "run", run)
+        assert start_processes(2, ["train"]) == status
+        said = capsys.readouterr().err.splitlines()
+        assert [line[: len(killed)] for line in said] == lines, (failures, said)
