@@ -956,6 +956,8 @@ def _failed(
     names it instead of pointing to a traceback; ``cause`` is false for what only follows
     from another process's failure (a lost partner, the launcher's SIGTERM).
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ending: a SIGTERM now ends it at once
     if not quiet:
         print(f"{prefix}: {what}", file=sys.stderr)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
@@ -980,39 +982,50 @@ def _open_or_devnull(stream):
     return stream if stream is not None else open(os.devnull, "w")  # noqa: SIM115
 
 
+def _reported(args: argparse.Namespace, prefix: str) -> int:
+    """The command's exit status; what stopped it reported in one line (``_failed``)."""
+    try:
+        if args.command != "train" and distributed.launched():
+            if int(os.environ["WORLD_SIZE"]) > 1:
+                raise ConfigError(f"only train runs in several processes; run "
+                                  f"{args.command} without torchrun")  # fmt: skip
+        return args.func(args)
+    except PyroVAEError as e:
+        # an error every process raised alike is reported once, by rank 0
+        quiet, cause = e.shared and _rank() > 0, not getattr(e, "elsewhere", False)
+        return _failed(prefix, f"error: {_one_line(e)}", quiet=quiet, cause=cause)
+    except torch.cuda.OutOfMemoryError:
+        return _failed(prefix, "error: out of GPU memory; try a smaller --batch-size or -K")
+    except MemoryError:
+        return _failed(prefix, "error: out of memory; try a smaller --batch-size or -K")
+    except RuntimeError as e:
+        if "allocate" not in str(e) and "out of memory" not in str(e):
+            raise  # a bug: keep the traceback
+        return _failed(prefix, f"error: out of memory ({_one_line(e)[:160]}); try a "
+                       "smaller --batch-size or -K")  # fmt: skip
+    except OSError as e:  # the machine's, not the code's: a vanished file, a dead disk
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return _failed(prefix, f"error: {e.strerror or _one_line(e)}{where}")
+    except _Terminated:
+        return _failed(prefix, "terminated", 143, cause=False)
+    except KeyboardInterrupt:
+        return _failed(prefix, "interrupted", 130, cause=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = _Guarded(_open_or_devnull(stdout))
     sys.stderr = _Guarded(_open_or_devnull(stderr))
     main_thread = threading.current_thread() is threading.main_thread()
     on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    prefix = "pyro-vae"
     try:
-        args = build_parser().parse_args(argv)  # exits 0 for --help, 2 for a malformed line
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --processes
-        prefix = f"pyro-vae {args.command}" + (f" (rank {_rank()})" if _rank() > 0 else "")
         try:
-            if args.command != "train" and distributed.launched():
-                if int(os.environ["WORLD_SIZE"]) > 1:
-                    raise ConfigError(
-                        f"only train runs in several processes; run {args.command} without torchrun"
-                    )
-            return args.func(args)
-        except PyroVAEError as e:
-            # an error every process raised alike is reported once, by rank 0
-            quiet, cause = e.shared and _rank() > 0, not getattr(e, "elsewhere", False)
-            return _failed(prefix, f"error: {_one_line(e)}", quiet=quiet, cause=cause)
-        except torch.cuda.OutOfMemoryError:
-            return _failed(prefix, "error: out of GPU memory; try a smaller --batch-size or -K")
-        except MemoryError:
-            return _failed(prefix, "error: out of memory; try a smaller --batch-size or -K")
-        except RuntimeError as e:
-            if "allocate" not in str(e) and "out of memory" not in str(e):
-                raise  # a bug: keep the traceback
-            return _failed(prefix, f"error: out of memory ({_one_line(e)[:160]}); try a "
-                           "smaller --batch-size or -K")  # fmt: skip
-        except OSError as e:  # the machine's, not the code's: a vanished file, a dead disk
-            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            return _failed(prefix, f"error: {e.strerror or _one_line(e)}{where}")
+            args = build_parser().parse_args(argv)  # exits 0 for --help, 2 for a bad line
+            args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --processes
+            prefix = f"pyro-vae {args.command}" + (f" (rank {_rank()})" if _rank() > 0 else "")
+            return _reported(args, prefix)
+        # a signal while the arguments were read, or while an error was being reported
         except _Terminated:
             return _failed(prefix, "terminated", 143, cause=False)
         except KeyboardInterrupt:

@@ -457,11 +457,13 @@ def test_start_processes_leaves_the_caller_as_it_was(tmp_path, monkeypatch, capf
     assert dict(os.environ) == env
     assert logging.root.manager.disable == logging.NOTSET
     assert {s: signal.getsignal(s) for s in signal.Signals} == handlers
-    # rank 0's line, and rank 1's unless the launcher stopped it first; no line for that stop
+    # each process's line, or, from one the launcher stopped once the other had failed, a
+    # word of that (or nothing, if it was still starting); never a traceback
     lines = capfd.readouterr().err.splitlines()
-    assert lines[0] in [f"pyro-vae train{who}: error: learning rate must be positive and "
-                        "finite, got -1.0" for who in ("", " (rank 1)")], lines  # fmt: skip
-    assert all("error: learning rate" in line for line in lines), lines
+    said = [f"pyro-vae train{who}: error: learning rate must be positive and finite, got -1.0"
+            for who in ("", " (rank 1)")]  # fmt: skip
+    assert set(lines) & set(said), lines
+    assert all(line in said or line.endswith(": terminated") for line in lines), lines
     assert start_processes(2, run) == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 

@@ -1024,3 +1024,33 @@ def test_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path):
     assert code == 130 and err == "pyro-vae train: interrupted\n", err
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2  # the write finished
     assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("when", ["reading the arguments", "reporting an error"])
+def test_a_sigterm_at_either_end_of_a_command(tmp_path, monkeypatch, capsys, when):
+    """A SIGTERM (the launcher of a distributed run stopping the rest, once one process has
+    failed) that comes while the arguments are read, or while an error is being reported,
+    ends the command with one line, not a traceback."""
+    from pyro_vae import cli
+
+    def then_sigterm(function):
+        def wrapped(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    if when == "reading the arguments":
+        monkeypatch.setattr(cli, "build_parser", then_sigterm(cli.build_parser))
+        expected = "pyro-vae: terminated\n"
+    else:
+        monkeypatch.setattr(cli, "_one_line", then_sigterm(cli._one_line))
+        expected = "pyro-vae evaluate: terminated\n"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        status = main(["evaluate", str(tmp_path / "none")])
+    except KeyboardInterrupt as e:  # what SIGTERM raises in main (uncaught, pytest would stop)
+        pytest.fail(f"{type(e).__name__} escaped main")
+    assert status == 143
+    assert capsys.readouterr().err == expected
+    assert signal.getsignal(signal.SIGTERM) == handler
