@@ -164,11 +164,12 @@ def _end_with_launcher() -> None:
         return
     import ctypes
 
+    launcher = os.getppid()  # (which may be 1: torchrun as a container's first process)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the launcher died before this process could ask
+    if os.getppid() != launcher:  # the launcher died before this process could ask
         raise DistributedError("the launcher of this process (torchrun) is gone")
 
 

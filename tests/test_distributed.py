@@ -596,3 +596,24 @@ def test_start_processes_names_a_signal_only_where_no_process_said_why(tmp_path,
         assert start_processes(2, ["train"]) == status
         said = capsys.readouterr().err.splitlines()
         assert [line[: len(killed)] for line in said] == lines, (failures, said)
+
+
+def test_processes_of_a_launcher_that_is_process_1(tmp_path):
+    """A launcher that is its PID namespace's first process (torchrun as a container's entry
+    point; here ``unshare --pid``): its processes' parent is process 1, and they train."""
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("cannot make a PID namespace here (unshare, privileges)")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DIST_TIMEOUT": "300"}
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "pyro_vae", "train",
+         "--processes", "2", *COMMON, "--epochs", "1", "--out", str(out)],
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
