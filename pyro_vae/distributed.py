@@ -255,8 +255,11 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
     left as they were.
 
     :raises ConfigError: a bad ``PYRO_VAE_DIST_TIMEOUT``.
-    :raises DistributedError: the launcher itself failed (its first line).
+    :raises DistributedError: no ``torch.distributed`` in this PyTorch build, or the launcher
+        itself failed (its first line).
     """
+    if not dist.is_available():
+        raise DistributedError("this PyTorch build has no torch.distributed")
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

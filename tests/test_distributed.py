@@ -439,6 +439,11 @@ def test_processes_checked_before_any_start(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv(name, value)
     err = cli_fails([*run, "--processes", "3"], capsys)
     assert "--processes 3 under torchrun, which started 2" in err
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PYRO_VAE_DIST_TIMEOUT"):
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
+    err = cli_fails([*run, "--processes", "2"], capsys)
+    assert "this PyTorch build has no torch.distributed" in err
     assert not (tmp_path / "run").exists()
 
 
