@@ -228,11 +228,7 @@ def test_a_killed_process_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     job = torchrun([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
                    dist_timeout=60, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "checkpoint.pt").exists():
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in 180 s"
-            time.sleep(0.2)
+        _wait_for_a_checkpoint(job, out)
         victim = _worker(job.pid, rank=1)
         os.kill(victim, signal.SIGKILL)
         _, err = job.communicate(timeout=120)  # no hang
@@ -249,6 +245,15 @@ def test_a_killed_process_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     assert "[rank0]: Traceback" not in err, err[-3000:]
     state = load_checkpoint(out / "checkpoint.pt")  # the last good checkpoint is whole
     assert state["epoch"] >= 1
+
+
+def _wait_for_a_checkpoint(job: subprocess.Popen, out: Path) -> None:
+    """Until the running ``job`` has written its first checkpoint into ``out``."""
+    deadline = time.monotonic() + 180
+    while not (out / "checkpoint.pt").exists():
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in 180 s"
+        time.sleep(0.2)
 
 
 def _worker(launcher: int, rank: int) -> int:
@@ -406,11 +411,7 @@ def test_processes_name_a_process_a_signal_ended(tmp_path):
     job = processes([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "checkpoint.pt").exists():
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in 180 s"
-            time.sleep(0.2)
+        _wait_for_a_checkpoint(job, out)
         os.kill(_worker(job.pid, rank=1), signal.SIGKILL)
         _, err = job.communicate(timeout=120)
     finally:
@@ -544,11 +545,7 @@ def test_processes_end_with_their_launcher(tmp_path):
     job = processes([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not (out / "checkpoint.pt").exists():
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in 180 s"
-            time.sleep(0.2)
+        _wait_for_a_checkpoint(job, out)
         workers = [_worker(job.pid, rank) for rank in (0, 1)]
         job.kill()
         _, err = job.communicate(timeout=60)  # the pipe closes when the workers are gone
