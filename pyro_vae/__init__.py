@@ -13,6 +13,7 @@ import types
 
 from pyro_vae.errors import (
     CheckpointError,
+    ConcurrentUseError,
     ConfigError,
     DataError,
     DataNotFoundError,
@@ -63,6 +64,7 @@ __all__ = [
     "ReweightedWakeSleep",
     "WakeSleep",
     "CheckpointError",
+    "ConcurrentUseError",
     "ConfigError",
     "DataError",
     "DataNotFoundError",

@@ -7,6 +7,7 @@ code. Anything else is a bug and keeps its traceback.
 
 __all__ = [
     "CheckpointError",
+    "ConcurrentUseError",
     "ConfigError",
     "DataError",
     "DataNotFoundError",
@@ -55,6 +56,12 @@ class RunFolderBusy(PyroVAEError):
 
 class NumericalError(PyroVAEError):
     """A computation gave NaN or infinity where a number was due (nothing is written)."""
+
+
+class ConcurrentUseError(PyroVAEError, RuntimeError):
+    """Another thread of this process is inside a pyro_vae call (see
+    :func:`pyro_vae.isolation.isolated`): Pyro's param store and handler stack are one per
+    process, so two calls at once would train and score in each other's state."""
 
 
 class DistributedError(PyroVAEError):

@@ -12,6 +12,13 @@ of both and hands the caller's back on exit, whatever happens inside::
     with isolated(seed=0, params="inherit"):   # sees the caller's params, keeps none of its own
         ...score a model whose guide has pyro.param values...
 
+The store and the RNGs are the process's, and so is Pyro's stack of effect handlers: two
+threads inside :func:`isolated` at once would train and draw in each other's state (one run's
+weights changed, the other stopped by a handler it did not push). One thread at a time holds
+it, then: a second thread is refused at once with :class:`~pyro_vae.errors.ConcurrentUseError`
+(``fit``, ``evaluate`` and every other pyro_vae call that trains or scores a model); a thread
+may nest calls. Separate processes, not threads, run pyro_vae in parallel.
+
 This is the only module of pyro_vae that seeds, saves or restores the global RNGs or swaps
 the param store (``benchmarks/code_shape.py`` counts). Batches and binarization draw from
 explicit ``torch.Generator`` streams instead (:class:`pyro_vae.data.BatchLoader`).
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -29,7 +37,7 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConcurrentUseError, ConfigError
 
 __all__ = [
     "MAX_SEED",
@@ -41,6 +49,8 @@ __all__ = [
 ]
 
 MAX_SEED = 2**32 - 1  # NumPy's seed range, which pyro.set_rng_seed also seeds
+
+_holder = threading.RLock()  # the thread inside isolated(): re-entrant, so calls may nest
 
 
 def check_seed(seed: Any, what: str = "seed") -> int:
@@ -110,9 +120,19 @@ def isolated(
         if rng == "continue":
             raise ValueError("a seeded body restores the caller's RNGs: use rng='restore'")
         seed = check_seed(seed)
-    callers_rng = get_rng_state() if rng == "restore" else None
-    store = pyro.get_param_store()
-    callers = store.get_state()
+    if not _holder.acquire(blocking=False):
+        raise ConcurrentUseError(
+            "another thread of this process is running pyro_vae (a fit, an evaluation): "
+            "Pyro's param store and effect handlers are one per process; run the calls one "
+            "after another, or in separate processes"
+        )
+    try:
+        callers_rng = get_rng_state() if rng == "restore" else None
+        store = pyro.get_param_store()
+        callers = store.get_state()
+    except BaseException:
+        _holder.release()
+        raise
     try:
         store.clear()
         if params == "inherit":
@@ -121,7 +141,10 @@ def isolated(
             pyro.set_rng_seed(seed)
         yield store
     finally:
-        store.clear()
-        store.set_state(callers)
-        if callers_rng is not None:
-            set_rng_state(callers_rng)
+        try:
+            store.clear()
+            store.set_state(callers)
+            if callers_rng is not None:
+                set_rng_state(callers_rng)
+        finally:
+            _holder.release()

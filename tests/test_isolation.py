@@ -14,6 +14,9 @@ from pyro_vae import VAE, ConfigError, TrainConfig, evaluate, fit, isolated
 from pyro_vae.data import load_dataset
 from pyro_vae.train import TrainingDiverged
 
+# equalities and closed forms: CI runs these again with another CPU's arithmetic
+pytestmark = pytest.mark.numerics
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(dataset="mnist-sample", train_size=256, batch_size=64, hidden_sizes=(32,),
              latent_dim=3, epochs=1)  # fmt: skip
@@ -156,3 +159,42 @@ def test_only_the_isolation_module_touches_pyros_global_state():
     touches = code_shape.main([])["touches"]
     outside = [(module, call) for module, _, call in touches if module != "isolation.py"]
     assert len(touches) > len(outside) and outside == [("optim.py", "pyro.get_param_store")]
+
+
+def test_a_second_thread_is_refused_while_one_runs_pyro_vae():
+    """Pyro's param store and handler stack are the process's: while one thread fits, a fit
+    or an evaluation in another is refused at once, and the first run is the run it would
+    have been alone."""
+    import threading
+    import time
+
+    from pyro_vae import ConcurrentUseError
+    from pyro_vae.isolation import _holder
+
+    config = TrainConfig(dataset="mnist-sample", train_size=512, batch_size=32, epochs=3,
+                         hidden_sizes=(32,), latent_dim=2)  # fmt: skip
+    alone = fit(config)
+    results = {}
+    thread = threading.Thread(target=lambda: results.setdefault("fit", fit(config)))
+    thread.start()
+    refused = 0
+    while thread.is_alive():
+        if _holder.acquire(blocking=False):  # the other thread is not inside (yet, or now)
+            _holder.release()
+            time.sleep(0.001)
+            continue
+        for call in (lambda: fit(config), lambda: evaluate(alone.vae, alone.test_images[:4])):
+            try:
+                call()
+            except ConcurrentUseError as e:
+                assert "another thread of this process is running pyro_vae" in str(e)
+                refused += 1
+            else:  # only where the other thread had just finished
+                assert not thread.is_alive()
+    thread.join()
+    assert refused >= 2
+    for a, b in zip(alone.vae.parameters(), results["fit"].vae.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # with the other thread done, this one runs again, and may nest its calls
+    with isolated():
+        assert len(fit(config).history) == 3
