@@ -890,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SHARED_ERROR_WAIT = 60.0  # seconds a process beyond rank 0 waits for rank 0 to end the run
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that the same clean-up runs as for Ctrl-C."""
 
@@ -958,11 +961,17 @@ def _failed(
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ending: a SIGTERM now ends it at once
+    line = f"{prefix}: {what}"
+    # The run's one line: under pyro-vae's own launcher, the launcher prints it from the
+    # processes' reports (two processes printing race and interleave); under plain torchrun, a
+    # process beyond rank 0 keeps a consequence to itself (rank 0 says the run stopped).
+    if distributed.reports_to_launcher() or (distributed.several() and _rank() > 0 and not cause):
+        quiet = True
     if not quiet:
-        print(f"{prefix}: {what}", file=sys.stderr)
+        print(line, file=sys.stderr)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path and distributed.launched():
-        info = {"timestamp": str(int(time.time())), "cause": cause}
+        info = {"timestamp": str(int(time.time())), "cause": cause, "line": line}
         with contextlib.suppress(OSError):
             Path(path).write_text(json.dumps({"message": {"message": what, "extraInfo": info}}))
     return status
@@ -991,9 +1000,18 @@ def _reported(args: argparse.Namespace, prefix: str) -> int:
                                   f"{args.command} without torchrun")  # fmt: skip
         return args.func(args)
     except PyroVAEError as e:
-        # an error every process raised alike is reported once, by rank 0
-        quiet, cause = e.shared and _rank() > 0, not getattr(e, "elsewhere", False)
-        return _failed(prefix, f"error: {_one_line(e)}", quiet=quiet, cause=cause)
+        if not e.shared:
+            cause = not getattr(e, "elsewhere", False)
+            return _failed(prefix, f"error: {_one_line(e)}", cause=cause)
+        # An error every process raised alike is the run's, not a process's: reported once,
+        # without a rank, by rank 0. Under plain torchrun the others wait for rank 0 to say it
+        # (torchrun stops them once it has): gone first, they would have torchrun stop rank 0
+        # before it could.
+        if _rank() > 0 and distributed.several() and not distributed.reports_to_launcher():
+            _failed(f"pyro-vae {args.command}", f"error: {_one_line(e)}", quiet=True)
+            time.sleep(_SHARED_ERROR_WAIT)
+            return 1
+        return _failed(f"pyro-vae {args.command}", f"error: {_one_line(e)}", quiet=_rank() > 0)
     except torch.cuda.OutOfMemoryError:
         return _failed(prefix, "error: out of GPU memory; try a smaller --batch-size or -K")
     except MemoryError:

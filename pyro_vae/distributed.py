@@ -127,6 +127,21 @@ def launched() -> bool:
     return all(name in os.environ for name in _ENV)
 
 
+LAUNCHER = "PYRO_VAE_LAUNCHER"  # the pid of a start_processes launcher, for its processes
+
+
+def reports_to_launcher() -> bool:
+    """Whether this process's launcher is :func:`start_processes`, alive: it prints the run's
+    one line from its processes' reports, and they print none of their own. (A launcher
+    killed outright leaves its processes to say it: their parent is then another.)"""
+    return launched() and os.environ.get(LAUNCHER) == str(os.getppid())
+
+
+def several() -> bool:
+    """Whether this process is one of several of a ``torchrun`` launch."""
+    return launched() and int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
 def rank_seed(seed: int, rank: int, epoch: int | None = None) -> int:
     """The seed of rank ``rank``'s noise stream: ``seed`` itself for rank 0, else a seed
     derived from ``(seed, rank)`` (and ``epoch``, for streams begun on a resume)."""
@@ -247,9 +262,13 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
     --nproc-per-node=COUNT -m pyro_vae ARGV`` would (the same launcher, called from here), and
     return the exit status: 0 when every process succeeded.
 
-    The processes print their own lines. Of the launcher's output, only what a process cannot
-    say itself is kept: one line for a process that a signal ended (the kernel's out-of-memory
-    killer, say). torchrun's log and its traceback of the failed processes are not shown.
+    A failed run ends in one line on stderr, whatever the timing: the processes do not print
+    theirs but report them (each its own, in the file torchrun reads, see ``pyro_vae.cli``),
+    and the launcher prints the first cause among them (by rank), or, where none said one,
+    that a signal ended a process (the kernel's out-of-memory killer, say), or the first
+    consequence (a lost partner, the launcher's SIGTERM). A signal to the launcher itself
+    (Ctrl-C, SIGTERM) stops the processes and prints ``interrupted`` or ``terminated``.
+    torchrun's log and its traceback of the failed processes are not shown.
     Each process gets ``OMP_NUM_THREADS`` of this machine's cores divided by ``count``,
     unless the variable is set. The caller's environment, logging and signal handlers are
     left as they were.
@@ -270,6 +289,7 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
     )
     environ = dict(os.environ)  # the launcher adds to it, for its processes
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
+    os.environ[LAUNCHER] = str(os.getpid())
     quiet = logging.root.manager.disable
     handlers = {}  # the launcher installs its own, and leaves them
     if threading.current_thread() is threading.main_thread():
@@ -282,19 +302,13 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
         torchrun.run(launch)
     except ChildFailedError as e:
         _, first = e.get_first_failure()
-        # a process that stopped with an error of its own said why; the others, ended by a
-        # signal (the launcher's, once one had failed) or by a lost partner, are consequences
-        failures = sorted(e.failures.items())
-        said = any(failure.exitcode > 0 and _cause(failure.message) for _, failure in failures)
-        for rank, failure in failures:
-            if failure.exitcode < 0 and not said:  # it could not say why itself
-                print(
-                    f"pyro-vae {argv[0]}: error: process {rank} of {count} was ended by "
-                    f"{failure.signal_name()}; the run folder keeps its last checkpoint",
-                    file=sys.stderr,
-                )
+        line = _the_line(e.failures, count, argv[0])
+        if line is not None:
+            print(line, file=sys.stderr)
         return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
-    except SignalException as e:  # the processes got it too, and said so
+    except SignalException as e:  # the launcher's own signal: it has stopped the processes
+        what = "interrupted" if e.sigval == signal.SIGINT else "terminated"
+        print(f"pyro-vae {argv[0]}: {what}", file=sys.stderr)
         return 128 + int(e.sigval)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -307,6 +321,33 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
             del os.environ[name]
         os.environ.update(environ)
     return 0
+
+
+def _the_line(failures: Mapping[int, Any], count: int, command: str) -> str | None:
+    """The one line of a failed run, from torchrun's record of its failed processes: the first
+    cause a process reported; none where a process said why in a traceback of its own (a
+    bug); else, for a process a signal ended without a word (it could not say why itself),
+    that signal; else the first consequence reported (a lost partner, a SIGTERM)."""
+    reports = [(rank, f, f.message) for rank, f in sorted(failures.items())]
+    ours = [(rank, m) for rank, _, m in reports if isinstance(m, dict) and _line(m)]
+    for _, message in ours:
+        if _cause(message):
+            return _line(message)
+    if any(f.exitcode > 0 and _cause(m) for _, f, m in reports):
+        return None
+    for rank, failure, message in reports:
+        if failure.exitcode < 0 and not (isinstance(message, dict) and _line(message)):
+            return (
+                f"pyro-vae {command}: error: process {rank} of {count} was ended by "
+                f"{failure.signal_name()}; the run folder keeps its last checkpoint"
+            )
+    return _line(ours[0][1]) if ours else None
+
+
+def _line(message: dict) -> str:
+    """The line a process of ours reported (see ``pyro_vae.cli``), or ``""``."""
+    line = message.get("extraInfo", {}).get("line", "")
+    return line if isinstance(line, str) else ""
 
 
 def _cause(message: Any) -> bool:
