@@ -35,6 +35,7 @@ def main(args: argparse.Namespace) -> None:
         num_samples=args.num_estimates,
         reference_samples=5 * args.num_estimates,
         data=data,
+        baseline_warmup=args.baseline_warmup,
     )
     print("encoder gradient: total variance relative to reparam")
     for row in result.gradients:
@@ -53,12 +54,15 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=20000)
     parser.add_argument("--num-estimates", type=int, default=100)
+    parser.add_argument("--baseline-warmup", type=int, default=200,
+                        help="steps a baseline learns before its estimates are drawn")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="estimator-study")
     parser.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.train_size, args.num_estimates = 1, 512, 10
+        args.baseline_warmup = 20  # the baselines' warm-up was most of the quick run's time
     args.dataset = args.dataset or ("mnist-sample" if args.quick else "mnist")
     try:
         main(args)

@@ -54,11 +54,13 @@ def compare_gradients(
     num_samples: int = 200,
     reference_samples: int = 1000,
     baseline_learning_rate: float = 1e-2,
+    baseline_warmup: int = 200,
 ) -> list[dict]:
-    """Gradient statistics of each estimator at ``vae``'s parameters on the batch ``x``."""
+    """Gradient statistics of each estimator at ``vae``'s parameters on the batch ``x``; a
+    baseline first learns for ``baseline_warmup`` steps (:func:`gradient_samples`)."""
     reference = gradient_samples(vae, x, "reparam", reference_samples)
     samples = {
-        e: gradient_samples(vae, x, e, num_samples, baseline_learning_rate=baseline_learning_rate)
+        e: gradient_samples(vae, x, e, num_samples, baseline_warmup, baseline_learning_rate)
         for e in dict.fromkeys(["reparam", *estimators])
     }
     rows = []
@@ -98,6 +100,7 @@ def compare_estimators(
     reference_samples: int = 1000,
     data: ImageData | None = None,
     progress: bool = False,
+    baseline_warmup: int = 200,
 ) -> EstimatorComparison:
     """Run the whole study (see the module docstring) and write its tables and figures.
 
@@ -106,6 +109,8 @@ def compare_estimators(
     :param gradient_epochs: measure gradients after these epochs of the reparam run, each
         from 0 (at initialization) to ``config.epochs``.
     :param progress: show the training runs' progress bars on stderr.
+    :param baseline_warmup: steps in which a baseline learns at the measured parameters
+        before its estimates are drawn (:func:`pyro_vae.gradients.gradient_samples`).
     :raises ConfigError: another objective or ``K``, no estimator, an unknown one, gradient
         epochs out of range, fewer than two estimates.
     """
@@ -127,23 +132,26 @@ def compare_estimators(
             f"gradient epochs {list(gradient_epochs)} must be given, each from 0 to "
             f"{config.epochs} (the epochs of the run)"
         )
-    counts = (num_samples, reference_samples, *gradient_epochs)
+    counts = (num_samples, reference_samples, baseline_warmup, *gradient_epochs)
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
         raise ConfigError(f"numbers of estimates and gradient epochs must be whole, got {counts}")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise OutputError(f"cannot use {out_dir} as a folder: a file of that name exists")
     if min(num_samples, reference_samples) < 2:
         raise ConfigError("the numbers of gradient estimates must be at least 2")
+    if baseline_warmup < 0:
+        raise ConfigError(f"the baseline warm-up cannot be negative, got {baseline_warmup}")
     with isolated(config.seed):
         return _study(
             config, Path(out_dir), estimators, gradient_epochs, num_samples, reference_samples,
-            data, progress,
+            data, progress, baseline_warmup,
         )  # fmt: skip
 
 
 def _study(
-    config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data, progress
-):
+    config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data, progress,
+    baseline_warmup,
+):  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     images = run_images(dataclasses.replace(config, train_size=None), data)
     data, train = images.data, images.train
@@ -153,9 +161,8 @@ def _study(
     batch = batch.to(config.device)
 
     def study(stage: str, vae: VAE) -> list[dict]:
-        rows = compare_gradients(
-            vae, batch, estimators, num_samples, reference_samples, config.baseline_learning_rate
-        )
+        rows = compare_gradients(vae, batch, estimators, num_samples, reference_samples,
+                                 config.baseline_learning_rate, baseline_warmup)  # fmt: skip
         return [{"stage": stage, **row} for row in rows]
 
     initial = build_vae(config, data.image_shape).to(config.device)
