@@ -203,10 +203,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
-def _non_finite(tensors: dict, what: str) -> str | None:
+def find_non_finite(tensors: dict, what: str) -> str | None:
+    """``what`` and the name of the first floating-point tensor in ``tensors`` (nested dicts
+    searched too) that holds NaN or infinity, or ``None``."""
     for name, value in tensors.items():
         if isinstance(value, dict):
-            found = _non_finite(value, f"{what} {name}")
+            found = find_non_finite(value, f"{what} {name}")
             if found:
                 return found
         elif (
@@ -280,7 +282,7 @@ def _check_structure(path: Path, state: dict) -> None:
         or not all(isinstance(s, int) and s > 0 for s in shape)
     ):
         raise bad(f"its image shape is {shape!r}")
-    where = _non_finite(model, "model parameter") or _non_finite(
+    where = find_non_finite(model, "model parameter") or find_non_finite(
         state["optimizer"], "optimizer state of"
     )
     if where:

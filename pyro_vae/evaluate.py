@@ -11,6 +11,7 @@ import contextlib
 import math
 import numbers
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import pyro
@@ -273,6 +274,37 @@ class Evaluation:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def outputs_finite(vae: VAE, x: torch.Tensor) -> bool:
+    """Whether the parameters, and the networks' outputs on ``x``, are all finite numbers
+    (networks that fail on ``x`` count as finite: their error is not an overflow)."""
+    if not all(torch.isfinite(p).all() for p in vae.parameters()):
+        return False
+    try:
+        for part in x.split(1000):
+            loc, scale = vae.encode(part)
+            if not all(torch.isfinite(t).all() for t in (loc, scale, *vae.decoder(loc))):
+                return False
+    except Exception:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _overflow_is_numerical(vae: VAE, images: torch.Tensor) -> Iterator[None]:
+    """Networks whose outputs overflow on the images (finite weights too large) fail inside a
+    distribution's argument check: that is :class:`NumericalError`, not a bug."""
+    try:
+        yield
+    except (ValueError, RuntimeError):
+        if outputs_finite(vae, images):
+            raise
+        raise NumericalError(
+            "the model's networks give NaN or infinite outputs on these images (its weights "
+            "are finite but too large); nothing to evaluate"
+        ) from None
+
+
 def evaluate(
     vae: VAE,
     images: torch.Tensor,
@@ -302,7 +334,7 @@ def evaluate(
     training = vae.training
     vae.eval()  # batch statistics and dropout off: each image is scored on its own
     try:
-        with isolated(seed, params="inherit"):
+        with isolated(seed, params="inherit"), _overflow_is_numerical(vae, images):
             log_px, elbo = importance_sampled_log_likelihood(
                 vae.model, vae.guide, images, num_particles, batch_size, progress=progress
             )

@@ -34,6 +34,7 @@ import pyro
 import pyro.optim
 import torch
 from pyro.infer.util import torch_item
+from pyro.params.param_store import normalize_param_name
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
@@ -43,7 +44,13 @@ except ImportError:  # pragma: no cover - Windows
     resource = None
 
 from pyro_vae import distributed
-from pyro_vae.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
+from pyro_vae.checkpoint import (
+    atomic_write_bytes,
+    find_non_finite,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from pyro_vae.checks import require_choice, require_flag, require_whole
 from pyro_vae.data import (
     VALID_BINARIZATION_SEED,
@@ -68,7 +75,7 @@ from pyro_vae.errors import (
     PyroVAEError,
 )
 from pyro_vae.estimators import check_estimator, uses_baseline
-from pyro_vae.evaluate import importance_sampled_log_likelihood
+from pyro_vae.evaluate import importance_sampled_log_likelihood, outputs_finite
 from pyro_vae.isolation import (
     MAX_SEED,
     check_seed,
@@ -387,20 +394,6 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
 
 
-@torch.no_grad()
-def _finite(vae: VAE, x: torch.Tensor) -> bool:
-    """Whether the parameters, and the networks' outputs on ``x``, are all finite numbers
-    (networks that fail on ``x`` count as finite: their error is not a divergence)."""
-    if not all(torch.isfinite(p).all() for p in vae.parameters()):
-        return False
-    try:
-        loc, scale = vae.encode(x)
-        outputs = (loc, scale, *vae.decoder(loc))
-    except Exception:
-        return True
-    return all(torch.isfinite(t).all() for t in outputs)
-
-
 def _check_step_memory(config: TrainConfig, image_shape: Sequence[int]) -> None:
     """Refuse a batch of particles whose activations could not fit in the device's memory."""
     data_dim = math.prod(image_shape)
@@ -633,6 +626,7 @@ def fit(
         stack.enter_context(_tensorboard_log(run, tensorboard if world.is_main else None))
         for epoch in range(run.epochs_done, config.epochs):
             train_elbo = _train_epoch(run, step, epoch, progress)
+            _check_finite_state(run, epoch)
             _record(run, train_elbo, _score(run, epoch), progress)
             if run_dir is not None:
                 _save(run, store)
@@ -913,7 +907,7 @@ def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
     except (ValueError, RuntimeError) as e:
         # NaN parameters can fail inside Pyro or torch (a NaN scale cannot be sampled) before
         # the loss can say so. Any other error (a shape bug in a network) is not divergence.
-        if _finite(run.vae, x):
+        if outputs_finite(run.vae, x):
             raise
         loss, cause = math.nan, f" ({str(e).strip().splitlines()[0]})"
     if not math.isfinite(loss):
@@ -932,15 +926,40 @@ def _kl_weight(run: _Run) -> float:
     return kl_weight_at(config.kl_weight, config.kl_warmup * len(run.loader), run.step)
 
 
+def _check_finite_state(run: _Run, epoch: int) -> None:
+    """Divergence that the objective did not show: parameters, or the optimizer's moments,
+    that became infinite or NaN (gradients beyond float32's range square to infinity in Adam's
+    second moment, whose step is then zero; a weight decay of 1e30 overflows the weights).
+    Such a state cannot be trained on nor loaded: it is not checkpointed."""
+    optimizer = {normalize_param_name(k): v for k, v in run.optim.get_state().items()}
+    where = find_non_finite(run.vae.state_dict(), "the parameter") or find_non_finite(
+        optimizer, "the optimizer's state of"
+    )
+    if where:
+        error = TrainingDiverged(
+            f"training diverged in epoch {epoch + 1}: {where} became NaN or infinite; "
+            f"{run.kept()}; try a lower learning rate, weight decay, or a clip norm"
+        )
+        error.shared = True  # every process has the same parameters and state
+        raise error
+
+
 def _score(run: _Run, epoch: int) -> float:
     """The mean ELBO of the validation images (of the test images, without a validation
     split), one sample each, in eval mode."""
     run.vae.eval()
     world = run.world  # each process scores its slice of the images
     images = run.score_images[world.rank :: world.size]
-    _, elbo = importance_sampled_log_likelihood(
-        run.vae.model, run.vae.guide, images, num_particles=1, batch_size=1000
-    )
+    try:
+        _, elbo = importance_sampled_log_likelihood(
+            run.vae.model, run.vae.guide, images, num_particles=1, batch_size=1000
+        )
+    except (ValueError, RuntimeError):
+        # networks whose outputs overflowed on these images (finite weights of 1e30) fail in
+        # the distributions' checks: the score is NaN, as a divergence; other errors are bugs
+        if outputs_finite(run.vae, images):
+            raise
+        elbo = torch.full((len(images),), math.nan, device=images.device)
     total = distributed.sum_over(world, elbo.to(torch.float64).sum())
     score = total.item() / run.score_images.shape[0]
     if not math.isfinite(score):

@@ -96,6 +96,25 @@ CASES = [
         ["train", "--dataset", "mnist-sample", "-K", "100000000"], "lower -K", id="train K 1e8"
     ),  # fmt: skip
     pytest.param(["train", "--lr", "nan"], "learning rate", id="train lr nan"),
+    # training into a state that cannot be trained on or loaded: divergence, no checkpoint
+    *(
+        pytest.param(
+            ["train", "--dataset", "mnist-sample", "--epochs", "1", *QUICK, *flags],
+            "training diverged",
+            id=f"train diverges {name}",
+        )  # fmt: skip
+        for name, flags in [
+            ("lr 1e6", ["--lr", "1e6"]),
+            ("weight decay 1e30", ["--weight-decay", "1e30"]),
+            ("adagrad weight decay 1e20", ["--optimizer", "adagrad", "--weight-decay", "1e20"]),
+            ("adagrad weight decay 1e30", ["--optimizer", "adagrad", "--weight-decay", "1e30"]),
+            (
+                "lr 1e30 on the last step",
+                ["--lr", "1e30", "--train-size", "128", "--batch-size", "128"],
+            ),
+            ("lr 1e6 wake-sleep", ["--lr", "1e6", "--objective", "wake-sleep"]),
+        ]
+    ),
     pytest.param(["train", "--latent-dim", "0"], "latent_dim", id="train latent dim 0"),
     pytest.param(["train", "--epochs", "0"], "epochs", id="train epochs 0"),
     pytest.param(["train", "--estimat", "stl"], "unrecognized", id="train abbreviated flag"),
@@ -960,6 +979,42 @@ def test_posterior_check_refuses_bad_images(x, loaded):
     image = torch.bernoulli(torch.full((784,), 0.3), generator=torch.Generator().manual_seed(0))
     with pytest.raises(DataError):
         check_posterior(loaded.vae, x(image), num_samples=5, warmup_steps=5)
+
+
+def test_a_run_that_diverges_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    """REINFORCE at a learning rate of 10: finite objectives, and an Adam second moment that
+    overflows in epoch 2. The run stops there, its folder at epoch 1 and loadable."""
+    from pyro_vae import load_run
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist-sample", "--train-size", "512", "--epochs", "3",
+            "--lr", "10", "--estimator", "reinforce", "--objective", "elbo", "--no-plots",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training diverged in epoch 2" in err, err
+    assert "the checkpoint of epoch 1 is kept" in err
+    assert len(load_run(out).history) == 1  # loads: no damage was written
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_evaluate_of_weights_too_large_is_one_line(run, tmp_path, capsys):
+    """Finite weights, every one times 1e30: the encoder's outputs overflow, which Pyro's
+    distributions refuse with a ValueError of a hundred lines."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    state = torch.load(copy / "checkpoint.pt", weights_only=True)
+    for value in state["model"].values():
+        value.mul_(1e30)
+    state["checksum"] = state_checksum(state)
+    torch.save(state, copy / "checkpoint.pt")
+    before = folder_hashes(copy)
+    capsys.readouterr()
+    assert main(["evaluate", str(copy), "-K", "5", "--num-images", "10"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN or infinite outputs" in err, err
+    assert folder_hashes(copy) == before
 
 
 def test_evaluate_with_nan_parameters_is_a_numerical_error(run):
