@@ -54,6 +54,7 @@ def test_images_too_small_for_the_convolutions_are_refused():
         VAE(image_shape=(1, 4, 4), arch="conv", conv_channels=(8, 8, 8))
 
 
+@pytest.mark.numerics
 def test_conv_vae_trains_on_mnist_and_resumes_bit_for_bit(tmp_path):
     data = load_dataset("mnist-sample")
     config = TrainConfig(dataset="mnist-sample", train_size=2048, batch_size=64, epochs=4,

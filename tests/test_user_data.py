@@ -163,6 +163,7 @@ def test_a_run_from_before_the_validation_split_resumes_as_it_was_scored(tmp_pat
     assert TrainConfig.from_dict(stored).valid_fraction == 0.0
 
 
+@pytest.mark.numerics
 def test_eight_bit_images_stay_uint8_and_train_exactly_as_floats():
     data = load_dataset("mnist-sample")
     config = TrainConfig(dataset="mnist-sample", train_size=256, hidden_sizes=(16,),
@@ -206,6 +207,7 @@ def test_image_size_belongs_to_your_own_images():
         pytest.param(lambda x: x.float() / 255, id="float in [0, 1]"),
     ],
 )
+@pytest.mark.numerics
 def test_tensors_from_python_train_like_the_same_images_from_a_file(layout, digits, tmp_path):
     from pyro_vae import images_from_tensors
 
