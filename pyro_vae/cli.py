@@ -120,6 +120,16 @@ def _save(fig, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def _not_another_run(folder: Path, run_dir: str | Path) -> None:
+    """Refuse to write a run's outputs into a folder that holds another run: its pictures and
+    tables would be replaced by this one's (a folder of two models' files)."""
+    if (folder / CHECKPOINT_FILE).exists() and folder.resolve() != Path(run_dir).resolve():
+        raise OutputError(
+            f"{folder} holds another run; write {run_dir}'s outputs into {run_dir} or a "
+            "folder of their own"
+        )
+
+
 def _lock_for_file(path: Path):
     """The lock of the run folder a single output file goes into, if it goes into one (a
     folder with a checkpoint, or one that a run holds now, before its first checkpoint)."""
@@ -632,6 +642,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     out = Path(args.out or Path(args.run_dir) / "samples.png")
     _picture_format(out)
+    _not_another_run(out.parent, args.run_dir)
     run = load_run(args.run_dir)
     with _lock_for_file(out):
         _save(samples_figure(run.vae, run.image_shape, args.num, args.seed), out)
@@ -659,6 +670,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     _check_count(args.num, "--num", high=MAX_PICTURES)
     out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
     _picture_format(out)
+    _not_another_run(out.parent, args.run_dir)
     run = load_run(args.run_dir)
     images, _ = _test_images(run, args.data_dir)
     _check_count(args.num, "--num", high=len(images))
@@ -687,6 +699,7 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    _not_another_run(Path(args.out or args.run_dir), args.run_dir)
     run = load_run(args.run_dir)
     test, data = _test_images(run, args.data_dir)
     with locked_folder(args.out or args.run_dir, create=True) as out_dir:
@@ -728,6 +741,7 @@ def _cmd_posterior(args: argparse.Namespace) -> int:
                         (args.chains, "--chains"), (args.num_particles, "-K")):  # fmt: skip
         _check_count(value, flag)
     check_seed(args.seed, "--seed")
+    _not_another_run(Path(args.out or args.run_dir), args.run_dir)
     run = load_run(args.run_dir)
     test, _ = _test_images(run, args.data_dir)
     bad = [i for i in args.index if not 0 <= i < len(test)]

@@ -113,6 +113,8 @@ def compare_estimators(
         before its estimates are drawn (:func:`pyro_vae.gradients.gradient_samples`).
     :raises ConfigError: another objective or ``K``, no estimator, an unknown one, gradient
         epochs out of range, fewer than two estimates.
+    :raises OutputError: ``out_dir`` is a file, or a folder that already holds files (another
+        study's or a run's, which the study's tables and figures would replace).
     """
     if not estimators:
         raise ConfigError("no estimators to compare")
@@ -137,6 +139,8 @@ def compare_estimators(
         raise ConfigError(f"numbers of estimates and gradient epochs must be whole, got {counts}")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise OutputError(f"cannot use {out_dir} as a folder: a file of that name exists")
+    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+        raise OutputError(f"{out_dir} already holds files; the study writes a new folder")
     if min(num_samples, reference_samples) < 2:
         raise ConfigError("the numbers of gradient estimates must be at least 2")
     if baseline_warmup < 0:

@@ -927,6 +927,54 @@ def test_a_picture_into_a_folder_a_run_holds_is_refused(run, tmp_path, capsys):
     assert not held.exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["plot", "RUN", "--out", "OTHER"], id="plot"),
+        pytest.param(
+            [
+                "posterior",
+                "RUN",
+                "--out",
+                "OTHER",
+                "--num-samples",
+                "5",
+                "--warmup",
+                "5",
+                "-K",
+                "5",
+            ],
+            id="posterior",
+        ),  # fmt: skip
+        pytest.param(["sample", "RUN", "--out", "OTHER/samples.png"], id="sample"),
+        pytest.param(["reconstruct", "RUN", "--out", "OTHER/r.png"], id="reconstruct"),
+    ],
+)
+def test_outputs_into_another_runs_folder_are_refused(argv, run, tmp_path, capsys):
+    """A run's pictures and tables do not go into a folder that holds another run (they
+    replaced its pictures and posterior.json, exit 0)."""
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    (other / "note.txt").write_text("the other run's\n")
+    before, ours = folder_hashes(other), folder_hashes(run)
+    argv = [str(run) if a == "RUN" else a.replace("OTHER", str(other)) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{other} holds another run" in err, err
+    assert folder_hashes(other) == before and folder_hashes(run) == ours
+
+
+def test_a_study_into_a_folder_with_files_is_refused_from_python_too(run, tmp_path):
+    from pyro_vae import OutputError, TrainConfig
+    from pyro_vae.compare import compare_estimators
+
+    before = folder_hashes(run)
+    with pytest.raises(OutputError, match="already holds files"):
+        compare_estimators(TrainConfig(dataset="mnist-sample", objective="elbo", epochs=1), run)
+    assert folder_hashes(run) == before
+
+
 def test_sigterm_is_one_line_and_cleans_up(tmp_path):
     out = tmp_path / "run"
     argv = ["train", "--dataset", "mnist-sample", "--epochs", "50", "--out", str(out), *QUICK]
