@@ -62,7 +62,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block is done, then deliver them.
 
     A KeyboardInterrupt raised inside ``torch.save``'s writer surfaces as a RuntimeError from
@@ -110,7 +110,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except OSError as e:
         raise OutputError(f"cannot write {path}: {_reason(e)}") from None
     try:
-        with _signals_deferred():
+        with signals_deferred():
             os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
                 write(f)

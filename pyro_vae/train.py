@@ -49,6 +49,7 @@ from pyro_vae.checkpoint import (
     find_non_finite,
     load_checkpoint,
     save_checkpoint,
+    signals_deferred,
     write_json,
 )
 from pyro_vae.checks import require_choice, require_flag, require_whole
@@ -1024,9 +1025,12 @@ def _save(run: _Run, store) -> None:
         run.saved_epoch = epoch
         return
     try:
-        save_checkpoint(run.run_dir / CHECKPOINT_FILE, state)
-        write_json(run.run_dir / CONFIG_FILE, run.config.to_dict())
-        _write_metrics(run.run_dir, run.history)
+        # one state: Ctrl-C or SIGTERM waits for all three files (the checkpoint of epoch 2
+        # beside the metrics of epoch 1 was a folder that evaluate and plot misread)
+        with signals_deferred():
+            save_checkpoint(run.run_dir / CHECKPOINT_FILE, state)
+            write_json(run.run_dir / CONFIG_FILE, run.config.to_dict())
+            _write_metrics(run.run_dir, run.history)
     except OutputError as e:
         raise OutputError(f"{e}; training stopped after epoch {epoch}, {run.kept()}") from None
     run.saved_epoch = epoch

@@ -1127,6 +1127,8 @@ def test_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path):
     assert code == 130 and err == "pyro-vae train: interrupted\n", err
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2  # the write finished
     assert not list(run_dir.glob(".*.tmp"))
+    # and the files beside it are of the same epoch: the folder is one state
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize("when", ["reading the arguments", "reporting an error"])
