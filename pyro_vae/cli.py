@@ -61,6 +61,7 @@ from pyro_vae.train import (
     TrainConfig,
     TrainResult,
     check_device,
+    check_same_data,
     fit,
     held_out_elbo,
     load_run,
@@ -148,6 +149,7 @@ def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
             f"the run in {run.run_dir} models images of {run.vae.data_dim} pixels, but "
             f"{run.config.dataset} has {data.data_dim}"
         )
+    check_same_data(run.data_fingerprint, data, run.run_dir)
     return data
 
 

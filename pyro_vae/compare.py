@@ -34,6 +34,7 @@ from pyro_vae.gradients import gradient_samples, gradient_statistics
 from pyro_vae.isolation import isolated
 from pyro_vae.model import VAE
 from pyro_vae.plots import gradient_variance_figure, training_curves_figure
+from pyro_vae.runfolder import LOCK_FILE
 from pyro_vae.train import TrainConfig, build_vae, fit, run_images
 
 __all__ = ["EstimatorComparison", "compare_estimators", "compare_gradients"]
@@ -139,7 +140,7 @@ def compare_estimators(
         raise ConfigError(f"numbers of estimates and gradient epochs must be whole, got {counts}")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise OutputError(f"cannot use {out_dir} as a folder: a file of that name exists")
-    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+    if Path(out_dir).is_dir() and any(p.name != LOCK_FILE for p in Path(out_dir).iterdir()):
         raise OutputError(f"{out_dir} already holds files; the study writes a new folder")
     if min(num_samples, reference_samples) < 2:
         raise ConfigError("the numbers of gradient estimates must be at least 2")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -296,6 +297,7 @@ class TrainResult:
     run_dir: Path | None = None
     test_labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None  # label i is class_names[i]
+    data_fingerprint: str | None = None  # of the images it was trained on (data_fingerprint)
 
 
 def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
@@ -478,6 +480,29 @@ def _resume_state(config: TrainConfig, run_dir: Path) -> dict:
     return checkpoint
 
 
+def data_fingerprint(data: ImageData) -> str:
+    """A digest of a data set's training and test images (their dtype, shape and values), which
+    a run records: the same name can hold other images later (an image folder with files added
+    or removed), and a resumed run or its evaluation would then use other splits."""
+    digest = hashlib.sha256()
+    for images in (data.train_images, data.test_images):
+        images = images.detach().cpu().contiguous()
+        digest.update(f"{images.dtype} {tuple(images.shape)};".encode())
+        digest.update(images.numpy().data)
+    return digest.hexdigest()[:16]
+
+
+def check_same_data(recorded: str | None, data: ImageData, run_dir: Path | str) -> None:
+    """Refuse data that are not the images the run in ``run_dir`` was trained on (a run from
+    before fingerprints, ``recorded`` ``None``, is trusted)."""
+    if recorded is not None and recorded != data_fingerprint(data):
+        raise CheckpointError(
+            f"the images of {data.name} are not those the run in {run_dir} was trained on (their "
+            "fingerprint changed: files added, removed or edited); its splits would be of "
+            "other images. Train a new run on these data"
+        )
+
+
 @dataclass(frozen=True)
 class RunImages:
     """The images of a run, as :func:`run_images` prepares them."""
@@ -546,6 +571,7 @@ class _Run:
     saved_epoch: int = 0  # the epoch of the checkpoint on disk (0: none yet)
     log: Any = None  # a TensorBoardLog, if one was asked for
     world: World = World()  # this process among those of a distributed run
+    fingerprint: str = ""  # of the data set (data_fingerprint)
 
     @property
     def writes(self) -> bool:
@@ -633,7 +659,7 @@ def fit(
                 _save(run, store)
     return TrainResult(run.vae.eval(), run.history, config, run.data.image_shape,
                        run.test_images, run_dir, run.data.test_labels,
-                       run.data.class_names)  # fmt: skip
+                       run.data.class_names, run.fingerprint)  # fmt: skip
 
 
 def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
@@ -643,6 +669,8 @@ def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
     key = "valid_elbo" if run.config.valid_fraction > 0 else "test_elbo"
     run.history.append({"epoch": epoch, "step": run.step, "train_elbo": train_elbo,
                         key: score, "seconds": run.seconds})  # fmt: skip
+    if run.world.size > 1:  # batch_size is per process: the global batch is this times it
+        run.history[-1]["processes"] = run.world.size
     if run.config.kl_weight != 1.0 or run.config.kl_warmup:  # train_elbo is then beta's bound
         run.history[-1]["kl_weight"] = _kl_weight(run)
     if run.log is not None:
@@ -754,6 +782,13 @@ def _open_run(
     _check_custom(config, vae)
     images = distributed.main_first(world, lambda: run_images(config, data))  # may download
     data = images.data
+    fingerprint = data_fingerprint(data)
+    if checkpoint is not None:
+        try:
+            check_same_data(checkpoint.get("data_fingerprint"), data, run_dir)
+        except CheckpointError as e:
+            e.shared = True  # every process has the same images
+            raise
     train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
     if vae is None:
         vae = build_vae(config, data.image_shape)  # checks the parameters' size
@@ -781,7 +816,7 @@ def _open_run(
     distributed.from_main(world, enough_images)
     score = valid if config.valid_fraction > 0 else test
     run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader,
-               [], world=world)  # fmt: skip
+               [], world=world, fingerprint=fingerprint)  # fmt: skip
     if checkpoint is None:
         if run.writes:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
@@ -932,7 +967,8 @@ def _check_finite_state(run: _Run, epoch: int) -> None:
     that became infinite or NaN (gradients beyond float32's range square to infinity in Adam's
     second moment, whose step is then zero; a weight decay of 1e30 overflows the weights).
     Such a state cannot be trained on nor loaded: it is not checkpointed."""
-    optimizer = {normalize_param_name(k): v for k, v in run.optim.get_state().items()}
+    optimizer = {normalize_param_name(k) if isinstance(k, str) else str(k): v
+                 for k, v in run.optim.get_state().items()}  # fmt: skip
     where = find_non_finite(run.vae.state_dict(), "the parameter") or find_non_finite(
         optimizer, "the optimizer's state of"
     )
@@ -991,6 +1027,7 @@ def _checkpoint_state(run: _Run, store) -> dict:
         "rng": get_rng_state(),
         "history": run.history,
         "image_shape": list(run.data.image_shape),
+        "data_fingerprint": run.fingerprint,
         "baseline_state": baseline,
         "networks": {name: f"{type(net).__module__}.{type(net).__qualname__}"
                      for name, net in (("encoder", run.vae.encoder), ("decoder", run.vae.decoder))},
@@ -1083,4 +1120,7 @@ def _load_run(run_dir: Path, device: str, vae: VAE | None) -> TrainResult:
             f"shape {image_shape} has {math.prod(image_shape)}"
         )
     history = list(state["history"])
-    return TrainResult(vae.to(device).eval(), history, config, image_shape, run_dir=run_dir)
+    fingerprint = state.get("data_fingerprint")
+    fingerprint = fingerprint if isinstance(fingerprint, str) else None
+    return TrainResult(vae.to(device).eval(), history, config, image_shape, run_dir=run_dir,
+                       data_fingerprint=fingerprint)  # fmt: skip

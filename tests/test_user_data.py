@@ -235,3 +235,41 @@ def test_tensors_from_python_with_labels_and_a_test_set(digits):
         images_from_tensors(images[:250], images[250:], labels[:250])
     with pytest.raises(DataError, match="torch.Tensor or a NumPy array"):
         images_from_tensors(images.tolist())
+
+
+def test_a_run_refuses_data_that_changed_since_it_was_trained(digits, tmp_path, capsys):
+    """Images added to a folder after a run was trained: a resume (and evaluate, plot) would
+    use other splits of other images, and said nothing; now each refuses in one line. A run
+    from before fingerprints (none recorded) is trusted as it was."""
+    import shutil
+
+    from pyro_vae.checkpoint import state_checksum
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i, image in enumerate(digits[0][:250]):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(folder), "--out", str(run), *QUICK]) == 0
+    assert main(["evaluate", str(run), "-K", "2", "--num-images", "5"]) == 0  # unchanged: fine
+    old = tmp_path / "old"  # the same run, as one written before fingerprints were
+    shutil.copytree(run, old)
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    del state["data_fingerprint"], state["checksum"]
+    state["checksum"] = state_checksum(state)
+    torch.save(state, old / "checkpoint.pt")
+    for i, image in enumerate(digits[0][250:], start=250):  # 50 images added
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    capsys.readouterr()
+    argv = ["train", "--dataset", str(folder), *QUICK[:-3], "--epochs", "2"]
+    for command in (
+        [*argv, "--resume", str(run)],
+        ["evaluate", str(run), "-K", "2", "--num-images", "5"],
+        ["plot", str(run)],
+    ):
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        assert main(command) == 1, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "are not those the run in" in err, err
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main([*argv, "--resume", str(old)]) == 0
