@@ -12,12 +12,14 @@ Tables (``gradients.csv``, ``training.csv``) and figures (``variance.png``,
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from pyro_vae import TrainConfig, load_dataset
 from pyro_vae.compare import compare_estimators
 from pyro_vae.errors import PyroVAEError
+from pyro_vae.train import run_images
 
 
 def main(args: argparse.Namespace) -> None:
@@ -25,9 +27,11 @@ def main(args: argparse.Namespace) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, args.data_dir, fallback=True)  # MNIST, else the sample
     config = TrainConfig(  # the score-function estimators need the plain ELBO, K = 1
-        dataset=data.name, objective="elbo", epochs=args.epochs, train_size=args.train_size,
-        seed=args.seed,
+        dataset=data.name, objective="elbo", epochs=args.epochs, seed=args.seed,
     )  # fmt: skip
+    # --train-size of the images there are (the bundled sample, offline, has 4500)
+    available = len(run_images(config, data).train)
+    config = dataclasses.replace(config, train_size=min(args.train_size, available))
     result = compare_estimators(
         config,
         args.out,

@@ -117,8 +117,9 @@ def _picture_format(path: Path) -> str:
 
 def _save(fig, path: Path) -> None:
     fmt = _picture_format(path)
+    existed = path.is_file()
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (", replacing the picture that was there" if existed else ""))
 
 
 def _not_another_run(folder: Path, run_dir: str | Path) -> None:
@@ -380,34 +381,63 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     return given
 
 
+# what 0 active units means, for whoever meets it first (one epoch on a small sample, say)
+_NO_ACTIVE_UNITS = (
+    " (none: the guide's means do not vary with the image, so the code says nothing of it yet; "
+    "train longer, e.g. --epochs 10)"
+)
+
+
 def _evaluate_and_report(
-    vae, config, test, run_dir: Path, num_particles, num_images, progress
+    vae, config, test, run_dir: Path, num_particles, num_images, progress, history, flag
 ) -> dict:
     images = test[:num_images] if num_images else test
     started = time.perf_counter()
     scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress)
     result = scores.to_dict()
-    result.update(dataset=config.dataset, seconds=time.perf_counter() - started)
-
+    # provenance: what was evaluated, trained how far, by how many processes (batch_size is
+    # per process: the global batch is batch_size times processes)
+    last = history[-1] if history else {}
+    result.update(dataset=config.dataset, seconds=time.perf_counter() - started,
+                  epochs=len(history), processes=int(last.get("processes", 1)),
+                  batch_size=config.batch_size, seed=config.seed)  # fmt: skip
     def pm(key: str) -> str:
         return f" ± {result[key]:.2f}" if result[key] is not None else ""
 
+    fewer = ""
+    if num_images and num_images > len(test):
+        fewer = f" (the test set has {len(test)}, not the {num_images} of {flag})"
     # printed before it is written: a result that cannot be saved is still seen
     print(
-        f"{config.dataset} test set, {result['num_images']} images, K = {num_particles}:\n"
+        f"{config.dataset} test set, {result['num_images']} images{fewer}, K = "
+        f"{num_particles}:\n"
         f"  test ELBO        {result['test_elbo']:9.2f}{pm('test_elbo_stderr')} nats/image\n"
         f"  log p(x) (IS)    {result['log_likelihood']:9.2f}{pm('log_likelihood_stderr')} "
         f"nats/image  (NLL {result['nll']:.2f})\n"
         f"  reconstruction   {result['reconstruction_nll']:9.2f} nats/image (-E_q log p(x|z))\n"
         f"  KL(q || p)       {result['kl']:9.2f} nats/image\n"
         f"  active units     {result['active_units']} of {vae.latent_dim}"
+        + (_NO_ACTIVE_UNITS if result["active_units"] == 0 and result["num_images"] > 1 else "")
     )
+    replaced = _replaced_evaluation(run_dir / EVALUATION_FILE, result)
     try:
         write_json(run_dir / EVALUATION_FILE, result)
     except OutputError as e:
         raise OutputError(f"{e} (the figures above were not saved)") from None
-    print(f"written to {run_dir / EVALUATION_FILE}")
+    print(f"written to {run_dir / EVALUATION_FILE}{replaced}")
     return result
+
+
+def _replaced_evaluation(path: Path, result: dict) -> str:
+    """Words for an earlier evaluation of other settings that ``result`` replaces."""
+    try:
+        old = json.loads(path.read_text())
+        before = (int(old["num_particles"]), int(old["num_images"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if before == (result["num_particles"], result["num_images"]):
+        return ""
+    return f", replacing the evaluation of K = {before[0]} on {before[1]} images"
 
 
 def write_plots(
@@ -514,6 +544,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args.eval_particles,
             args.eval_images,
             progress,
+            result.history,
+            "--eval-images",
         )
         if not args.no_plots:
             write_plots(result.vae, result.history, result.image_shape, result.test_images,
@@ -618,6 +650,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.num_particles,
             args.num_images,
             _progress(),
+            run.history,
+            "--num-images",
         )
     return 0
 

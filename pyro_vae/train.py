@@ -534,6 +534,12 @@ def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
     if config.binarize == "dynamic":
         valid = binarize_once(valid, VALID_BINARIZATION_SEED)
     if config.train_size is not None:
+        if config.train_size > len(train):  # a config that says 512 of 324 would be untrue
+            held = f" after the validation split of {len(valid)}" if len(valid) else ""
+            raise ConfigError(
+                f"train_size {config.train_size} is more than the {len(train)} training images "
+                f"of {data.name}{held}; ask for {len(train)} or fewer, or leave it out for all"
+            )
         train = train[: config.train_size]
     if config.arch != "mlp":
         shape = image_shape_chw(data.image_shape)

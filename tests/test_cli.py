@@ -75,8 +75,12 @@ def test_train_writes_a_complete_run_folder(trained_run):
 
 
 def test_evaluate_sample_reconstruct(trained_run, tmp_path):
+    own = json.loads((trained_run / "evaluation.json").read_text())  # train's, K = 20 on 50
+    assert (own["epochs"], own["processes"], own["batch_size"]) == (2, 1, 64)  # provenance
     proc = run_cli("evaluate", trained_run, "-K", "30", "--num-images", "40")
     assert "log p(x)" in proc.stdout
+    # what it replaced is said, not done silently
+    assert "replacing the evaluation of K = 20 on 50 images" in proc.stdout
     result = json.loads((trained_run / "evaluation.json").read_text())
     assert result["num_images"] == 40 and result["num_particles"] == 30
     assert result["test_elbo"] < 0 and result["nll"] > 0
@@ -87,6 +91,12 @@ def test_evaluate_sample_reconstruct(trained_run, tmp_path):
 
     run_cli("sample", trained_run, "--num", "16", "--out", tmp_path / "s.png")
     assert_png(tmp_path / "s.png")
+    proc = run_cli("sample", trained_run, "--num", "16", "--out", tmp_path / "s.png")
+    assert "replacing the picture that was there" in proc.stdout
+    # more images asked for than the test set has: all of them, and said so
+    proc = run_cli("evaluate", trained_run, "-K", "2", "--num-images", "5000")
+    assert "1000 images (the test set has 1000, not the 5000 of --num-images)" in proc.stdout
+    assert json.loads((trained_run / "evaluation.json").read_text())["num_images"] == 1000
     run_cli("reconstruct", trained_run, "--num", "8", "--out", tmp_path / "r.png")
     assert_png(tmp_path / "r.png")
 

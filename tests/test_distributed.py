@@ -223,6 +223,9 @@ def test_only_rank_0_writes_and_reports(two_process_runs):
     assert done.stdout.count("test ELBO") == 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 256 // (2 * B)  # steps of the global batch
+    # how many processes trained it: batch_size alone does not give the global batch
+    assert rows[0]["processes"] == 2
+    assert json.loads((out / "evaluation.json").read_text())["processes"] == 2
 
 
 @pytest.mark.numerics
