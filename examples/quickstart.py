@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> None:
 
     # 1. The library's training loop: run folders, checkpoints and metrics come with it.
     config = TrainConfig(dataset=data.name, epochs=args.epochs, train_size=args.train_size)
-    result = fit(config, data=data)
+    result = fit(config, data=data, progress=True)  # a line an epoch on stderr
     scores = evaluate(result.vae, result.test_images[: args.test_size], args.num_particles)
     print(
         f"fit(): test ELBO {scores.test_elbo:.2f}, importance-sampled log p(x) "

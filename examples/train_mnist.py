@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> None:
     config = TrainConfig(
         dataset=data.name, latent_dim=2, epochs=args.epochs, train_size=args.train_size
     )
-    result = fit(config, data=data)
+    result = fit(config, data=data, progress=True)  # a line an epoch on stderr
     scores = evaluate(result.vae, result.test_images[: args.test_size], args.num_particles)
     print(
         f"2-D latent space, {args.epochs} epochs: test ELBO {scores.test_elbo:.2f}, "

@@ -401,6 +401,7 @@ def _evaluate_and_report(
     result.update(dataset=config.dataset, seconds=time.perf_counter() - started,
                   epochs=len(history), processes=int(last.get("processes", 1)),
                   batch_size=config.batch_size, seed=config.seed)  # fmt: skip
+
     def pm(key: str) -> str:
         return f" ± {result[key]:.2f}" if result[key] is not None else ""
 
@@ -516,7 +517,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_count(args.eval_particles, "--eval-particles")
     _check_count(args.eval_images, "--eval-images", low=0)
     given = _config_overrides(args)
-    progress = not args.no_progress and _progress()
+    # a line an epoch on stderr, and the bar too on a terminal (fit decides); in a pipe or a
+    # log file (CI, nohup, SLURM) the lines alone
+    progress = not args.no_progress
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise CheckpointError("give the run folder once: --resume RUN_DIR (without --out)")
     if not args.resume:
@@ -543,7 +546,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             run_dir,
             args.eval_particles,
             args.eval_images,
-            progress,
+            progress and _progress(),
             result.history,
             "--eval-images",
         )
@@ -786,15 +789,17 @@ def _cmd_posterior(args: argparse.Namespace) -> int:
     # the folder is locked and known to be writable before minutes of NUTS
     with locked_folder(args.out or args.run_dir, create=True) as out_dir:
         checks = []
-        print(f"{'image':>6} {'ELBO':>9} {'log p(x)':>9} {'gap':>6} {'R-hat':>6} {'ESS':>6}")
+        print(f"{'image':>6} {'ELBO':>9} {'log p(x)':>9} {'gap':>6} {'R-hat':>6} {'ESS':>6}",
+              flush=True)  # fmt: skip
         for i in args.index:
             check, idata = check_posterior(
                 run.vae, test[i], i, args.num_samples, args.warmup, args.chains,
                 args.num_particles, args.seed, progress=_progress(),
             )  # fmt: skip
             checks.append(check.to_dict())
+            # flushed: into a pipe or a file, a row of each image as it is done
             print(f"{i:6d} {check.elbo:9.2f} {check.log_likelihood:9.2f} {check.gap:6.2f} "
-                  f"{check.r_hat_max:6.3f} {check.ess_bulk_min:6.0f}")  # fmt: skip
+                  f"{check.r_hat_max:6.3f} {check.ess_bulk_min:6.0f}", flush=True)  # fmt: skip
             for warning in check.warnings:
                 print(f"pyro-vae posterior: warning: image {i}: {warning}", file=sys.stderr)
             fig = posterior_figure(run.vae, test[i], idata, check=check)
@@ -900,7 +905,7 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
             args.gradient_epochs,
             args.num_estimates,
             args.reference_estimates,
-            progress=not args.no_progress and _progress(),
+            progress=not args.no_progress,
         )
     print(
         f"{'stage':<10} {'estimator':<22} {'network':<8} {'variance':>10} "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ def compare_estimators(
         particle, the only objective all estimators support (``config.estimator`` is ignored).
     :param gradient_epochs: measure gradients after these epochs of the reparam run, each
         from 0 (at initialization) to ``config.epochs``.
-    :param progress: show the training runs' progress bars on stderr.
+    :param progress: a line on stderr as each stage starts (the gradients of a stage, an
+        estimator's training) and the training runs' lines an epoch (and bars, on a terminal).
     :param baseline_warmup: steps in which a baseline learns at the measured parameters
         before its estimates are drawn (:func:`pyro_vae.gradients.gradient_samples`).
     :raises ConfigError: another objective or ``K``, no estimator, an unknown one, gradient
@@ -165,7 +167,13 @@ def _study(
         batch = binarize_once(batch, config.seed)
     batch = batch.to(config.device)
 
+    def say(what: str) -> None:
+        if progress:
+            print(f"compare-estimators: {what}", file=sys.stderr, flush=True)
+
     def study(stage: str, vae: VAE) -> list[dict]:
+        say(f"gradients at {stage}: {num_samples} estimates of each of {len(estimators)} "
+            f"estimators, {reference_samples} of the reference")  # fmt: skip
         rows = compare_gradients(vae, batch, estimators, num_samples, reference_samples,
                                  config.baseline_learning_rate, baseline_warmup)  # fmt: skip
         return [{"stage": stage, **row} for row in rows]
@@ -180,16 +188,19 @@ def _study(
     reparam_config = dataclasses.replace(config, estimator="reparam")
     done = 0
     for epoch in sorted(e for e in set(gradient_epochs) if 0 < e < config.epochs):
+        say(f"training reparam to epoch {epoch}")
         staged = dataclasses.replace(reparam_config, epochs=epoch)
         result = fit(staged, runs / "reparam", data, resume=done > 0, progress=progress)
         gradients += study(f"epoch {epoch}", result.vae)
         done = epoch
+    say(f"training reparam to epoch {config.epochs}")
     result = fit(reparam_config, runs / "reparam", data, done > 0, progress)
     if config.epochs in gradient_epochs:
         gradients += study(f"epoch {config.epochs}", result.vae)
     training["reparam"] = result.history
     for estimator in estimators:
         if estimator != "reparam":
+            say(f"training {estimator}, {config.epochs} epochs")
             estimator_config = dataclasses.replace(config, estimator=estimator)
             training[estimator] = fit(
                 estimator_config, runs / estimator, data, progress=progress

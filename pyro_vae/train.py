@@ -615,7 +615,8 @@ def fit(
     :param resume: continue the run in ``run_dir`` from its checkpoint, to ``config.epochs``
         epochs in all. With the same seed on the CPU this reproduces an uninterrupted run
         exactly.
-    :param progress: show a progress bar with the running ELBO, and a line an epoch, on stderr.
+    :param progress: a line an epoch on stderr, and on a terminal a progress bar with the
+        running ELBO too (into a pipe or a log file, the lines alone).
     :param vae: a VAE with hand-written networks (``VAE(image_shape=..., encoder=...,
         decoder=...)``), trained in place, for a config with ``arch="custom"``; its latent size,
         likelihood and estimator must be the config's. The run folder is the same as for the
@@ -918,7 +919,8 @@ def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float
         run.optim.set_lr_factor(lr_factor(config.lr_schedule, epoch))
     started, total, count = time.perf_counter(), 0.0, 0
     bar = tqdm(run.loader.epoch(epoch), total=len(run.loader), desc=f"epoch {epoch + 1}/"
-               f"{config.epochs}", disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
+               f"{config.epochs}", disable=not (progress and sys.stderr.isatty()), file=sys.stderr,
+               leave=False)  # fmt: skip
     with warnings.catch_warnings():
         # Pyro warns "Encountered NaN: loss" before the step returns it; the divergence is
         # reported in one line of our own

@@ -275,3 +275,23 @@ def test_posterior_command(trained_run, tmp_path, capsys):
     assert "R-hat" in capsys.readouterr().out
     err = cli_fails(["posterior", str(trained_run), "--index", "5000"], capsys)
     assert "out of range" in err
+
+
+def test_into_a_pipe_a_line_an_epoch_and_no_bar(tmp_path):
+    """Output to a file or a pipe (CI logs, nohup, SLURM): no progress bar, whose redraws a
+    log would keep, but a plain line as each epoch (or stage) ends."""
+    quick = [a for a in QUICK if a != "--no-progress"]
+    proc = run_cli("train", "--dataset", "mnist-sample", "--epochs", "3", "--no-plots",
+                   "--out", tmp_path / "run", *quick)  # fmt: skip
+    lines = proc.stderr.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr
+    proc = run_cli("compare-estimators", *QUICK_STUDY, "--estimators", "reinforce",
+                   "--out", tmp_path / "study")  # fmt: skip
+    stages = [line for line in proc.stderr.splitlines() if line.startswith("compare-estimators:")]
+    assert [s.split(":")[1].split()[0] for s in stages] == ["gradients", "training", "gradients",
+                                                           "training"], stages  # fmt: skip
+    assert "\r" not in proc.stderr
+    proc = run_cli("train", "--dataset", "mnist-sample", "--epochs", "1", "--no-plots",
+                   "--out", tmp_path / "quiet", *QUICK)  # fmt: skip
+    assert proc.stderr == ""  # --no-progress: nothing
