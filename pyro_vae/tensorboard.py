@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -70,6 +71,11 @@ class TensorBoardLog:
         writer = _summary_writer()
         self.log_dir = Path(log_dir)
         try:
+            # the event file is written by a thread of tensorboard's, whose failure would come
+            # later, as its traceback: a folder that cannot be written is found here instead
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.log_dir):
+                pass
             self.writer = writer(log_dir=str(self.log_dir))
         except OSError as e:
             raise OutputError(

@@ -1,5 +1,6 @@
 """The optional TensorBoard log: what it records, that it changes nothing of the run."""
 
+import os
 import sys
 
 import pytest
@@ -54,6 +55,23 @@ def test_an_unwritable_log_folder_is_an_output_error(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(OutputError, match="TensorBoard log"):
         fit(TrainConfig(**SMALL), tensorboard=tmp_path / "a-file" / "tb")
+
+
+def test_an_existing_folder_that_cannot_be_written_is_an_output_error(tmp_path, monkeypatch):
+    """A folder that exists and refuses new files (read-only; sysfs refuses them even to
+    root): tensorboard opens its event file on the first write, in a thread of its own, whose
+    failure came as that thread's traceback and then the run's."""
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("needs Linux's /sys")
+    import threading
+
+    threads_failed = []  # what Python would print as "Exception in thread ...", 30 lines
+    monkeypatch.setattr(threading, "excepthook", threads_failed.append)
+    out = tmp_path / "run"
+    with pytest.raises(OutputError, match="cannot write the TensorBoard log in /sys/kernel"):
+        fit(TrainConfig(**SMALL), out, tensorboard="/sys/kernel")
+    assert not threads_failed
+    assert not out.exists()  # the new run's folder went with it
 
 
 def test_the_cli_logs_into_the_run_folder(tmp_path, capsys):
