@@ -166,6 +166,13 @@ def latent_scatter_figure(
         title = "guide mean directions on the sphere S^2"
     elif vae.latent_dim == 2:
         points, xlabel, ylabel, title = loc, "z1", "z2", "guide means, 2-D latent space"
+    elif vae.latent_dim == 1:  # a strip a class (or one strip), spread a little to be seen
+        row = labels.cpu().double() if labels is not None else torch.zeros(len(loc))
+        spread = torch.rand(len(loc), generator=torch.Generator().manual_seed(0)) - 0.5
+        points = torch.stack([loc[:, 0].double(), row + 0.6 * spread], dim=-1)
+        xlabel = "z"
+        ylabel = "class (spread within its row)" if labels is not None else "(spread)"
+        title = "guide means, 1-D latent space"
     else:
         centred = loc - loc.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)

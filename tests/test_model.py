@@ -134,6 +134,14 @@ def test_pictures_of_a_vae():
         manifold_figure(deep, (3, 4))
     assert latent_scatter_figure(flat, x, labels).axes[0].get_title().endswith("2-D latent space")
     assert "PCA of the 5-D" in latent_scatter_figure(deep, x, None).axes[0].get_title()
+    line = VAE(data_dim=12, latent_dim=1, hidden_sizes=(8,))  # was an IndexError
+    for given in (labels, None):
+        ax = latent_scatter_figure(line, x, given).axes[0]
+        assert ax.get_title().endswith("1-D latent space")
+        points = torch.cat([torch.as_tensor(c.get_offsets()) for c in ax.collections])
+        assert points.shape == (30, 2)
+        assert torch.allclose(points[:, 0].sort().values,
+                              line.encode(x)[0][:, 0].double().sort().values)  # fmt: skip
     assert isinstance(interpolation_figure(deep, x[:4].reshape(2, 2, 12), (3, 4), steps=5), Figure)
     history = [{"epoch": 1, "train_elbo": -9.0, "test_elbo": -8.0}]
     assert len(metrics_figure(history).axes[0].lines) == 2
