@@ -35,6 +35,7 @@ import torch
 
 from pyro_vae.checks import is_real, is_whole, require_choice, require_whole
 from pyro_vae.errors import ConfigError, DataError, DataNotFoundError
+from pyro_vae.memory import format_bytes, limit_exceeded
 
 __all__ = [
     "BINARIZATIONS",
@@ -228,7 +229,8 @@ def _read_exactly(f, buffer: np.ndarray) -> int:
 
 def _parse_idx(f, size: int | None, path: Path, kind: str, dataset: str) -> np.ndarray:
     """The array in an open IDX file; ``size`` is the file's length, ``None`` when unknown
-    (gzip)."""
+    (gzip). Nothing is allocated for the data before its length (for a plain file) and the
+    memory left have been checked against the header."""
     other = "images" if kind == "labels" else "labels"
     header = f.read(4)
     if not header:
@@ -262,22 +264,41 @@ def _parse_idx(f, size: int | None, path: Path, kind: str, dataset: str) -> np.n
         raise _damaged(dataset, path, f"the header says it holds no {kind}")
     expected = math.prod(dims)
     what = f"the {count} {kind} its header declares ({expected} bytes)"
-    if size is None:  # gzip: the length is known only once it is unpacked
-        rest = f.read()
-        available = len(rest)
-    else:  # a plain file: check its length before reading a byte of data
+    if size is not None:  # a plain file: check its length before reading a byte of data
         available = size - 4 * (ndim + 1)
-    if available < expected:
-        raise _damaged(dataset, path, f"truncated: {available} bytes of data, not {what}")
-    if available > expected:
-        raise _damaged(dataset, path, f"{available - expected} bytes too many after {what}")
+        if available < expected:
+            raise _damaged(dataset, path, f"truncated: {available} bytes of data, not {what}")
+        if available > expected:
+            raise _damaged(dataset, path, f"{available - expected} bytes too many after {what}")
+    # the header's count against the memory left, before anything is allocated or unpacked
+    # (a gzip file's length is known only once it is unpacked: the header is all there is)
+    limit = limit_exceeded(expected)
+    if limit is not None:
+        raise _unreadable(
+            dataset,
+            path,
+            f"its header says it holds {count:,} {kind} ({format_bytes(expected)}), but "
+            f"{limit.describe()}",
+        )
+    data = np.empty(expected, dtype=np.uint8)
+    got = _read_exactly(f, data)
+    if size is not None and got < expected:
+        raise _damaged(dataset, path, "truncated while it was being read")
+    if got < expected:
+        raise _damaged(dataset, path, f"truncated: {got} bytes of data, not {what}")
     if size is None:
-        data = np.frombuffer(rest, dtype=np.uint8).copy()  # writable, for torch.from_numpy
-    else:
-        data = np.empty(expected, dtype=np.uint8)
-        if _read_exactly(f, data) < expected:
-            raise _damaged(dataset, path, "truncated while it was being read")
+        extra = _count_rest(f)
+        if extra:
+            raise _damaged(dataset, path, f"{extra} bytes too many after {what}")
     return data.reshape(dims)
+
+
+def _count_rest(f, chunk: int = 2**20) -> int:
+    """The bytes left in ``f``, read a chunk at a time (a gzip file may unpack to any size)."""
+    count = 0
+    while block := f.read(chunk):
+        count += len(block)
+    return count
 
 
 def _read_idx(path: Path, kind: str, dataset: str) -> np.ndarray:
@@ -571,7 +592,8 @@ def load_dataset(
     :raises DataNotFoundError: the files are missing and could not be downloaded; the message
         lists them, and says where a misplaced one was found.
     :raises DataError: a file is there but unreadable or damaged (empty, truncated, the wrong
-        kind, labels outside 0..9, ...); the message names the file and the problem.
+        kind, labels outside 0..9, ...), or declares more images than the memory this process
+        has left (:mod:`pyro_vae.memory`); the message names the file and the problem.
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise DataError(f"data_dir must be a path, got {data_dir!r}")

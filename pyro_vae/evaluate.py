@@ -171,7 +171,10 @@ def importance_sampled_log_likelihood(
     )
     with isolated(params="inherit", rng="continue"), bar:
         for x in images.split(batch_size):
-            lse_parts, total = [], torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+            # a running logsumexp: memory does not grow with K (a list of the chunks' did, by
+            # K / chunk tensors: gigabytes at K = 10^8)
+            lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+            total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             for first in range(0, num_particles, guide_chunk):
                 drawn = min(guide_chunk, num_particles - first)
                 # Pyro's validation as the caller has it for the first model chunk of a batch:
@@ -186,9 +189,8 @@ def importance_sampled_log_likelihood(
                     with _validation(first == 0 and start == 0):
                         log_p = _model_log_density(model, part, x, k)  # (k, B)
                     log_w = (log_p - log_q[start : start + k]).double()
-                    lse_parts.append(torch.logsumexp(log_w, dim=0))
+                    lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
                     total += log_w.sum(0)
-            lse = torch.logsumexp(torch.stack(lse_parts), dim=0)
             log_likelihoods.append(lse - math.log(num_particles))
             elbos.append(total / num_particles)
             bar.update(x.shape[0])

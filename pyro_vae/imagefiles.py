@@ -31,6 +31,12 @@ all are read as RGB (grey ones repeated in the three channels); an alpha channel
 Palette images count as colour. An EXIF orientation tag (a phone's portrait photo) is
 applied, so images come out the way a viewer shows them.
 
+Only regular files, or links to them, are read: a named pipe, socket or device with an image's
+name is an error that names it, and is never opened (opening a pipe waits for a writer). An
+image of more pixels than Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485 unless changed,
+about 9459x9459, 256 MiB decoded in RGB; Pillow's guard against decompression bombs) is
+refused in one line; Pillow's warnings are not passed on.
+
 **Arrays**: a ``.npy`` file holds one array of images. A ``.npz`` file holds ``train`` and
 ``test``, or ``x_train`` and ``x_test`` (optionally with integer labels ``y_train`` and
 ``y_test``), or a single array of images under any name. An array is ``(N, H, W)``,
@@ -38,6 +44,14 @@ applied, so images come out the way a viewer shows them.
 last axis could be channels, as in ``(N, 3, 8, 3)``, the array is read as ``(N, H, W, C)``,
 the convention of NumPy and Pillow. Its dtype is ``uint8`` (0..255) or a float type with values
 in ``[0, 1]``. Files are opened with ``allow_pickle=False``, so loading one runs no code.
+An array whose header declares more data than its file holds is damaged, and refused before
+anything is allocated for it.
+
+**Memory**: before the pixels are read, the bytes they will take are checked against
+:func:`pyro_vae.memory.available_memory` (what the machine, ``ulimit`` and the cgroup leave
+this process): the arrays of a ``.npy`` or ``.npz`` as their headers declare them, the images
+resized to ``image_size`` when it is given, and the images of a folder once the first one is
+read (all must be its size). A set that cannot fit is refused in one line that names the limit.
 
 **The result**: images are flattened channels first, ``(N, C * H * W)``, and ``image_shape`` is
 ``(H, W)`` for grey images and ``(3, H, W)`` for colour ones. Images that come as 8-bit (PNG,
@@ -58,18 +72,24 @@ set, drawn with the seed ``HOLDOUT_SEED``; the same files always give the same s
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
+import re
 import stat
+import warnings
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
 
 from pyro_vae.data import ImageData
 from pyro_vae.errors import DataError, DataNotFoundError
+from pyro_vae.memory import binding_limit, format_bytes, limit_exceeded
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -92,7 +112,7 @@ _NPZ_SPLITS = {"train": ("train", "test"), "x_train": ("x_train", "x_test")}
 _NPZ_LABELS = ("y_train", "y_test")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with files, an empty zip
-_RESIZE_CHUNK = 1024  # images interpolated at a time, to bound the float copy's memory
+_RESIZE_CHUNK_BYTES = 2**26  # images are resized a few at a time, in float copies of this size
 
 
 def load_image_files(
@@ -110,9 +130,11 @@ def load_image_files(
         ``float32`` in ``[0, 1]`` for float arrays. ``name`` is ``path`` as given, ``source``
         says what was read and where the test set came from.
     :raises DataNotFoundError: nothing is at ``path``.
-    :raises DataError: the input cannot be used (no images, an unreadable or truncated file, mixed
-        sizes, an unsupported shape or dtype, values outside ``[0, 1]``, NaN, train and test
-        that do not match, a bad ``image_size``); the one-line message names the file.
+    :raises DataError: the input cannot be used (no images, an unreadable or truncated file, a
+        named pipe or device, an image over Pillow's pixel limit, mixed sizes, an unsupported
+        shape or dtype, values outside ``[0, 1]``, NaN, train and test that do not match, a bad
+        ``image_size``, more bytes than this process's memory holds); the one-line message
+        names the file.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"the images' path must be a path, got {path!r}")
@@ -120,9 +142,7 @@ def load_image_files(
     name = os.fspath(path)
     where = Path(name).expanduser()
     info = _stat(where)
-    if stat.S_ISDIR(info.st_mode):
-        splits, classes, source = _load_folder(where, size)
-    else:
+    if not stat.S_ISDIR(info.st_mode):
         suffix = where.suffix.lower()
         if suffix not in ARRAY_SUFFIXES:
             hint = " (give the folder that holds the images)" if suffix in IMAGE_SUFFIXES else ""
@@ -131,9 +151,21 @@ def load_image_files(
                 f"a folder of PNG/JPEG images, a .npy or a .npz file{hint}"
             )
         if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"cannot read {where}: not a regular file")
-        splits, classes, source = _load_arrays(where, size)
-    return _image_data(name, splits, classes, source, size)
+            raise DataError(f"cannot read {where}: {_not_regular(where, info.st_mode)}")
+    try:
+        if stat.S_ISDIR(info.st_mode):
+            splits, classes, source = _load_folder(where, size)
+        else:
+            splits, classes, source = _load_arrays(where, size)
+        return _image_data(name, splits, classes, source, size)
+    except MemoryError:
+        pass  # reported below, once the partly read images are freed
+    limit = binding_limit()
+    room = f" ({limit.describe()})" if limit is not None else ""
+    raise DataError(
+        f"cannot read {where}: out of memory while reading its images{room}; use fewer "
+        "images, or smaller ones with image_size (--image-size)"
+    )
 
 
 def images_from_tensors(
@@ -230,6 +262,57 @@ def _stat(path: Path) -> os.stat_result:
         raise DataError(f"cannot read {path}: {_os_reason(e)}") from None
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> str:
+    """``a named pipe (FIFO), not a regular file``; ``a symbolic link to ...`` for a link."""
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "something")
+    link = "a symbolic link to " if os.path.islink(path) else ""
+    return f"{link}{kind}, not a regular file"
+
+
+class _NotRegularFile(Exception):
+    """What is at a path is not a regular file; the message says what it is."""
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` open for reading in binary, if it is a regular file or a link to one.
+
+    Nothing else is opened: ``open`` of a named pipe waits for a writer, for ever if none
+    comes, and opening a device can act on it. ``stat`` says what is there; the file is then
+    opened with ``O_NONBLOCK`` (and ``O_NOCTTY``), so that one swapped in between the two calls
+    is found by ``fstat`` without a wait. The flag is cleared before anything is read.
+
+    :raises OSError: it cannot be opened.
+    :raises _NotRegularFile: something else is there; the message says what.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _NotRegularFile(_not_regular(path, mode))
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | nonblocking | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegularFile(_not_regular(path, mode))
+        if nonblocking:
+            os.set_blocking(fd, True)
+        file = open(fd, "rb")  # noqa: SIM115 - the caller closes it
+        file.raw.name = os.fspath(path)  # for messages, in place of the descriptor's number
+        return file
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _describe(shape: tuple[int, ...]) -> str:
     """``28x28 grey`` or ``32x32 RGB`` (height x width, as elsewhere in pyro_vae)."""
     return f"{shape[-2]}x{shape[-1]} {'RGB' if len(shape) == 3 else 'grey'}"
@@ -305,7 +388,11 @@ def _hold_out(
 
 
 def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The visible sub-folders and image files of ``folder``, each sorted by name."""
+    """The visible sub-folders and image files of ``folder``, each sorted by name.
+
+    :raises DataError: an entry with an image's name is a named pipe, a socket or a device
+        (or a link to one), which is not opened.
+    """
     try:
         with os.scandir(folder) as scan:
             entries = sorted(scan, key=lambda entry: entry.name)
@@ -323,6 +410,15 @@ def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
             folders.append(Path(entry.path))
         elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
             # a broken link or an unreadable file is not skipped: reading it names the problem
+            try:  # is_file() needs no system call for a plain file; stat() follows a link
+                mode = stat.S_IFREG if entry.is_file() else entry.stat().st_mode
+            except OSError:
+                mode = stat.S_IFREG
+            if not stat.S_ISREG(mode):
+                raise DataError(
+                    f"cannot read image file {entry.path}: {_not_regular(Path(entry.path), mode)}; "
+                    f"remove it, or move it out of {folder}"
+                )
             images.append(Path(entry.path))
     return folders, images
 
@@ -373,18 +469,42 @@ def _split_folders(root: Path) -> dict[str, Path]:
 
 
 def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """The pixels of one image file, ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8."""
-    from PIL import Image, ImageOps
+    """The pixels of one image file, ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8.
+
+    Pillow's warnings (a decompression bomb, damaged EXIF data, a palette's transparency) are
+    kept from the user: an image over Pillow's pixel limit is refused, the others are read.
+    """
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so that a truncated file fails here, with its name
-            image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        # Pillow's message repeats the path; the file is named once, at the front
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return _decode(path, size, caught)
+    except DataError:
+        raise
+    except _NotRegularFile as e:
+        raise DataError(f"cannot read image file {path}: {e}") from None
+    except Image.DecompressionBombError as e:  # over twice the limit: Pillow's own error
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_many_pixels(path, int(pixels[1]) if pixels else None) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow's message repeats the path, or the file object; the file is named once, at
+        # the front
         reason = _os_reason(e) if isinstance(e, OSError) else _first_line(e)
-        reason = reason.replace(f" {str(path)!r}", "")
+        for named in (f"<_io.BufferedReader name={str(path)!r}>", repr(str(path))):
+            reason = reason.replace(f" {named}", "")
         raise DataError(f"cannot read image file {path}: {reason}") from None
+
+
+def _decode(path: Path, size: tuple[int, int] | None, caught: list) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with _open_regular(path) as file, Image.open(file) as image:
+        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+            width, height = image.size
+            raise _too_many_pixels(path, width * height, f"{height}x{width}")
+        image.load()  # decode now, so that a truncated file fails here, with its name
+        image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I"):
         # 16-bit grey: scale 0..65535 to 0..255 (Pillow's convert("L") clips at 255 instead)
         levels = np.asarray(image).astype(np.float64).clip(0, 65535)
@@ -400,6 +520,18 @@ def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(image)
 
 
+def _too_many_pixels(path: Path, pixels: int | None, shape: str = "") -> DataError:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    size = f"{shape}, " if shape else ""
+    count = f"{pixels:,} pixels" if pixels else "too many pixels"
+    return DataError(
+        f"cannot read image file {path}: {size}{count}, more than the {limit:,} that pyro_vae "
+        "reads (Pillow's MAX_IMAGE_PIXELS, a guard against decompression bombs); make it smaller"
+    )
+
+
 def _load_folder(root: Path, size: tuple[int, int] | None) -> _Loaded:
     parts = _split_folders(root)
     listed = {split: _list_split(folder) for split, folder in parts.items()}
@@ -411,21 +543,7 @@ def _load_folder(root: Path, size: tuple[int, int] | None) -> _Loaded:
                 f"{_class_list(train_classes)} in train/, {_class_list(test_classes)} in test/"
             )
     files = [file for split in listed.values() for file in split[0]]
-    pixels = [_read_image(file, size) for file in files]
-    if size is None:
-        for file, image in zip(files, pixels, strict=True):
-            if image.shape[:2] != pixels[0].shape[:2]:
-                (h0, w0), (h, w) = pixels[0].shape[:2], image.shape[:2]
-                raise DataError(
-                    f"images of different sizes: {files[0]} is {h0}x{w0} and {file} is {h}x{w} "
-                    "(height x width); resize them all with image_size (--image-size)"
-                )
-    if any(image.ndim == 3 for image in pixels):
-        pixels = [np.repeat(p[..., None], 3, axis=2) if p.ndim == 2 else p for p in pixels]
-        images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)  # (N, 3, H, W)
-    else:
-        images = torch.from_numpy(np.stack(pixels)).unsqueeze(1)  # (N, 1, H, W)
-    images = images.contiguous()
+    images = _read_images(root, files, size)
     splits: _Splits = {}
     start = 0
     for split, (split_files, labels, _) in listed.items():
@@ -436,6 +554,58 @@ def _load_folder(root: Path, size: tuple[int, int] | None) -> _Loaded:
     return splits, next(iter(listed.values()))[2], f"folder {root}"
 
 
+def _read_images(root: Path, files: list[Path], size: tuple[int, int] | None) -> torch.Tensor:
+    """The images of ``files``, ``(N, C, H, W)`` uint8, read one at a time into one array
+    (not into a list that is then stacked: a second copy), its size checked against the
+    memory this process has left:
+    with ``size``, before a file is read (at one byte a pixel, the least the images take);
+    then once the first image gives the size and the channels."""
+    limit = binding_limit()  # read once: the check is against what the process had to start
+
+    def check(h: int, w: int, channels: int) -> None:
+        needed = len(files) * channels * h * w
+        if limit is None or needed <= limit.available:
+            return
+        what = f"{len(files)} images of {root}"
+        if size is not None:
+            least = " at least" if channels == 1 else ""
+            raise DataError(
+                f"cannot resize the {what} to {h}x{w} (image_size, --image-size): they would "
+                f"take{least} {format_bytes(needed)}, but {limit.describe()}; choose a smaller "
+                "--image-size"
+            )
+        raise DataError(
+            f"cannot read the {what}: at {h}x{w} {'RGB' if channels == 3 else 'grey'} they "
+            f"would take {format_bytes(needed)}, but {limit.describe()}; shrink them with "
+            "image_size (--image-size), or use fewer"
+        )
+
+    if size is not None:
+        check(*size, 1)
+    first = _read_image(files[0], size)
+    h, w = first.shape[:2]
+    channels = 3 if first.ndim == 3 else 1
+    check(h, w, channels)
+    images = np.empty((len(files), channels, h, w), dtype=np.uint8)  # (N, C, H, W)
+    for i, file in enumerate(files):
+        pixels = first if i == 0 else _read_image(file, size)
+        if pixels.shape[:2] != (h, w):
+            raise DataError(
+                f"images of different sizes: {files[0]} is {h}x{w} and {file} is "
+                f"{pixels.shape[0]}x{pixels.shape[1]} (height x width); resize them all with "
+                "image_size (--image-size)"
+            )
+        if pixels.ndim == 3 and channels == 1:  # the first colour image: all become RGB
+            channels = 3
+            check(h, w, channels)
+            grey, images = images, np.empty((len(files), channels, h, w), dtype=np.uint8)
+            images[:i] = grey[:i]  # grey repeated in the three channels
+            del grey
+        # (H, W, 3) -> (3, H, W); a grey (H, W) image fills one channel, or all three
+        images[i] = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels
+    return torch.from_numpy(images)
+
+
 def _class_list(classes: tuple[str, ...] | None) -> str:
     return ", ".join(classes) if classes else "no class folders"
 
@@ -444,29 +614,24 @@ def _class_list(classes: tuple[str, ...] | None) -> str:
 # .npy and .npz arrays
 
 
+class _Header(NamedTuple):
+    """What a .npy header declares: the array's shape and dtype, and its bytes (0 for an
+    array of Python objects, which ``allow_pickle=False`` refuses before reading it)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int
+
+
 def _load_arrays(path: Path, size: tuple[int, int] | None) -> _Loaded:
     try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
+        file = _open_regular(path)
+    except _NotRegularFile as e:
+        raise DataError(f"cannot read {path}: {e}") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {_os_reason(e)}") from None
-    if not magic.startswith(_NPY_MAGIC) and not magic.startswith(_ZIP_MAGICS):
-        what = "the file is empty (0 bytes)" if not magic else "not a NumPy .npy or .npz file"
-        raise DataError(f"cannot read {path}: {what}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            arrays = {"": loaded}
-        else:
-            with loaded:
-                arrays = {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        reason = _os_reason(e) if isinstance(e, OSError) else _first_line(e)
-        raise DataError(f"cannot read {path}: {reason}") from None
-    for key, value in arrays.items():
-        if not isinstance(value, np.ndarray):  # a zip member that is not a .npy file
-            raise DataError(f"cannot read {path}: {key!r} is not a NumPy array")
-    keys = _choose_keys(path, arrays)
+    with file:
+        arrays, keys = _read_arrays(path, file, size)
     splits: _Splits = {}
     for split, (image_key, label_key) in keys.items():
         images = _array_images(arrays[image_key], _where(path, image_key))
@@ -482,12 +647,132 @@ def _load_arrays(path: Path, size: tuple[int, int] | None) -> _Loaded:
     return splits, None, f"{path}" + (f" ({described})" if described else "")
 
 
+def _read_arrays(
+    path: Path, file: BinaryIO, size: tuple[int, int] | None
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str | None]]]:
+    """The arrays of an open .npy or .npz file, and the keys of its splits
+    (:func:`_choose_keys`); the headers are read and checked first, against the file's length
+    and the memory left, so that nothing is allocated for an array that cannot be there."""
+    try:
+        magic = file.read(6)
+        if not magic.startswith(_NPY_MAGIC) and not magic.startswith(_ZIP_MAGICS):
+            what = "the file is empty (0 bytes)" if not magic else "not a NumPy .npy or .npz file"
+            raise DataError(f"cannot read {path}: {what}")
+        file.seek(0)
+        if magic.startswith(_NPY_MAGIC):
+            headers = {"": _npy_header(file, os.fstat(file.fileno()).st_size, str(path))}
+        else:
+            headers = _npz_headers(file, path)
+        keys = _choose_keys(path, headers)
+        _check_array_memory(path, headers, keys, size)
+        file.seek(0)
+        loaded = np.load(file, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"": loaded}, keys
+        with loaded:
+            return {key: loaded[key] for key in headers}, keys
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        reason = _os_reason(e) if isinstance(e, OSError) else _first_line(e)
+        raise DataError(f"cannot read {path}: {reason}") from None
+
+
+def _npy_header(stream: BinaryIO, length: int, where: str) -> _Header:
+    """The header of the .npy file that starts ``stream``, checked against ``length``, the
+    bytes of the file (or .npz member) that holds it.
+
+    :raises DataError: an unreadable header, or one that declares more data than follows it.
+    """
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    version = np.lib.format.read_magic(stream)
+    if version not in readers:  # 3.0 is written only for structured arrays
+        raise DataError(
+            f"cannot read {where}: .npy format version {version[0]}.{version[1]}; expected an "
+            "array of uint8 or float images (format 1.0 or 2.0)"
+        )
+    shape, _, dtype = readers[version](stream)
+    room = length - stream.tell()
+    if dtype.hasobject:
+        return _Header(shape, dtype, 0)
+    if any(n < 0 for n in shape):
+        raise DataError(f"cannot read {where}: damaged: its header declares shape {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > room:
+        raise DataError(
+            f"cannot read {where}: damaged: its header declares a {dtype} array of shape "
+            f"{shape}, {format_bytes(nbytes)}, but {format_bytes(room)} of data follow"
+        )
+    return _Header(shape, dtype, nbytes)
+
+
+def _npz_headers(file: BinaryIO, path: Path) -> dict[str, _Header]:
+    """The header of each array in a .npz file, by key (the member's name without ``.npy``),
+    read without unpacking more of a member than its header."""
+    headers = {}
+    with zipfile.ZipFile(file) as archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            try:
+                member = archive.open(info.filename)
+            except (RuntimeError, NotImplementedError) as e:  # encrypted, an unknown method
+                raise DataError(f"cannot read {path}: {_first_line(e)}") from None
+            with member:
+                if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    raise DataError(f"cannot read {path}: {key!r} is not a NumPy array")
+                member.seek(0)
+                headers[key] = _npy_header(member, info.file_size, _where(path, key))
+    return headers
+
+
+def _check_array_memory(
+    path: Path,
+    headers: dict[str, _Header],
+    keys: dict[str, tuple[str, str | None]],
+    size: tuple[int, int] | None,
+) -> None:
+    """Refuse arrays, or arrays resized to ``size``, that the memory left cannot hold."""
+    stored = sum(header.nbytes for header in headers.values())
+    limit = limit_exceeded(stored)
+    if limit is not None:
+        if "" in headers:
+            header = headers[""]
+            what = f"its {header.dtype} array of shape {header.shape} takes"
+        else:
+            what = "its arrays take"
+        raise DataError(
+            f"cannot read {path}: {what} {format_bytes(stored)}, but {limit.describe()}; use "
+            "fewer images"
+        )
+    if size is None:
+        return
+    resized = 0
+    for image_key, _ in keys.values():
+        header = headers[image_key]
+        layout = _layout(header.shape)
+        if layout is not None:  # else refused for its shape once read
+            channels = 1 if layout == "NHW" else header.shape[layout.index("C")]
+            item = 1 if header.dtype == np.uint8 else 4  # resized floats are float32
+            resized += header.shape[0] * channels * size[0] * size[1] * item
+    limit = limit_exceeded(resized)
+    if limit is not None:
+        raise DataError(
+            f"cannot resize the images of {path} to {size[0]}x{size[1]} (image_size, "
+            f"--image-size): they would take {format_bytes(resized)}, but {limit.describe()}; "
+            "choose a smaller --image-size"
+        )
+
+
 def _where(path: Path, key: str) -> str:
     return f"{path}, array {key!r}" if key else f"{path}"
 
 
-def _choose_keys(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, str | None]]:
-    """``{split: (image key, label key or None)}`` for the arrays of a .npy or .npz file."""
+def _choose_keys(path: Path, arrays: Mapping[str, object]) -> dict[str, tuple[str, str | None]]:
+    """``{split: (image key, label key or None)}`` for the arrays (or their headers) of a .npy
+    or .npz file, by their keys."""
     if "" in arrays:  # a .npy file
         return {"all": ("", None)}
     keys = sorted(arrays)
@@ -527,13 +812,12 @@ def _array_images(array: np.ndarray, where: str) -> torch.Tensor:
             "a float type (0..1)"
         )
     shape = array.shape
-    if array.ndim == 4 and shape[-1] in (1, 3):  # (N, H, W, C) wins a tie: NumPy's layout
+    layout = _layout(shape)
+    if layout == "NHWC":
         array = array.transpose(0, 3, 1, 2)
-    elif array.ndim == 4 and shape[1] in (1, 3):  # (N, C, H, W)
-        pass
-    elif array.ndim == 3:  # (N, H, W)
+    elif layout == "NHW":
         array = array[:, None]
-    else:
+    elif layout is None:
         raise DataError(
             f"cannot use {where}: unsupported shape {shape}; expected (N, H, W), (N, H, W, C) "
             "or (N, C, H, W) with C = 1 (grey) or 3 (RGB) channels"
@@ -556,6 +840,16 @@ def _array_images(array: np.ndarray, where: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def _layout(shape: tuple[int, ...]) -> str | None:
+    """``"NHWC"``, ``"NCHW"`` or ``"NHW"``: how an array of ``shape`` holds images; ``None``
+    for none of them. ``(N, H, W, C)`` wins a tie: NumPy's and Pillow's layout."""
+    if len(shape) == 4 and shape[-1] in (1, 3):
+        return "NHWC"
+    if len(shape) == 4 and shape[1] in (1, 3):
+        return "NCHW"
+    return "NHW" if len(shape) == 3 else None
+
+
 def _array_labels(array: np.ndarray, where: str, count: int) -> torch.Tensor:
     if array.dtype.kind not in "iu":
         raise DataError(f"cannot use {where}: labels must be integers, got dtype {array.dtype}")
@@ -575,17 +869,25 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     uint8, rounded."""
     if tuple(images.shape[-2:]) == size:
         return images
-    chunks = []
-    for chunk in images.split(_RESIZE_CHUNK):
+    n, channels, height, width = images.shape
+    out = torch.empty((n, channels, *size), dtype=images.dtype)
+    # a few images at a time, so that their float copies take about _RESIZE_CHUNK_BYTES
+    per_image = 4 * channels * max(height * width, size[0] * size[1])
+    step = max(1, _RESIZE_CHUNK_BYTES // per_image)
+    for start in range(0, n, step):
         resized = torch.nn.functional.interpolate(
-            chunk.float(), size=size, mode="bilinear", antialias=True, align_corners=False
+            images[start : start + step].float(),
+            size=size,
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
         )
         if images.dtype == torch.uint8:
-            resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+            resized = resized.round_().clamp_(0, 255)
         else:
             resized = resized.clamp_(0, 1)
-        chunks.append(resized)
-    return torch.cat(chunks)
+        out[start : start + step] = resized  # rounded floats to uint8 exactly
+    return out
 
 
 def _match_splits(path: Path, keys: dict[str, tuple[str, str | None]], splits: _Splits) -> _Splits:

@@ -86,6 +86,7 @@ from pyro_vae.isolation import (
     reseed,
     set_rng_state,
 )
+from pyro_vae.memory import binding_limit
 from pyro_vae.model import VAE, image_shape_chw
 from pyro_vae.networks import check_network_settings, conv_sizes
 from pyro_vae.objectives import check_kl_weight, check_objective, kl_weight_at, make_elbo
@@ -320,13 +321,19 @@ def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
     return encoder + decoder
 
 
-def _device_memory(device: str) -> int | None:
-    try:
-        if device.startswith("cuda"):
-            return torch.cuda.get_device_properties(int(device.partition(":")[2] or 0)).total_memory
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, RuntimeError, AttributeError):
-        return None
+def _device_memory(device: str) -> tuple[int, str] | None:
+    """The bytes a run on ``device`` may still allocate, and the words for a message: a GPU's
+    memory, or on the CPU the limit that binds (the machine's, ``ulimit -v``, a cgroup's:
+    :func:`pyro_vae.memory.binding_limit`); ``None`` where nothing can be read."""
+    if device.startswith("cuda"):
+        try:
+            index = int(device.partition(":")[2] or 0)
+            total = torch.cuda.get_device_properties(index).total_memory
+        except (ValueError, RuntimeError, AttributeError, AssertionError):
+            return None
+        return total, f"{device} has {total / 2**30:,.1f} GiB"
+    limit = binding_limit()
+    return None if limit is None else (limit.available, limit.describe())
 
 
 def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
@@ -367,11 +374,11 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
     memory = _device_memory(config.device)
     too_big = ConfigError(
         f"the networks would have {count:,} parameters, about {needed / 2**30:,.1f} GiB to "
-        f"train, more than {config.device} has"
-        + (f" ({memory / 2**30:,.1f} GiB)" if memory else "")
+        f"train, more than there is"
+        + (f" ({memory[1]})" if memory else f" on {config.device}")
         + "; choose smaller --hidden-sizes or --latent-dim"
     )
-    if memory is not None and needed > memory:
+    if memory is not None and needed > memory[0]:
         raise too_big
     try:
         return _vae(config, image_shape)
@@ -408,11 +415,11 @@ def _check_step_memory(config: TrainConfig, image_shape: Sequence[int]) -> None:
     rows = config.num_particles * config.batch_size
     needed = 4 * 3 * rows * widths  # float32, forward values and their gradients, roughly
     memory = _device_memory(config.device)
-    if memory is not None and needed > memory:
+    if memory is not None and needed > memory[0]:
         raise ConfigError(
             f"K = {config.num_particles} particles for each of {config.batch_size} images need "
-            f"about {needed / 2**30:,.1f} GiB a step, more than {config.device} has "
-            f"({memory / 2**30:,.1f} GiB); lower -K or --batch-size"
+            f"about {needed / 2**30:,.1f} GiB a step, more than there is ({memory[1]}); "
+            "lower -K or --batch-size"
         )
 
 

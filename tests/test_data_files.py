@@ -14,8 +14,10 @@ import scipy.io
 import torch
 
 import pyro_vae.data as data_module
+import pyro_vae.memory as memory
 from pyro_vae.data import load_dataset, load_mnist_or_sample
 from pyro_vae.errors import DataError, DataNotFoundError
+from pyro_vae.memory import MemoryLimit
 
 FILES = {
     "train images": "train-images-idx3-ubyte",
@@ -152,6 +154,24 @@ def gzip_of_truncated(raw, name):
     (raw / (name + ".gz")).write_bytes(packed)
 
 
+def gzip_with_trailing_bytes(raw, name):
+    packed = gzip.compress((raw / name).read_bytes() + b"\x00" * 7)
+    (raw / name).unlink()
+    (raw / (name + ".gz")).write_bytes(packed)
+
+
+def gzip_claiming(count):
+    """A gzip file whose header declares ``count`` images but which holds 30."""
+
+    def damage(raw, name):
+        data = (raw / name).read_bytes()
+        header = (0x803).to_bytes(4, "big") + np.array([count, 28, 28], ">u4").tobytes()
+        (raw / name).unlink()
+        (raw / (name + ".gz")).write_bytes(gzip.compress(header + data[16:]))
+
+    return damage
+
+
 IDX_DAMAGE = [
     pytest.param(zero_bytes, "train labels", "empty (0 bytes)", id="zero-byte train labels"),
     pytest.param(zero_bytes, "test images", "empty (0 bytes)", id="zero-byte test images"),
@@ -192,6 +212,15 @@ IDX_DAMAGE = [
     pytest.param(gzip_garbage, "train labels", "not a valid gzip file", id="damaged gzip"),
     pytest.param(gzip_cut, "test images", "not a valid gzip file", id="truncated gzip"),
     pytest.param(gzip_of_truncated, "test images", "truncated", id="gzip of truncated images"),
+    pytest.param(
+        gzip_with_trailing_bytes, "test images", "7 bytes too many", id="gzip of trailing bytes"
+    ),
+    pytest.param(
+        gzip_claiming(10**6),
+        "train images",
+        "truncated: 23520 bytes of data, not the 1000000 images",
+        id="gzip header claims a million images",
+    ),
 ]
 
 
@@ -211,6 +240,35 @@ def test_damaged_mnist_file_is_one_line_naming_it(tmp_path, damage, which, probl
     with pytest.raises(DataError) as info:
         load_mnist_or_sample(tmp_path)
     assert not isinstance(info.value, DataNotFoundError)
+
+
+@pytest.mark.parametrize(
+    "damage, count",
+    [
+        pytest.param(None, SIZES["train"], id="plain file"),
+        pytest.param(gzip_claiming(SIZES["train"]), SIZES["train"], id="gzip file"),
+        pytest.param(gzip_claiming(4 * 10**9), 4 * 10**9, id="gzip claiming 4e9 images"),
+    ],
+)
+def test_idx_beyond_memory_is_refused_before_it_is_read(tmp_path, monkeypatch, damage, count):
+    """What the header declares is checked against the memory left before it is allocated (a
+    gzip file's length is known only once it is unpacked: its header is all there is)."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist(raw)
+    name = FILES["train images"]
+    if damage is not None:
+        damage(raw, name)
+        name += ".gz"
+    limit = MemoryLimit("ulimit -v", 2**20, 10000)
+    monkeypatch.setattr(memory, "memory_limits", lambda: [limit])
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", tmp_path)
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot read mnist file {raw / name}: its header says it holds {count:,} images ("
+    ), message
+    assert message.endswith("but the process's limit (ulimit -v) leaves 9.8 KiB of its 1.0 MiB")
+    assert_one_line(message)
 
 
 def test_count_mismatch_names_both_files(tmp_path):

@@ -96,9 +96,11 @@ CASES = [
         ["train", "--dataset", "mnist-sample", "-K", "100000000"], "lower -K", id="train K 1e8"
     ),  # fmt: skip
     pytest.param(["train", "--lr", "nan"], "learning rate", id="train lr nan"),
-    pytest.param(["train", "--dataset", "mnist-sample", "--train-size", "4501"],
-                 "more than the 4500 training images of mnist-sample after the validation split",
-                 id="train size beyond the images"),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--train-size", "4501"],
+        "more than the 4500 training images of mnist-sample after the validation split",
+        id="train size beyond the images",
+    ),  # fmt: skip
     # training into a state that cannot be trained on or loaded: divergence, no checkpoint
     *(
         pytest.param(

@@ -7,14 +7,27 @@ NumPy. Images are 8 high and 6 wide, so that a swap of height and width shows.
 
 import io
 import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, cli_fails
 from PIL import Image
 
+import pyro_vae.imagefiles as imagefiles
+import pyro_vae.memory as memory
 from pyro_vae.errors import DataError, DataNotFoundError
 from pyro_vae.imagefiles import HOLDOUT_SEED, load_image_files
+from pyro_vae.memory import MemoryLimit
 
 H, W = 8, 6
 
@@ -451,6 +464,98 @@ def inf_images():
     return x
 
 
+def two_images(tmp_path):
+    return folder(tmp_path, **{"a.png": grey(0), "b.png": grey(1)})
+
+
+def named_pipe(tmp_path):
+    images = two_images(tmp_path)
+    os.mkfifo(images / "zz.png")
+    return images
+
+
+def link_to_a_pipe(tmp_path):
+    images = two_images(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    (images / "zz.png").symlink_to(tmp_path / "pipe")
+    return images
+
+
+def unix_socket(tmp_path):
+    images = two_images(tmp_path)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(images / "zz.png"))  # the socket file stays once it is closed
+    return images
+
+
+def link_to_a_device(tmp_path):
+    images = two_images(tmp_path)
+    (images / "zz.png").symlink_to("/dev/null")
+    return images
+
+
+def link_to_its_own_folder(tmp_path):
+    images = two_images(tmp_path)
+    (images / "loop").symlink_to(images, target_is_directory=True)
+    return images
+
+
+def link_loop(tmp_path):
+    images = two_images(tmp_path)
+    (images / "x.png").symlink_to(images / "y.png")
+    (images / "y.png").symlink_to(images / "x.png")
+    return images
+
+
+def pipe_npy(tmp_path):
+    os.mkfifo(tmp_path / "x.npy")
+    return tmp_path / "x.npy"
+
+
+def png_claiming(height: int, width: int) -> bytes:
+    """A PNG of a few bytes whose header says it is ``height`` x ``width``: enough for Pillow's
+    pixel limit, which is checked on the header, before any decoding."""
+    data = bytearray(png_bytes(grey(0, (1, 1))))
+    # the 8-byte signature, then IHDR: length, b"IHDR", width and height, ..., its CRC
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def over_the_pixel_limit(tmp_path, side: int):
+    """A folder of an image and the header of one ``side`` x ``side``, ``b.png``."""
+    return folder(tmp_path, **{"a.png": grey(0), "b.png": png_claiming(side, side)})
+
+
+def npy_claiming(tmp_path, shape, data: bytes = b"\0" * 100, name="x.npy"):
+    """A .npy whose header declares ``shape`` (uint8) and which holds ``data``."""
+    with open(tmp_path / name, "wb") as f:
+        header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(data)
+    return tmp_path / name
+
+
+def npz_claiming(tmp_path, shape):
+    """A .npz whose 'x_train' declares ``shape`` (uint8) but holds 100 bytes."""
+    member = npy_claiming(tmp_path, shape, name="x_train.npy").read_bytes()
+    np.savez(tmp_path / "x.npz", x_test=grey(1, (2, H, W)))
+    with zipfile.ZipFile(tmp_path / "x.npz", "a") as archive:
+        archive.writestr("x_train.npy", member)
+    return tmp_path / "x.npz"
+
+
+def encrypted_npz(tmp_path):
+    """A .npz whose 'x_train' is marked encrypted (flag bit 0 in the zip's directory)."""
+    data = bytearray(npz(tmp_path, x_train=grey(0, (4, H, W))).read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the central directory's first file header
+    data[entry + 8] |= 1
+    return file_at(tmp_path, "x.npz", bytes(data))
+
+
+PIXEL_LIMIT = f"{Image.MAX_IMAGE_PIXELS:,}"
+
+
 # Each case: make(tmp_path) -> (path, kwargs, the file or folder under tmp_path that the message
 # must name), the error, and a regular expression the message must match.
 BAD_INPUTS = [
@@ -701,6 +806,91 @@ BAD_INPUTS = [
         "'y_train' but not 'y_test'",
         id="train labels without test labels",
     ),
+    pytest.param(
+        lambda t: (named_pipe(t), {}, "images/zz.png"),
+        DataError,
+        r"zz\.png: a named pipe \(FIFO\), not a regular file; remove it, or move it out of",
+        id="a named pipe with an image's name",
+    ),
+    pytest.param(
+        lambda t: (link_to_a_pipe(t), {}, "images/zz.png"),
+        DataError,
+        r"a symbolic link to a named pipe \(FIFO\), not a regular file",
+        id="a link to a named pipe",
+    ),
+    pytest.param(
+        lambda t: (unix_socket(t), {}, "images/zz.png"),
+        DataError,
+        "a socket, not a regular file",
+        id="a socket",
+    ),
+    pytest.param(
+        lambda t: (link_to_a_device(t), {}, "images/zz.png"),
+        DataError,
+        "a symbolic link to a character device, not a regular file",
+        id="a link to /dev/null",
+    ),
+    pytest.param(
+        lambda t: (link_to_its_own_folder(t), {}, "images"),
+        DataError,
+        r"both images \(a.png, ...\) and sub-folders \(loop/, ...\)",
+        id="a link to its own folder",
+    ),
+    pytest.param(
+        lambda t: (link_loop(t), {}, "images/x.png"),
+        DataError,
+        "x.png: too many levels of symbolic links$",
+        id="two links to each other",
+    ),
+    pytest.param(
+        lambda t: (pipe_npy(t), {}, "x.npy"),
+        DataError,
+        r"x\.npy: a named pipe \(FIFO\), not a regular file",
+        id="a named pipe named .npy",
+    ),
+    pytest.param(
+        lambda t: (over_the_pixel_limit(t, 10000), {}, "images/b.png"),
+        DataError,
+        rf"b\.png: 10000x10000, 100,000,000 pixels, more than the {PIXEL_LIMIT} that pyro_vae",
+        id="over Pillow's pixel limit",
+    ),
+    pytest.param(
+        lambda t: (over_the_pixel_limit(t, 20000), {}, "images/b.png"),
+        DataError,
+        rf"b\.png: 400,000,000 pixels, more than the {PIXEL_LIMIT} that pyro_vae reads",
+        id="over twice Pillow's pixel limit",
+    ),
+    pytest.param(
+        lambda t: (npy_claiming(t, (10**11, H, W)), {}, "x.npy"),
+        DataError,
+        r"damaged: its header declares a uint8 array of shape \(100000000000, 8, 6\), 4.4 TiB, "
+        "but 100 bytes of data follow$",
+        id=".npy header claims 10^11 images",
+    ),
+    pytest.param(
+        lambda t: (npy_claiming(t, (4, H, W), bytes(4 * H * W - 1)), {}, "x.npy"),
+        DataError,
+        "damaged: .* 192 bytes, but 191 bytes of data follow$",
+        id=".npy one byte short",
+    ),
+    pytest.param(
+        lambda t: (npy_claiming(t, (-1, H, W)), {}, "x.npy"),
+        DataError,
+        r"damaged: its header declares shape \(-1, 8, 6\)$",
+        id=".npy of negative shape",
+    ),
+    pytest.param(
+        lambda t: (npz_claiming(t, (10**11, H, W)), {}, "x.npz"),
+        DataError,
+        r"x\.npz, array 'x_train': damaged: its header declares .* 4.4 TiB, but 100 bytes",
+        id=".npz member claims 10^11 images",
+    ),
+    pytest.param(
+        lambda t: (encrypted_npz(t), {}, "x.npz"),
+        DataError,
+        r"x\.npz: File 'x_train\.npy' is encrypted, password required for extraction$",
+        id=".npz of an encrypted member",
+    ),
     *[
         pytest.param(
             lambda t, size=size: (npy(t, grey(0, (4, H, W))), {"image_size": size}, "image_size"),
@@ -713,14 +903,42 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.fixture
+def pipes_do_not_wait(tmp_path):
+    """Opening a named pipe waits for a writer, for ever if none comes: a thread plays the
+    writer to any pipe under ``tmp_path`` that a reader waits on, so that code that opens one
+    fails its test instead of hanging it."""
+    stop = threading.Event()
+
+    def writer():
+        while not stop.wait(0.1):
+            for folder, _, names in os.walk(tmp_path):
+                for name in names:
+                    path = os.path.join(folder, name)
+                    if stat.S_ISFIFO(os.lstat(path).st_mode):
+                        try:  # fails (ENXIO) unless a reader waits
+                            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                        except OSError:
+                            pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
 @pytest.mark.parametrize("make, error, match", BAD_INPUTS)
-def test_bad_input_is_one_clear_line(tmp_path, make, error, match):
+def test_bad_input_is_one_clear_line(tmp_path, make, error, match, pipes_do_not_wait):
     path, kwargs, named = make(tmp_path)
-    with pytest.raises(error, match=match) as info:
-        load_image_files(path, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(error, match=match) as info:
+            load_image_files(path, **kwargs)
     message = str(info.value)
     assert_one_line(message)
     assert ("image_size" if "image_size" in kwargs else str(tmp_path / named)) in message
+    assert not [str(w.message) for w in caught]  # Pillow's warnings stay inside
 
 
 def test_unreadable_file_is_a_data_error(tmp_path):
@@ -735,3 +953,233 @@ def test_unreadable_file_is_a_data_error(tmp_path):
         assert_one_line(str(info.value))
     finally:
         os.chmod(path, 0o644)
+
+
+# --- Pillow's pixel limit and warnings --------------------------------------------------------
+
+
+def test_the_pixel_limit_is_pillows(tmp_path, monkeypatch):
+    """Pillow warns over ``MAX_IMAGE_PIXELS`` and fails over twice it; both are refused, in
+    words of ours, and a user who changes the limit gets theirs."""
+    images = folder(tmp_path, **{"a.png": grey(0), "b.png": grey(1, (10, 10))})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)
+    with pytest.raises(DataError, match=r"a\.png: 8x6, 48 pixels, more than the 40 that"):
+        load_image_files(images, image_size=4)
+    (images / "a.png").unlink()
+    write_png(images / "c.png", grey(2, (10, 10)))
+    with pytest.raises(DataError, match=r"b\.png: 100 pixels, more than the 40 that"):
+        load_image_files(images)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert load_image_files(images).image_shape == (10, 10)
+
+
+def test_pillow_warnings_do_not_reach_the_user(tmp_path):
+    """Damaged EXIF data: Pillow warns and reads the pixels; pyro_vae reads them, quietly."""
+    broken_exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\x00\x00"
+    for name, seed in (("a.png", 0), ("b.png", 1)):
+        path = tmp_path / "images" / name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(grey(seed)).save(path, exif=broken_exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_image_files(tmp_path / "images")
+    assert not [str(w.message) for w in caught]
+    assert sorted(rows_in(torch.cat([data.train_images, data.test_images]), [grey(0), grey(1)]))
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memory_left(monkeypatch):
+    """``memory_left(n)``: from now on the process may allocate ``n`` more bytes, under a
+    4 MiB ``ulimit -v``."""
+
+    def leave(available: int) -> None:
+        limit = MemoryLimit("ulimit -v", 4 * 2**20, available)
+        monkeypatch.setattr(memory, "memory_limits", lambda: [limit])
+
+    return leave
+
+
+def some_in_colour(tmp_path, grey_count: int):
+    """``grey_count`` grey images, then a colour one: all are read as RGB."""
+    images = folder(tmp_path, **{f"{i:02d}.png": grey(i) for i in range(grey_count)})
+    write_png(images / "zz.png", rgb(99))
+    return images
+
+
+LEAVES = r"but the process's limit \(ulimit -v\) leaves {} of its 4.0 MiB"
+
+# Each case: make(tmp_path) -> (path, kwargs), the bytes left, and what the message must say.
+BEYOND_MEMORY = [
+    pytest.param(
+        lambda t: (npy(t, grey(0, (40, H, W))), {}),
+        1000,
+        r"x\.npy: its uint8 array of shape \(40, 8, 6\) takes 1.9 KiB, "
+        + LEAVES.format("1000 bytes"),
+        id=".npy",
+    ),
+    pytest.param(
+        lambda t: (npz(t, x_train=grey(0, (30, H, W)), x_test=grey(1, (10, H, W))), {}),
+        1000,
+        r"x\.npz: its arrays take 1.9 KiB",
+        id=".npz",
+    ),
+    pytest.param(
+        lambda t: (npy(t, grey(0, (4, H, W))), {"image_size": 100}),
+        20000,
+        r"cannot resize the images of .*x\.npy to 100x100 \(image_size, --image-size\): they "
+        r"would take 39.1 KiB, " + LEAVES.format(r"19.5 KiB") + "; choose a smaller --image-size",
+        id=".npy resized",
+    ),
+    pytest.param(
+        lambda t: (npy(t, (grey(0, (4, H, W)) / 255).astype(np.float32)), {"image_size": 50}),
+        20000,
+        r"x\.npy to 50x50 \(image_size, --image-size\): they would take 39.1 KiB",
+        id="float .npy resized (float32)",
+    ),
+    pytest.param(
+        lambda t: (
+            npz(t, x_train=grey(0, (3, H, W, 3)), x_test=grey(1, (1, H, W))),
+            {"image_size": 50},
+        ),
+        20000,
+        r"x\.npz to 50x50 .* they would take 24.4 KiB",
+        id=".npz of colour and grey resized",
+    ),
+    pytest.param(
+        lambda t: (folder(t, **{f"{i}.png": grey(i) for i in range(3)}), {"image_size": 100}),
+        20000,
+        r"cannot resize the 3 images of .*images to 100x100 \(image_size, --image-size\): they "
+        r"would take at least 29.3 KiB, " + LEAVES.format(r"19.5 KiB"),
+        id="folder resized",
+    ),
+    pytest.param(
+        lambda t: (folder(t, **{f"{i}.png": rgb(i) for i in range(3)}), {"image_size": 50}),
+        10000,
+        r"cannot resize the 3 images .* to 50x50 \(image_size, --image-size\): they would "
+        "take 22.0 KiB",
+        id="colour folder resized",
+    ),
+    pytest.param(
+        lambda t: (folder(t, **{f"{i:02d}.png": grey(i) for i in range(30)}), {}),
+        1000,
+        r"cannot read the 30 images of .*images: at 8x6 grey they would take 1.4 KiB, "
+        + LEAVES.format("1000 bytes")
+        + r"; shrink them with image_size \(--image-size\), or use fewer",
+        id="folder",
+    ),
+    pytest.param(
+        lambda t: (some_in_colour(t, 20), {}),
+        2000,
+        r"cannot read the 21 images of .*images: at 8x6 RGB they would take 3.0 KiB",
+        id="folder turned colour by its last image",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, available, match", BEYOND_MEMORY)
+def test_images_beyond_memory_are_refused_before_they_are_read(
+    tmp_path, memory_left, monkeypatch, make, available, match
+):
+    path, kwargs = make(tmp_path)
+    memory_left(available)
+    with pytest.raises(DataError, match=match) as info:
+        load_image_files(path, **kwargs)
+    assert_one_line(str(info.value))
+    memory_left(10**9)
+    load_image_files(path, **kwargs)  # with the memory, the same images load
+
+
+def test_running_out_of_memory_all_the_same_is_one_line(tmp_path, memory_left, monkeypatch):
+    """The checks go by the set's size; a copy on the way that does not fit is still a
+    DataError that names the file and the limit, not a MemoryError."""
+    path = npy(tmp_path, grey(0, (4, H, W)))
+    memory_left(2**20)
+
+    def no_memory(images, size):
+        raise MemoryError
+
+    monkeypatch.setattr(imagefiles, "_resize", no_memory)
+    match = r"x\.npy: out of memory while reading its images \(the process's limit \(ulimit -v\)"
+    with pytest.raises(DataError, match=match) as info:
+        load_image_files(path, image_size=4)
+    assert_one_line(str(info.value))
+
+
+def test_grey_images_read_before_the_first_colour_one_become_rgb(tmp_path, memory_left):
+    """A folder is read into one array, grey until a colour image comes: the grey images read
+    by then are repeated into its three channels, with room for the RGB set and little more."""
+    pixels = [grey(i) for i in range(20)] + [rgb(20)]
+    for i, p in enumerate(pixels):
+        write_png(tmp_path / "images" / f"{i:02d}.png", p)
+    memory_left(2 * 21 * 3 * H * W)
+    data = load_image_files(tmp_path / "images")
+    expected = [np.stack([p] * 3, axis=2) if p.ndim == 2 else p for p in pixels]
+    every = torch.cat([data.train_images, data.test_images])
+    assert sorted(rows_in(every, expected)) == list(range(21))
+
+
+# --- the command line -------------------------------------------------------------------------
+
+QUICK = ["--batch-size", "8", "--hidden-sizes", "8", "--latent-dim", "2", "--epochs", "1",
+         "--eval-particles", "2", "--eval-images", "2", "--no-progress", "--no-plots"]  # fmt: skip
+
+CLI_CASES = [
+    pytest.param(lambda t: (named_pipe(t), []), None, "zz.png: a named pipe", id="named pipe"),
+    pytest.param(
+        lambda t: (over_the_pixel_limit(t, 10000), []),
+        None,
+        "b.png: 10000x10000, 100,000,000 pixels",
+        id="over Pillow's pixel limit",
+    ),
+    pytest.param(  # small enough to do no harm if the check were gone
+        lambda t: (two_images(t), ["--image-size", "1000"]),
+        2**20,
+        r"cannot resize the 2 images of .* to 1000x1000 \(image_size, --image-size\): they "
+        r"would take at least 1.9 MiB, but the process's limit \(ulimit -v\) leaves 1.0 MiB",
+        id="--image-size beyond memory",
+    ),
+    pytest.param(
+        lambda t: (npy_claiming(t, (10**11, H, W)), []),
+        None,
+        r"x\.npy: damaged: its header declares",
+        id=".npy that claims 10^11 images",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, available, match", CLI_CASES)
+def test_the_cli_says_one_line_and_writes_nothing(
+    tmp_path, capsys, memory_left, pipes_do_not_wait, make, available, match
+):
+    path, extra = make(tmp_path)
+    if available is not None:
+        memory_left(available)
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        argv = ["train", "--dataset", str(path), *extra, "--out", str(run), *QUICK]
+        err = cli_fails(argv, capsys)
+    assert re.search(match, err), err
+    assert not [str(w.message) for w in caught]
+    assert not run.exists()
+
+
+def test_an_image_over_the_pixel_limit_is_one_line_in_a_fresh_process(tmp_path):
+    """The user's view: nothing of Pillow's on stderr before pyro_vae's line."""
+    images = over_the_pixel_limit(tmp_path, 10000)
+    argv = ["train", "--dataset", str(images), "--out", str(tmp_path / "run"), *QUICK]
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("pyro-vae train: error: cannot read image file "), result.stderr
+    assert "more than the" in result.stderr
