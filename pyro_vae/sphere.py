@@ -153,7 +153,7 @@ class PowerSpherical(TorchDistribution):
     def __init__(self, loc, concentration, validate_args=None):
         if not torch.is_tensor(loc) or loc.dim() < 1:
             raise ValueError("loc must be a tensor of shape (..., d)")
-        _check_dim(loc.size(-1))
+        _check_dim(int(loc.shape[-1]))  # under torch.jit.trace (--jit) a size is a tensor
         if not torch.is_tensor(concentration) or not concentration.is_floating_point():
             concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
         batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
