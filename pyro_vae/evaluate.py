@@ -327,6 +327,8 @@ def evaluate(
     :raises NumericalError: a figure came out NaN or infinite (the model's parameters hold
         NaN, or the likelihood overflowed).
     """
+    if not isinstance(vae, VAE):
+        raise ConfigError(f"evaluate takes a pyro_vae.VAE, got {type(vae).__name__}")
     images = check_images(vae, images)
     if not all(torch.isfinite(p).all() for p in vae.parameters()):
         raise NumericalError("the model's parameters hold NaN or infinity; nothing to evaluate")

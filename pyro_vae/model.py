@@ -19,6 +19,7 @@ Pyro scales and scores them image by image.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -140,14 +141,13 @@ class IndependentBernoulli(dist.Independent):
         return bernoulli_log_density(logits, value, self.reinterpreted_batch_ndims)
 
 
-def _call(name: str, net: nn.Module, value: torch.Tensor):
+def _call(name: str, net: nn.Module, value: torch.Tensor, what: str | None = None):
     try:
         return net(value)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"the {name} fails on input of shape {tuple(value.shape)}: {first}"
-        ) from None
+        on = what or f"input of shape {tuple(value.shape)}"
+        raise ConfigError(f"the {name} fails on {on}: {first}") from None
 
 
 def _shapes(out) -> list:
@@ -330,6 +330,47 @@ class VAE(nn.Module):
                 module.training = mode
 
     @torch.no_grad()
+    def check_on_batches(self, batches: list[torch.Tensor]) -> None:
+        """Run a hand-written pair as training will: in training mode, on ``batches`` of real
+        images (the first batch, and a smaller last one), checking the outputs' shapes and
+        dtype. Copies run it, with the RNGs forked: the networks' weights, batch statistics
+        and the run's random streams are left as they were.
+
+        :raises ConfigError: a network that fails on them or breaks the contract, naming it.
+        """
+        encoder, decoder = copy.deepcopy(self.encoder), copy.deepcopy(self.decoder)
+        encoder.train(), decoder.train()
+        devices = [x.device] if (x := batches[0]).is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            for x in batches:
+                what = f"a batch of {len(x)} training images {tuple(x.shape)}"
+                loc_scale = _call("encoder", encoder, x, what)
+                shapes = _shapes(loc_scale)
+                expected = [(len(x), self.latent_dim), (len(x), self.scale_dim)]
+                if shapes != expected:
+                    raise ConfigError(
+                        f"the encoder must give {expected} for {what}; it gave {shapes}"
+                    )
+                dtypes = {t.dtype for t in loc_scale}
+                if dtypes != {x.dtype}:
+                    raise ConfigError(
+                        f"the encoder returns {', '.join(sorted(map(str, dtypes)))} for "
+                        f"{x.dtype} images; its outputs must be {x.dtype} (the images' dtype)"
+                    )
+                params = _call("decoder", decoder, loc_scale[0], f"the latents of {what}")
+                items = params if isinstance(params, tuple) else (params,)
+                if any(tuple(t.shape) != (len(x), *self.event_shape) for t in items):
+                    raise ConfigError(
+                        f"the decoder must give (..., {', '.join(map(str, self.event_shape))}) "
+                        f"for the latents of {what}; it gave {_shapes(params)}"
+                    )
+                if {t.dtype for t in items} != {x.dtype}:
+                    raise ConfigError(
+                        f"the decoder returns {items[0].dtype} for {x.dtype} latents; its "
+                        f"outputs must be {x.dtype}"
+                    )
+
+    @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder at the data's marginal: output bias ``logit(mean pixel)``.
 
@@ -341,9 +382,26 @@ class VAE(nn.Module):
         if init is not None:  # a hand-written decoder may not have one
             init(torch.logit(mean_image.clamp(1e-3, 1 - 1e-3)).reshape(self.event_shape))
 
+    def _run(self, name: str, value: torch.Tensor):
+        """``self.encoder(value)`` or ``self.decoder(value)``. A hand-written network's error is
+        named (a :class:`ConfigError` whose cause is the network's own exception, traceback
+        and all), rather than surfacing from inside Pyro's trace of the model or guide."""
+        net = getattr(self, name)
+        if self.arch != "custom":
+            return net(value)
+        try:
+            return net(value)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            mode = "training" if net.training else "eval"
+            raise ConfigError(
+                f"the hand-written {name} ({type(net).__name__}) failed on input of shape "
+                f"{tuple(value.shape)} in {mode} mode: {type(e).__name__}: {first}"
+            ) from e
+
     def likelihood_distribution(self, z: torch.Tensor) -> dist.TorchDistribution:
         """``p(x|z)`` with event shape :attr:`event_shape` and batch shape ``z.shape[:-1]``."""
-        params = self.decoder(z)
+        params = self._run("decoder", z)
         if self.likelihood == "bernoulli":
             return IndependentBernoulli(dist.Bernoulli(logits=params[0]), len(self.event_shape))
         if self.likelihood == "continuous-bernoulli":
@@ -370,7 +428,7 @@ class VAE(nn.Module):
 
     def guide_distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
         """``q(z|x)`` for images ``x``, ``(B, *event_shape)``, set up for the estimator."""
-        loc, scale = self.encoder(x)  # (B, Z) each; (B, Z) and (B, 1) on the sphere
+        loc, scale = self._run("encoder", x)  # (B, Z) each; (B, Z) and (B, 1) on the sphere
         return guide_distribution(loc, scale, self.estimator, self.spherical)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -406,7 +464,7 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, *event_shape)``; on
         the sphere, its mean direction (a unit vector) and concentration, ``(B, 1)``."""
-        loc, scale = self.encoder(x)
+        loc, scale = self._run("encoder", x)
         if self.spherical:
             loc = loc / loc.norm(dim=-1, keepdim=True)
         return loc, scale

@@ -45,6 +45,7 @@ from torch.distributions.kl import register_kl
 
 from pyro_vae.checks import is_whole, require_choice
 from pyro_vae.errors import ConfigError
+from pyro_vae.memory import binding_limit, format_bytes
 from pyro_vae.sphere import HypersphericalUniform
 
 __all__ = [
@@ -310,4 +311,13 @@ def make_prior(
         return GaussianMixturePrior(latent_dim, k)
     if event_shape is None:
         raise ConfigError("the VampPrior needs the images' shape for its pseudo-inputs")
+    # the pseudo-inputs are K images: float32, with their gradients and Adam's two moments
+    needed = 4 * 4 * k * math.prod(event_shape)
+    limit = binding_limit()
+    if limit is not None and needed > limit.available:
+        raise ConfigError(
+            f"a VampPrior of {k:,} pseudo-inputs of {math.prod(event_shape):,} pixels needs "
+            f"about {format_bytes(needed)} to train, more than there is ({limit.describe()}); "
+            "choose fewer prior components"
+        )
     return VampPrior(latent_dim, tuple(event_shape), k)

@@ -647,6 +647,12 @@ def fit(
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"run_dir must be a path, got {run_dir!r}")
     run_dir = Path(run_dir) if run_dir is not None else None
+    if data is not None and not isinstance(data, ImageData):
+        raise ConfigError(
+            f"data must be an ImageData (load_dataset(...), or ImageData(...) of your tensors), "
+            f"got {type(data).__name__}; a data set by name goes in the config: "
+            "TrainConfig(dataset=...)"
+        )
     if tensorboard is not None and not isinstance(tensorboard, (str, os.PathLike)):
         raise ConfigError(f"tensorboard must be a folder's path, got {tensorboard!r}")
     world = distributed.current()
@@ -828,6 +834,13 @@ def _open_run(
             raise ConfigError(f"fewer training images than one batch of {global_batch}{each}")
 
     distributed.from_main(world, enough_images)
+    if vae.arch == "custom":  # as training will run it: real batches, the last one too
+        first = as_float(train[: config.batch_size])
+        batches = [first]
+        last = len(train) % global_batch
+        if not drop_last and last and world.size == 1 and len(train) > global_batch:
+            batches.append(as_float(train[len(train) - last :]))
+        vae.check_on_batches(batches)
     score = valid if config.valid_fraction > 0 else test
     run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader,
                [], world=world, fingerprint=fingerprint)  # fmt: skip
@@ -955,6 +968,11 @@ def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
         # per-step validation only costs time (benchmarks/speed.py)
         with pyro.validation_enabled(False), run.vae.weighting_kl(_kl_weight(run)):
             loss = step(x)
+    except PyroVAEError as e:
+        # one of ours from inside the model or guide (a hand-written network that failed):
+        # Pyro's trace re-raised it as a copy with its table of shapes appended; the original
+        original = _raised_inside_pyro(e)
+        raise original from original.__cause__
     except (ValueError, RuntimeError) as e:
         # NaN parameters can fail inside Pyro or torch (a NaN scale cannot be sampled) before
         # the loss can say so. Any other error (a shape bug in a network) is not divergence.
@@ -969,6 +987,14 @@ def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
         error.shared = not cause  # the loss was summed over the processes: all see it
         raise error
     return -loss
+
+
+def _raised_inside_pyro(error: PyroVAEError) -> PyroVAEError:
+    """The error that Pyro's trace messenger re-raised as ``error`` (``type(e)(message +
+    shapes) from e``, once a trace deep): the first in the chain of causes of our own."""
+    while isinstance(error.__cause__, PyroVAEError):
+        error = error.__cause__
+    return error
 
 
 def _kl_weight(run: _Run) -> float:

@@ -246,3 +246,101 @@ def test_the_cli_says_in_one_line_how_to_load_a_run_of_hand_written_networks(tmp
     assert main(["evaluate", str(tmp_path / "run"), "-K", "3"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hand-written networks" in err and "load_run(RUN, vae=" in err
+
+
+class _Float64Encoder(PixelCNNishEncoder):
+    def forward(self, x):
+        loc, scale = super().forward(x)
+        return loc.double(), scale.double()
+
+
+class _PairOnlyEncoder(PixelCNNishEncoder):  # passes the contract's batch of two, only it
+    def forward(self, x):
+        loc, scale = super().forward(x)
+        return loc.reshape(2, -1)[:, :3], scale.reshape(2, -1)[:, :3]
+
+
+class _InkShyEncoder(PixelCNNishEncoder):  # fine on the contract's blank images, not on digits
+    def forward(self, x):
+        if x.sum() > 0:
+            raise RuntimeError("this encoder cannot take ink")
+        return super().forward(x)
+
+
+class _BatchNormDecoder(TinyDecoder):
+    def __init__(self, latent_dim: int = 3) -> None:
+        super().__init__(latent_dim)
+        self.norm = nn.BatchNorm1d(latent_dim)
+
+    def forward(self, z):
+        flat = z.reshape(-1, z.shape[-1])
+        return super().forward(self.norm(flat).reshape(z.shape))
+
+
+@pytest.mark.parametrize(
+    "encoder, decoder, train_size, message",
+    [
+        pytest.param(_Float64Encoder, TinyDecoder, 256,
+                     "the encoder returns torch.float64 for torch.float32 images", id="float64"),
+        pytest.param(_PairOnlyEncoder, TinyDecoder, 256,
+                     "the encoder must give [(64, 3), (64, 3)] for a batch of 64 training images "
+                     "(64, 1, 28, 28); it gave [(2, 3), (2, 3)]", id="batch of two"),
+        pytest.param(_InkShyEncoder, TinyDecoder, 256,
+                     "the encoder fails on a batch of 64 training images (64, 1, 28, 28): this "
+                     "encoder cannot take ink", id="raises on real data"),
+        pytest.param(PixelCNNishEncoder, _BatchNormDecoder, 257,
+                     "the decoder fails on the latents of a batch of 1 training images",
+                     id="batch norm on a last batch of one"),
+    ],
+)  # fmt: skip
+def test_hand_written_networks_are_checked_on_real_batches(encoder, decoder, train_size, message):
+    """The contract check runs on two blank images; what breaks only on real batches (their
+    size, their values, the last smaller batch in training mode) is found before training, in
+    one line that names the network, instead of deep inside Pyro's trace."""
+    config = TrainConfig(dataset="mnist-sample", train_size=train_size, batch_size=64, epochs=1,
+                         latent_dim=3, arch="custom")  # fmt: skip
+    vae = VAE(image_shape=(1, 28, 28), latent_dim=3, encoder=encoder(), decoder=decoder())
+    before = [p.clone() for p in vae.parameters()] + [b.clone() for b in vae.buffers()]
+    with pytest.raises(ConfigError) as info:
+        fit(config, vae=vae)
+    assert message in str(info.value) and "\n" not in str(info.value), info.value
+    after = [*vae.parameters(), *vae.buffers()]  # the check ran on copies
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_a_hand_written_network_that_fails_mid_training_is_named():
+    """An error inside a hand-written network on a later batch: a ConfigError naming it, whose
+    cause is the network's own exception (its traceback kept for the author)."""
+
+    class LateFailure(PixelCNNishEncoder):
+        calls = 0
+
+        def forward(self, x):
+            LateFailure.calls += 1
+            if LateFailure.calls == 5:
+                raise IndexError("my bug")
+            return super().forward(x)
+
+    config = TrainConfig(dataset="mnist-sample", train_size=512, batch_size=64, epochs=1,
+                         latent_dim=3, arch="custom")  # fmt: skip
+    vae = VAE(image_shape=(1, 28, 28), latent_dim=3, encoder=LateFailure(), decoder=TinyDecoder())
+    with pytest.raises(ConfigError, match="hand-written encoder .LateFailure. failed") as info:
+        fit(config, vae=vae)
+    assert "IndexError: my bug" in str(info.value)
+    assert isinstance(info.value.__cause__, IndexError)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        pytest.param(lambda: evaluate(None, torch.zeros(2, 784)), "takes a pyro_vae.VAE",
+                     id="evaluate None"),
+        pytest.param(lambda: fit(TrainConfig(dataset="mnist-sample"), data="mnist"),
+                     "data must be an ImageData", id="fit data by name"),
+        pytest.param(lambda: VAE(data_dim=784, prior="vamp", prior_components=10**9),
+                     "choose fewer prior components", id="vamp of 1e9 pseudo-inputs"),
+    ],
+)  # fmt: skip
+def test_api_mistakes_are_config_errors(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
