@@ -44,6 +44,7 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.isolation import check_seed
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
+from pyro_vae.memory import binding_limit
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.plots import (
@@ -1070,7 +1071,9 @@ def _reported(args: argparse.Namespace, prefix: str) -> int:
     except torch.cuda.OutOfMemoryError:
         return _failed(prefix, "error: out of GPU memory; try a smaller --batch-size or -K")
     except MemoryError:
-        return _failed(prefix, "error: out of memory; try a smaller --batch-size or -K")
+        limit = binding_limit()
+        where = f" ({limit.describe()})" if limit is not None else ""
+        return _failed(prefix, f"error: out of memory{where}; try a smaller --batch-size or -K")
     except RuntimeError as e:
         if "allocate" not in str(e) and "out of memory" not in str(e):
             raise  # a bug: keep the traceback

@@ -157,9 +157,11 @@ def _timeout() -> timedelta:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
+    # under a second, the processes cannot even connect (c10d counts whole milliseconds: 1e-6
+    # is 0 ms), and each says so in a screen of C++ frames
+    if not math.isfinite(seconds) or seconds < 1:
         raise ConfigError(
-            f"PYRO_VAE_DIST_TIMEOUT must be a positive number of seconds, got {text!r}"
+            f"PYRO_VAE_DIST_TIMEOUT must be a number of seconds, at least 1, got {text!r}"
         )
     return timedelta(seconds=seconds)
 
@@ -289,6 +291,9 @@ def start_processes(count: int, argv: Sequence[str]) -> int:
     )
     environ = dict(os.environ)  # the launcher adds to it, for its processes
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
+    # PyTorch's C++ log repeats, with its stack frames, a failure the process reports in its
+    # own line (a partner that cannot be reached); TORCH_CPP_LOG_LEVEL=INFO shows it again
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     os.environ[LAUNCHER] = str(os.getpid())
     quiet = logging.root.manager.disable
     handlers = {}  # the launcher installs its own, and leaves them

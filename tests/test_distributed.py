@@ -498,8 +498,10 @@ def test_processes_checked_before_any_start(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     err = cli_fails([*run, "--processes", "2", "--device", "cuda"], capsys)
     assert "--processes 2 with --device cuda needs a GPU each; this machine has 1" in err
-    monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "soon")
-    assert "PYRO_VAE_DIST_TIMEOUT must be" in cli_fails([*run, "--processes", "2"], capsys)
+    for value in ("soon", "0.000001"):  # 1e-6 s: a screen of C++ frames from each process
+        monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", value)
+        err = cli_fails([*run, "--processes", "2"], capsys)
+        assert "PYRO_VAE_DIST_TIMEOUT must be a number of seconds, at least 1" in err
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost",
                         "MASTER_PORT": "29999"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
