@@ -43,8 +43,8 @@ from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEEr
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.isolation import check_seed
-from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from pyro_vae.memory import binding_limit
+from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.plots import (
