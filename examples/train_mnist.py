@@ -47,7 +47,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="seconds, on the bundled sample")
     args = parser.parse_args()
     if args.quick:
-        args.epochs, args.train_size = 1, 1024
+        args.epochs, args.train_size = 5, None  # the whole sample: enough to draw digits
         args.test_size, args.num_particles = 100, 20
     args.dataset = args.dataset or ("mnist-sample" if args.quick else "mnist")
     try:
