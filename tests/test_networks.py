@@ -267,6 +267,11 @@ class _InkShyEncoder(PixelCNNishEncoder):  # fine on the contract's blank images
         return super().forward(x)
 
 
+class _HalfDecoder(TinyDecoder):  # its float16 logits were reported as a divergence
+    def forward(self, z):
+        return tuple(t.half() for t in super().forward(z))
+
+
 class _BatchNormDecoder(TinyDecoder):
     def __init__(self, latent_dim: int = 3) -> None:
         super().__init__(latent_dim)
@@ -288,6 +293,9 @@ class _BatchNormDecoder(TinyDecoder):
         pytest.param(_InkShyEncoder, TinyDecoder, 256,
                      "the encoder fails on a batch of 64 training images (64, 1, 28, 28): this "
                      "encoder cannot take ink", id="raises on real data"),
+        pytest.param(PixelCNNishEncoder, _HalfDecoder, 256,
+                     "the decoder returns torch.float16 for torch.float32 latents",
+                     id="float16 decoder"),
         pytest.param(PixelCNNishEncoder, _BatchNormDecoder, 257,
                      "the decoder fails on the latents of a batch of 1 training images",
                      id="batch norm on a last batch of one"),
