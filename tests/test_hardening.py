@@ -813,11 +813,16 @@ def test_load_run_on_damage_is_a_checkpoint_error(run, tmp_path):
         load_run(copy)
 
 
-def _interrupt_when(proc: subprocess.Popen, ready) -> tuple[int, str]:
+def _interrupt_when(proc: subprocess.Popen, ready, sent=None, running=True) -> tuple[int, str]:
+    """Ctrl-C to ``proc`` once ``ready()`` (while it still runs, unless ``running`` is false);
+    then ``sent()``, if given, tells it so."""
     deadline = time.monotonic() + 300
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not running or proc.poll() is None, "it ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
+    if sent is not None:
+        sent()
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err
 
@@ -828,11 +833,12 @@ def test_ctrl_c_is_one_line_at_any_moment(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", "--help"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     started = time.monotonic()
-    code, err = _interrupt_when(proc, lambda: time.monotonic() - started > 0.3)
+    code, err = _interrupt_when(proc, lambda: time.monotonic() - started > 0.3, running=False)
     assert code in (0, 130) and "Traceback" not in err and err.count("\n") <= 1, err
     # in the second epoch: the first epoch's checkpoint stays, and resumes
     out = tmp_path / "run"
-    argv = ["train", "--dataset", "mnist-sample", "--epochs", "50", "--out", str(out), *QUICK]
+    # (500 epochs: a loaded machine that is slow to look must still find it training)
+    argv = ["train", "--dataset", "mnist-sample", "--epochs", "500", "--out", str(out), *QUICK]
     proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     code, err = _interrupt_when(proc, lambda: (out / "checkpoint.pt").exists())
@@ -1097,7 +1103,7 @@ def test_fit_takes_float64_images():
 
 
 INTERRUPTED_WRITER = """
-import sys, time, torch
+import os, sys, time, torch
 from pyro_vae.cli import main
 
 real_save, calls = torch.save, []
@@ -1106,8 +1112,11 @@ def slow_save(obj, f, *args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
         open(sys.argv[2], "w").close()  # the signal: interrupt me now
-        try:
-            time.sleep(3)
+        try:  # until the test says it has (on a loaded machine that can take seconds)
+            for _ in range(600):
+                if os.path.exists(sys.argv[2] + ".sent"):
+                    break
+                time.sleep(0.1)
         except KeyboardInterrupt:  # what torch's C++ writer makes of one
             raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
     return real_save(obj, f, *args, **kwargs)
@@ -1128,7 +1137,8 @@ def test_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    code, err = _interrupt_when(proc, ready.exists)
+    sent = tmp_path / "ready.sent"
+    code, err = _interrupt_when(proc, ready.exists, sent.touch)
     assert code == 130 and err == "pyro-vae train: interrupted\n", err
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 2  # the write finished
     assert not list(run_dir.glob(".*.tmp"))
