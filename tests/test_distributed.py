@@ -470,9 +470,14 @@ def test_processes_stopped_by_a_signal_say_it_once(tmp_path, sig, group, status,
     """Ctrl-C in a terminal (SIGINT to the launcher and its processes alike) or a SIGTERM to
     the launcher: one line for the run, not one a process."""
     out = tmp_path / "run"
+
+    def as_in_a_terminal():  # SIGINT not ignored, as a test run in the background has it
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     job = processes([*COMMON, "--epochs", "500", "--out", str(out)], cwd=tmp_path,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    start_new_session=True)  # fmt: skip
+                    preexec_fn=as_in_a_terminal)  # fmt: skip
     try:
         _wait_for_a_checkpoint(job, out)
         if group:

@@ -813,6 +813,13 @@ def test_load_run_on_damage_is_a_checkpoint_error(run, tmp_path):
         load_run(copy)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """For a child's ``preexec_fn``: SIGINT as a terminal's foreground process has it. A test
+    run started in the background of a script (``pytest &``) has SIGINT ignored, which its
+    children inherit, and Python leaves an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_when(proc: subprocess.Popen, ready, sent=None, running=True) -> tuple[int, str]:
     """Ctrl-C to ``proc`` once ``ready()`` (while it still runs, unless ``running`` is false);
     then ``sent()``, if given, tells it so."""
@@ -831,7 +838,8 @@ def test_ctrl_c_is_one_line_at_any_moment(tmp_path):
     env = {**os.environ, "PYRO_VAE_OFFLINE": "1"}
     # while PyTorch loads
     proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", "--help"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     started = time.monotonic()
     code, err = _interrupt_when(proc, lambda: time.monotonic() - started > 0.3, running=False)
     assert code in (0, 130) and "Traceback" not in err and err.count("\n") <= 1, err
@@ -840,7 +848,8 @@ def test_ctrl_c_is_one_line_at_any_moment(tmp_path):
     # (500 epochs: a loaded machine that is slow to look must still find it training)
     argv = ["train", "--dataset", "mnist-sample", "--epochs", "500", "--out", str(out), *QUICK]
     proc = subprocess.Popen([sys.executable, "-m", "pyro_vae", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     code, err = _interrupt_when(proc, lambda: (out / "checkpoint.pt").exists())
     assert code == 130 and err == "pyro-vae train: interrupted\n", err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
@@ -1136,6 +1145,7 @@ def test_ctrl_c_during_the_checkpoint_write_waits_for_it(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     sent = tmp_path / "ready.sent"
     code, err = _interrupt_when(proc, ready.exists, sent.touch)
