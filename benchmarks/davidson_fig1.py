@@ -35,9 +35,16 @@ error per point::
     python benchmarks/davidson_fig1.py --out /tmp/fig1
 
 writes ``davidson_fig1.png`` and ``davidson_fig1.json`` there in about 70 s on two CPU cores
-(measured: 9 s for the autoencoder, 17 s for each N-VAE, 22 s for the S-VAE, the rest scoring).
-``--quick`` (300 points, 15 epochs, one hidden layer of 32) takes a few seconds, for the test
-suite.
+(measured: 9 s for the autoencoder, 17 s for each N-VAE, 22 s for the S-VAE, the rest scoring),
+and prints the table of docs/priors.md. The JSON holds the settings, the machine, every panel's
+figures and its codes (float16, enough to redraw the figure), so ::
+
+    python benchmarks/davidson_fig1.py --from-json benchmarks/results/davidson_fig1.json \
+        --out docs/images
+
+redraws the figure and prints the table from the run in ``benchmarks/results/`` without
+training. ``--quick`` (300 points, 15 epochs, one hidden layer of 32) takes a few seconds, for
+the test suite.
 
 What it showed (seed 0, default settings; seeds 1 and 2 alike): every model separates the
 three components (nearest-centroid accuracy 0.99-1.00 in every panel), and every one keeps
@@ -55,6 +62,7 @@ those here are this script's choices.
 """
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -87,6 +95,14 @@ COLOURS = ("tab:red", "tab:green", "tab:blue")
 # (a) and (e): points of component k are drawn at radius 1 + k * RADIAL_STEP, so that where
 # components overlap on the circle each one stays visible.
 RADIAL_STEP = 0.06
+# The table's row names, as docs/priors.md prints them
+TABLE_ROWS = {
+    "a": "(a) original points",
+    "b": "(b) autoencoder",
+    "c": "(c) N-VAE",
+    "d": "(d) N-VAE, beta = 0.1",
+    "e": "(e) S-VAE",
+}
 # Settings that --quick changes; a flag given on the command line wins over either.
 FULL = {"points": 3000, "epochs": 200, "hidden_sizes": [128, 64], "num_particles": 500}
 QUICK = {"points": 300, "epochs": 15, "hidden_sizes": [32], "num_particles": 10}
@@ -253,6 +269,75 @@ def figure(codes: dict[str, torch.Tensor], labels: torch.Tensor) -> Figure:
     return fig
 
 
+def table(report: dict) -> str:
+    """The markdown table of docs/priors.md: each panel's separation scores and, for the VAEs,
+    the test log p(x) with its standard error over test points."""
+    k = report["settings"]["num_particles"]
+    lines = [
+        f"| panel | silhouette | nearest-centroid accuracy | test log p(x) (K = {k}) |",
+        "|---|---|---|---|",
+    ]
+    for key, name in TABLE_ROWS.items():
+        panel = report["panels"][key]
+        log_px = ""
+        if "test_log_likelihood" in panel:
+            log_px = (
+                f"{panel['test_log_likelihood']:.2f} ± {panel['test_log_likelihood_stderr']:.2f}"
+            )
+        lines.append(
+            f"| {name} | {panel['silhouette']:.3f} | {panel['nearest_centroid_accuracy']:.3f} "
+            f"|{' ' + log_px if log_px else ''} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The codes in the JSON: float16 is ample for a scatter plot, and keeps the file small
+
+
+def pack_codes(codes: dict[str, torch.Tensor], labels: torch.Tensor) -> dict:
+    """Every panel's codes ``(N, 2)`` as base64 of little-endian float16, row after row, and
+    the components as a string of digits."""
+    packed = {
+        "encoding": "base64 of little-endian float16, (N, 2) row-major",
+        "labels": "".join(str(k) for k in labels.tolist()),
+    }
+    for key, points in codes.items():
+        raw = points.detach().cpu().numpy().astype("<f2").tobytes()
+        packed[key] = base64.b64encode(raw).decode("ascii")
+    return packed
+
+
+def unpack_codes(packed: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The inverse of :func:`pack_codes`: each panel's codes ``(N, 2)`` float32, and labels."""
+    labels = torch.tensor([int(k) for k in packed["labels"]])
+    codes = {}
+    for key in PANELS:
+        raw = np.frombuffer(base64.b64decode(packed[key]), dtype="<f2")
+        codes[key] = torch.from_numpy(raw.astype(np.float32)).reshape(-1, 2)
+        if codes[key].shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"panel {key} has {codes[key].shape[0]} codes for {len(labels)} points"
+            )
+    return codes, labels
+
+
+def redraw(path: Path, out: Path) -> dict:
+    """Draw the figure of a run's JSON into ``out`` and print its table; train nothing."""
+    try:
+        report = json.loads(path.read_text())
+        codes, labels = unpack_codes(report["codes"])
+        folder = _output_folder(str(out))
+        png = folder / "davidson_fig1.png"
+        figure(codes, labels).savefig(png, dpi=120)
+        text = table(report)
+    except (IndexError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError: ValueError
+        raise ValueError(f"cannot redraw {path}: {type(e).__name__}: {e}") from None
+    print(text)
+    print(f"wrote {png}")
+    return report
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -308,6 +393,12 @@ def _parser() -> argparse.ArgumentParser:
         "--num-particles",
         type=_positive_int,
         help="K for the test ELBO and log p(x) (500; quick 10)",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="JSON",
+        help="redraw an earlier run's figure into --out and print its table; train nothing",
     )
     return parser
 
@@ -404,7 +495,7 @@ def run(args) -> Result:
         num_test = images.test.shape[0]
     for key in PANELS:
         panels[key].update(separation(codes[key], data.labels))
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "from_json")}
     report = {
         "paper": "Davidson et al. (2018), Hyperspherical variational auto-encoders, Figure 1",
         "machine": machine(),
@@ -417,13 +508,23 @@ def run(args) -> Result:
             "activation": "relu",
         },
         "panels": panels,
+        "codes": pack_codes(codes, data.labels),
     }
     return Result(report, codes, data)
 
 
-def main(argv=None) -> Result:
+def main(argv=None) -> Result | None:
+    """Train and draw, or with ``--from-json`` only redraw (and return None)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    name = Path(sys.argv[0]).name if argv is None else "davidson_fig1.py"
+    if args.from_json is not None:
+        try:
+            redraw(args.from_json, Path(args.out))
+        except (OSError, ValueError) as e:
+            print(f"{name}: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        return None
     if args.points is not None and args.points < 30:
         parser.error(
             f"--points must be at least 30 (three components and a test set), got {args.points}"
@@ -431,7 +532,6 @@ def main(argv=None) -> Result:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    name = Path(sys.argv[0]).name if argv is None else "davidson_fig1.py"
     threads = torch.get_num_threads()
     # The networks are tiny: a second thread only adds synchronisation, and on a busy 2-core
     # machine it made the steps ten times slower (measured)
@@ -449,11 +549,7 @@ def main(argv=None) -> Result:
         raise SystemExit(1) from None
     finally:
         torch.set_num_threads(threads)
-    for panel in result.report["panels"].values():
-        print(
-            f"{panel['title']}: silhouette {panel['silhouette']:.3f}, nearest-centroid "
-            f"accuracy {panel['nearest_centroid_accuracy']:.3f}"
-        )
+    print(table(result.report))
     print(f"wrote {png}\nwrote {report}  ({result.report['seconds']:.0f} s)")
     return result
 

@@ -107,3 +107,66 @@ def test_an_unwritable_out_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--out" in err, err
+
+
+def test_the_json_holds_every_panels_codes_to_float16(quick):
+    out, result = quick
+    saved = json.loads((out / "davidson_fig1.json").read_text())
+    codes, labels = davidson_fig1.unpack_codes(saved["codes"])
+    assert torch.equal(labels, result.data.labels)
+    for key in "abcde":
+        # float16 keeps 11 significant bits: a relative error of at most 2^-11
+        bound = result.codes[key].abs() * 2.0**-11 + 1e-7
+        assert ((codes[key] - result.codes[key]).abs() <= bound).all(), key
+
+
+RESULTS = BENCHMARKS / "results"
+PRIORS_DOC = BENCHMARKS.parent / "docs" / "priors.md"
+
+
+def test_the_committed_run_redraws_and_the_docs_show_its_table(tmp_path, capsys):
+    """``--from-json`` on benchmarks/results/davidson_fig1.json trains nothing, draws the figure
+    and prints a table whose numbers are the JSON's, the table docs/priors.md shows."""
+    path = RESULTS / "davidson_fig1.json"
+    report = json.loads(path.read_text())
+    assert report["machine"] and report["settings"]["points"] == 3000
+    assert report["settings"]["epochs"] == 200 and not report["settings"]["quick"]
+    assert davidson_fig1.main(["--from-json", str(path), "--out", str(tmp_path)]) is None
+    out = capsys.readouterr().out
+    assert (tmp_path / "davidson_fig1.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["davidson_fig1.png"]
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert len(rows) == 5
+    near = {"abs": 0.0005 + 1e-9}  # the table rounds to three decimals
+    for cells, key in zip(rows, "abcde", strict=True):
+        panel = report["panels"][key]
+        assert float(cells[1]) == pytest.approx(panel["silhouette"], **near)
+        assert float(cells[2]) == pytest.approx(panel["nearest_centroid_accuracy"], **near)
+        if key in "cde":
+            value, stderr = (float(part) for part in cells[3].split(" ± "))
+            assert value == pytest.approx(panel["test_log_likelihood"], abs=0.005 + 1e-9)
+            assert stderr == pytest.approx(panel["test_log_likelihood_stderr"], abs=0.005 + 1e-9)
+        else:
+            assert cells[3] == ""
+    table = "\n".join(lines)
+    assert table in PRIORS_DOC.read_text(), f"docs/priors.md does not show this table:\n{table}"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(None, id="missing file"),
+        pytest.param("not json", id="not JSON"),
+        pytest.param('{"panels": {}}', id="no codes"),
+    ],
+)
+def test_a_bad_from_json_is_one_line(content, tmp_path, capsys):
+    path = tmp_path / "davidson_fig1.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        davidson_fig1.main(["--from-json", str(path), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "davidson_fig1.json" in err, err
