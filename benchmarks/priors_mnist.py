@@ -20,11 +20,17 @@ Every model trains ``--epochs`` epochs on the 54,000 training images that pyro_v
 its 10% validation split (the papers train for hundreds to thousands of epochs with early
 stopping: these are short-budget figures, and the tables say so), and is scored on the first
 ``--test-images`` test images with ``-K`` importance samples each. Writes ``DIR/priors_STUDY.json``
-and the figures ``DIR/priors_STUDY.png`` (and ``DIR/priors_beta_reconstructions.png``)::
+(the settings, the machine, every model's scores, and for ``beta`` the reconstructed images) and
+the figures ``DIR/priors_STUDY.png`` (and ``DIR/priors_beta_reconstructions.png``), and prints
+the study's table as docs/priors.md shows it::
 
     python benchmarks/priors_mnist.py --study beta --data-dir ../shared/data --out DIR
     python benchmarks/priors_mnist.py --study sphere --data-dir ../shared/data --out DIR
     python benchmarks/priors_mnist.py --study vamp --data-dir ../shared/data --out DIR
+
+``--from-json benchmarks/results/priors_STUDY.json --out DIR`` redraws a run's figures into
+``DIR`` and prints its table, training nothing (``benchmarks/results/`` holds the runs in the
+docs).
 
 ``--quick`` runs a study with small networks for one epoch on the bundled ``mnist-sample``
 (what the test suite checks).
@@ -45,12 +51,15 @@ Published figures (test log p(x) in nats per image on dynamically binarized MNIS
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from matplotlib.figure import Figure
 from measure import machine
 
@@ -114,6 +123,7 @@ def run_study(study: str, args) -> list[dict]:
             "latent_dim": config.latent_dim,
             "kl_weight": config.kl_weight,
             "kl_warmup": config.kl_warmup,
+            "prior_components": config.prior_components,
             "epochs": config.epochs,
             "train_seconds": round(trained, 1),
             "final_train_objective": result.history[-1]["train_elbo"],
@@ -131,6 +141,33 @@ def run_study(study: str, args) -> list[dict]:
               f"{scores.log_likelihood:8.2f}  KL {scores.kl:6.2f}  active units "
               f"{scores.active_units:2d}  ({trained:.0f} s)", flush=True)  # fmt: skip
     return rows
+
+
+def _pack_images(images: torch.Tensor) -> str:
+    """Images with values in [0, 1] as base64 of their uint8 pixels, ``round(255 * value)``."""
+    pixels = (images.detach().cpu().double().clamp(0, 1) * 255).round().to(torch.uint8)
+    return base64.b64encode(pixels.numpy().tobytes()).decode("ascii")
+
+
+def _unpack_images(text: str, shape: list[int]) -> np.ndarray:
+    """The inverse of :func:`_pack_images`: ``(n, *shape)`` float32 in [0, 1]."""
+    pixels = np.frombuffer(base64.b64decode(text), dtype=np.uint8).astype(np.float32) / 255
+    return pixels.reshape(-1, *shape)
+
+
+def _reconstruction_record(rows: list[dict]) -> dict:
+    """The JSON block behind :func:`_reconstructions`: the test images and, for each beta
+    without warm-up, their reconstructions, 8-bit (enough for the figure, and a small file)."""
+    sel = [r for r in rows if not r["kl_warmup"]]
+    return {
+        "encoding": "base64 of uint8 pixels, round(255 * value), image after image",
+        "image_shape": list(sel[0]["_image_shape"][-2:]),
+        "epochs": sel[0]["epochs"],
+        "test_images": _pack_images(sel[0]["_reconstructions"][0]),
+        "by_kl_weight": {
+            f"{r['kl_weight']:g}": _pack_images(r["_reconstructions"][1]) for r in sel
+        },
+    }
 
 
 def _beta_figure(rows: list[dict]) -> Figure:
@@ -157,26 +194,27 @@ def _beta_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def _reconstructions(rows: list[dict]) -> Figure:
+def _reconstructions(record: dict) -> Figure:
     """Eight test images (top row) and, in each row below, their reconstructions
-    ``E[x | z = mu(x)]`` by the model of one beta (no warm-up)."""
-    sel = [r for r in rows if not r["kl_warmup"]]
-    originals = sel[0]["_reconstructions"][0].cpu()
-    shape = sel[0]["_image_shape"]
+    ``E[x | z = mu(x)]`` by the model of one beta (no warm-up), from
+    :func:`_reconstruction_record`."""
+    shape = record["image_shape"]
+    originals = _unpack_images(record["test_images"], shape)
     lines = [("test images", originals)]
-    lines += [(f"beta = {r['kl_weight']:g}", r["_reconstructions"][1].cpu()) for r in sel]
+    lines += [(f"beta = {beta}", _unpack_images(text, shape))
+              for beta, text in record["by_kl_weight"].items()]  # fmt: skip
     cols = len(originals)
     fig = Figure(figsize=(1.0 * cols + 1.4, 1.0 * len(lines) + 0.4))
     for i, (name, images) in enumerate(lines):
         for j in range(cols):
             ax = fig.add_subplot(len(lines), cols, i * cols + j + 1)
-            ax.imshow(images[j].reshape(shape[-2:]), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(images[j], cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
     fig.suptitle(
-        f"reconstructions by the KL weight ({sel[0]['epochs']} epochs, no warm-up)",
+        f"reconstructions by the KL weight ({record['epochs']} epochs, no warm-up)",
         fontsize="medium",
     )
     fig.subplots_adjust(left=0.16, right=0.99, top=0.92, bottom=0.01, wspace=0.05, hspace=0.05)
@@ -212,9 +250,96 @@ def _sphere_figure(rows: list[dict]) -> Figure:
     return fig
 
 
+def _paper(value: list[float]) -> str:
+    """Davidson et al.'s ``mean ± sd`` as their Table 1 writes it: ``-135.73 ± .83``."""
+    return f"{value[0]:.2f} ± {value[1]:.2f}".replace(" 0.", " .")
+
+
+def table(report: dict) -> str:
+    """The study's markdown table as docs/priors.md shows it, from a report (its JSON)."""
+    runs = report["runs"]
+    if report["study"] == "beta":
+        lines = [
+            f"| beta | warm-up | test ELBO | log p(x) | KL | active units "
+            f"(of {runs[0]['latent_dim']}) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in runs:
+            warm = (
+                f"{r['kl_warmup']} epoch{'s' * (r['kl_warmup'] != 1)}" if r["kl_warmup"] else "none"
+            )
+            lines.append(
+                f"| {r['kl_weight']:g} | {warm} | {r['test_elbo']:.2f} | "
+                f"{r['log_likelihood']:.2f} | {r['kl']:.2f} | {r['active_units']} |"
+            )
+    elif report["study"] == "sphere":
+        lines = [
+            "| d | N-VAE log p(x), here | S-VAE log p(x), here | N-VAE, paper | S-VAE, paper |",
+            "|---|---|---|---|---|",
+        ]
+        paper = report["davidson_table_1"]
+        for d in sorted({r["latent_dim"] for r in runs}):
+            here = {r["prior"]: r["log_likelihood"] for r in runs if r["latent_dim"] == d}
+            lines.append(
+                f"| {d} | {here['normal']:.2f} | {here['hyperspherical']:.2f} | "
+                f"{_paper(paper['normal'][str(d)])} | "
+                f"{_paper(paper['hyperspherical'][str(d)])} |"
+            )
+    else:
+        lines = [
+            f"| prior | test ELBO | log p(x) | KL | active units (of "
+            f"{runs[0]['latent_dim']}) | training |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in runs:
+            name = (
+                "standard, N(0, I)"
+                if r["prior"] == "normal"
+                else f"VampPrior, K = {r['prior_components']}"
+            )
+            lines.append(
+                f"| {name} | {r['test_elbo']:.2f} | {r['log_likelihood']:.2f} ± "
+                f"{r['log_likelihood_stderr']:.2f} | {r['kl']:.2f} | "
+                f"{r['active_units']} | {r['train_seconds']:.0f} s |"
+            )
+    return "\n".join(lines)
+
+
+def draw(report: dict, out: Path) -> list[Path]:
+    """Save the study's figures (none for ``vamp``) into ``out``; their paths."""
+    figures = {}
+    if report["study"] == "beta":
+        figures["priors_beta.png"] = _beta_figure(report["runs"])
+        figures["priors_beta_reconstructions.png"] = _reconstructions(report["reconstructions"])
+    elif report["study"] == "sphere":
+        figures["priors_sphere.png"] = _sphere_figure(report["runs"])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=110)
+    return [out / name for name in figures]
+
+
+def redraw(path: Path, out: Path) -> int:
+    """``--from-json``: draw a run's figures into ``out`` and print its table; train nothing."""
+    try:
+        report = json.loads(path.read_text())
+        text = table(report)
+        written = draw(report, out)
+    except (IndexError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError: ValueError
+        print(f"priors_mnist: cannot redraw {path}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"priors_mnist: {e.strerror or e}: {e.filename or path}", file=sys.stderr)
+        return 1
+    print(text)
+    for name in written:
+        print(f"wrote {name}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", choices=STUDIES, required=True)
+    parser.add_argument("--study", choices=STUDIES, help="required unless --from-json")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw")
     parser.add_argument("--out", required=True, help="folder for the JSON and the figures")
     parser.add_argument("--epochs", type=int, default=10)
@@ -223,29 +348,38 @@ def main(argv=None) -> int:
     parser.add_argument("-K", "--num-particles", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="JSON",
+        help="redraw an earlier run's figures into --out and print its table; train nothing",
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        return redraw(args.from_json, Path(args.out))
+    if args.study is None:
+        parser.error("--study is required (or --from-json)")
     if args.quick:
         args.epochs, args.warmup, args.test_images, args.num_particles = 1, 1, 50, 10
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         rows = run_study(args.study, args)
-        figures = {f"priors_{args.study}.png": {"beta": _beta_figure, "sphere": _sphere_figure,
-                                                "vamp": None}[args.study]}  # fmt: skip
-        if args.study == "beta":
-            figures["priors_beta_reconstructions.png"] = _reconstructions
-        for name, draw in figures.items():
-            if draw is not None:
-                draw(rows).savefig(out / name, dpi=110)
-                print(f"wrote {out / name}")
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-        report = {"study": args.study, "settings": {k: v for k, v in vars(args).items()},
-                  "machine": machine(), "runs": clean}  # fmt: skip
+        settings = {k: v for k, v in vars(args).items() if k != "from_json"}
+        report = {"study": args.study, "settings": settings, "machine": machine(),
+                  "runs": clean}  # fmt: skip
+        if args.study == "beta":
+            report["reconstructions"] = _reconstruction_record(rows)
         if args.study == "sphere":
-            report["davidson_table_1"] = {p: {str(d): v for d, v in t.items()}
+            report["davidson_table_1"] = {p: {str(d): list(v) for d, v in t.items()}
                                           for p, t in DAVIDSON.items()}  # fmt: skip
+        # the figures are drawn from the report, as --from-json draws them
+        for name in draw(report, out):
+            print(f"wrote {name}")
         (out / f"priors_{args.study}.json").write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {out / f'priors_{args.study}.json'}")
+        print(table(report))
     except PyroVAEError as e:
         print(f"priors_mnist: {e}", file=sys.stderr)
         return 1

@@ -164,7 +164,116 @@ def test_priors_quick_runs_write_their_reports(study, tmp_path, capsys):
         assert report["davidson_table_1"]["hyperspherical"]["2"] == [-132.5, 0.73]
     if study != "vamp":
         assert (tmp_path / f"priors_{study}.png").stat().st_size > 1000
-    assert capsys.readouterr().out.count("test ELBO") == expected
+    out = capsys.readouterr().out
+    assert out.count(": test ELBO") == expected  # a line per model as it is scored
+    # the run draws its figures from its report, so --from-json redraws them pixel for pixel
+    again = tmp_path / "again"
+    assert priors_mnist.main(["--from-json", str(tmp_path / f"priors_{study}.json"),
+                              "--out", str(again)]) == 0  # fmt: skip
+    redrawn = sorted(p.name for p in again.iterdir())
+    assert redrawn == {"beta": ["priors_beta.png", "priors_beta_reconstructions.png"],
+                       "sphere": ["priors_sphere.png"], "vamp": []}[study]  # fmt: skip
+    for name in redrawn:
+        assert (again / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+RESULTS = BENCHMARKS / "results"
+PRIORS_DOC = BENCHMARKS.parent / "docs" / "priors.md"
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The body cells of the markdown table in ``text``: header and rule left out."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def _number_and_stderr(cell: str) -> tuple[float, float]:
+    value, stderr = cell.split(" ± ")
+    return float(value), float(stderr)
+
+
+# the settings of docs/priors.md's command for each study
+PRIORS_COMMANDS = {
+    "beta": {"epochs": 3, "warmup": 2, "test_images": 1000, "num_particles": 500},
+    "sphere": {"epochs": 5, "test_images": 1000, "num_particles": 500},
+    "vamp": {"epochs": 5, "warmup": 2, "test_images": 1000, "num_particles": 500},
+}
+
+
+@pytest.mark.parametrize("study", ["beta", "sphere", "vamp"])
+def test_priors_tables_in_the_docs_are_the_committed_runs(study, tmp_path, capsys):
+    """``--from-json`` on each run in benchmarks/results/ trains nothing, prints a table whose
+    numbers are the JSON's (to the two decimals shown), draws its figures, and that table is
+    the one docs/priors.md shows."""
+    import json
+
+    import priors_mnist
+
+    path = RESULTS / f"priors_{study}.json"
+    report = json.loads(path.read_text())
+    assert report["study"] == study and report["machine"]
+    settings = {k: report["settings"][k] for k in PRIORS_COMMANDS[study]}
+    assert settings == PRIORS_COMMANDS[study] and not report["settings"]["quick"]
+    assert priors_mnist.main(["--from-json", str(path), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows, runs = markdown_rows(out), report["runs"]
+    near = {"abs": 0.005 + 1e-9}  # the table rounds to two decimals
+    if study == "beta":
+        assert len(rows) == len(runs) == 10
+        for cells, r in zip(rows, runs, strict=True):
+            assert float(cells[0]) == r["kl_weight"]
+            assert cells[1] == (f"{r['kl_warmup']} epochs" if r["kl_warmup"] else "none")
+            numbers = [float(c) for c in cells[2:5]]
+            assert numbers == pytest.approx([r["test_elbo"], r["log_likelihood"], r["kl"]], **near)
+            assert int(cells[5]) == r["active_units"]
+        figures = ["priors_beta.png", "priors_beta_reconstructions.png"]
+    elif study == "sphere":
+        assert len(rows) == 5 and len(runs) == 10
+        for cells in rows:
+            d = int(cells[0])
+            here = {r["prior"]: r["log_likelihood"] for r in runs if r["latent_dim"] == d}
+            assert float(cells[1]) == pytest.approx(here["normal"], **near)
+            assert float(cells[2]) == pytest.approx(here["hyperspherical"], **near)
+            for cell, prior in zip(cells[3:], ("normal", "hyperspherical"), strict=True):
+                paper = priors_mnist.DAVIDSON[prior][d]
+                mean, sd = cell.split(" ± ")
+                assert (float(mean), float(sd)) == paper
+        figures = ["priors_sphere.png"]
+    else:
+        assert len(rows) == len(runs) == 2
+        for cells, r in zip(rows, runs, strict=True):
+            assert float(cells[1]) == pytest.approx(r["test_elbo"], **near)
+            log_px = _number_and_stderr(cells[2])
+            expected = (r["log_likelihood"], r["log_likelihood_stderr"])
+            assert log_px == pytest.approx(expected, **near)
+            assert float(cells[3]) == pytest.approx(r["kl"], **near)
+            assert int(cells[4]) == r["active_units"]
+            assert float(cells[5].removesuffix(" s")) == pytest.approx(r["train_seconds"], abs=0.5)
+        figures = []
+    assert sorted(p.name for p in tmp_path.iterdir()) == figures
+    for name in figures:
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+    assert table in PRIORS_DOC.read_text(), f"docs/priors.md does not show this table:\n{table}"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(None, id="missing file"),
+        pytest.param("not json", id="not JSON"),
+        pytest.param('{"study": "beta", "runs": []}', id="no runs"),
+    ],
+)
+def test_priors_from_a_bad_json_is_one_line(content, tmp_path, capsys):
+    import priors_mnist
+
+    path = tmp_path / "priors_beta.json"
+    if content is not None:
+        path.write_text(content)
+    assert priors_mnist.main(["--from-json", str(path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "priors_beta.json" in err, err
 
 
 @pytest.mark.parametrize("figure", [2, 3])
