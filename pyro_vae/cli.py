@@ -740,9 +740,10 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     _not_another_run(Path(args.out or args.run_dir), args.run_dir)
-    run = load_run(args.run_dir)
-    test, data = _test_images(run, args.data_dir)
-    with locked_folder(args.out or args.run_dir, create=True) as out_dir:
+    # the run folder itself is not created: a missing one is "no run folder"
+    with locked_folder(args.out or args.run_dir, create=args.out is not None) as out_dir:
+        run = load_run(args.run_dir)
+        test, data = _test_images(run, args.data_dir)
         write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir,
                     data.class_names)  # fmt: skip
     return 0

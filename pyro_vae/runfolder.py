@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock, and no locking
     fcntl = None
 
-__all__ = ["LOCK_FILE", "locked_folder"]
+__all__ = ["LOCK_FILE", "holds", "locked_folder"]
 
 LOCK_FILE = ".pyro_vae.lock"
 
@@ -77,6 +77,11 @@ def _acquire(folder: Path) -> int:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def holds(folder: str | os.PathLike) -> bool:
+    """Whether this process holds ``folder`` (inside :func:`locked_folder`)."""
+    return fcntl is not None and Path(folder).resolve() in _held
 
 
 @contextlib.contextmanager

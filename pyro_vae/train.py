@@ -92,7 +92,7 @@ from pyro_vae.networks import check_network_settings, conv_sizes
 from pyro_vae.objectives import check_kl_weight, check_objective, kl_weight_at, make_elbo
 from pyro_vae.optim import JointOptimizer, check_optimizer_settings, lr_factor
 from pyro_vae.priors import check_prior
-from pyro_vae.runfolder import locked_folder
+from pyro_vae.runfolder import holds, locked_folder
 
 __all__ = [
     "MAX_SEED",
@@ -377,6 +377,7 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
         f"train, more than there is"
         + (f" ({memory[1]})" if memory else f" on {config.device}")
         + "; choose smaller --hidden-sizes or --latent-dim"
+        + (" or fewer --prior-components" if config.prior in ("mixture", "vamp") else "")
     )
     if memory is not None and needed > memory[0]:
         raise too_big
@@ -399,9 +400,33 @@ def make_optimizer(config: TrainConfig) -> JointOptimizer:
                           algorithm=config.optimizer, weight_decay=config.weight_decay)  # fmt: skip
 
 
+def _metrics_text(history: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in history)
+
+
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
+    atomic_write_bytes(run_dir / METRICS_FILE, _metrics_text(history).encode())
+
+
+def _catch_up_records(run_dir: Path, state: dict) -> None:
+    """Bring ``metrics.jsonl`` and ``config.json`` up to the checkpoint they belong beside.
+
+    The three are written in that order under one deferral of Ctrl-C and SIGTERM; only a
+    ``kill -9`` (or a power cut) between them leaves the checkpoint of epoch n beside the
+    metrics of epoch n - 1. The checkpoint holds the whole history, so a process holding the
+    folder (no run is writing it) rewrites the two from it. Metrics that are not a beginning of
+    the checkpoint's history are someone else's file and stay as they are: nothing is lost.
+    """
+    expected = _metrics_text(state["history"])
+    try:
+        found = (run_dir / METRICS_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        found = None
+    if found == expected or not expected.startswith(found or ""):
+        return
+    with contextlib.suppress(OutputError), signals_deferred():
+        write_json(run_dir / CONFIG_FILE, state["config"])
+        _write_metrics(run_dir, state["history"])
 
 
 def _check_step_memory(config: TrainConfig, image_shape: Sequence[int]) -> None:
@@ -1137,6 +1162,8 @@ def _load_run(run_dir: Path, device: str, vae: VAE | None) -> TrainResult:
     path = run_dir / CHECKPOINT_FILE
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
+    if holds(run_dir):  # no run is writing it: the records can catch up with the checkpoint
+        _catch_up_records(run_dir, state)
     image_shape = tuple(state.get("image_shape", (28, 28)))
     if config.arch == "custom":
         if vae is None:

@@ -26,6 +26,7 @@ from pyro_vae.checkpoint import load_checkpoint, state_checksum
 from pyro_vae.cli import main
 from pyro_vae.errors import CheckpointError
 from pyro_vae.runfolder import LOCK_FILE
+from pyro_vae.train import load_run
 
 QUICK = ["--train-size", "512", "--batch-size", "64", "--hidden-sizes", "32", "--latent-dim",
          "4", "--eval-particles", "10", "--eval-images", "40", "--no-progress"]  # fmt: skip
@@ -80,6 +81,12 @@ CASES = [
         ["train", "--dataset", "mnist-sample", "--hidden-sizes", "1000000000"],
         "parameters",
         id="train hidden sizes 1e9",
+    ),  # fmt: skip
+    pytest.param(
+        ["train", "--dataset", "mnist-sample", "--prior", "mixture", "--prior-components",
+         "1000000000"],
+        "fewer --prior-components",
+        id="train mixture components 1e9",
     ),  # fmt: skip
     pytest.param(
         ["train", "--jit", "--estimator", "reinforce-baseline", "--objective", "elbo"],
@@ -1184,3 +1191,33 @@ def test_a_sigterm_at_either_end_of_a_command(tmp_path, monkeypatch, capsys, whe
     assert status == 143
     assert capsys.readouterr().err == expected
     assert signal.getsignal(signal.SIGTERM) == handler
+
+
+@pytest.mark.parametrize("command", ["evaluate", "plot"])
+def test_records_left_behind_by_a_kill_catch_up_with_the_checkpoint(run, tmp_path, capsys,
+                                                                    command):  # fmt: skip
+    """A ``kill -9`` between the checkpoint of epoch 2 and the files beside it leaves the
+    metrics (and, a moment earlier, the config) of epoch 1; the next command that holds the
+    folder writes them again from the checkpoint, which holds the whole history."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    metrics, config = (copy / "metrics.jsonl").read_text(), (copy / "config.json").read_text()
+    assert len(metrics.splitlines()) == 2
+    (copy / "metrics.jsonl").write_text(metrics.splitlines(keepends=True)[0])
+    (copy / "config.json").write_text(config.replace('"epochs": 2', '"epochs": 1'))
+    load_run(copy)  # from Python, without holding the folder: a reader only
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 1
+    argv = [command, str(copy)] + (["-K", "2", "--num-images", "5"] if command == "evaluate" else [])
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (copy / "metrics.jsonl").read_text() == metrics
+    assert (copy / "config.json").read_text() == config
+
+
+def test_metrics_that_are_not_the_checkpoints_stay(run, tmp_path, capsys):
+    """A ``metrics.jsonl`` that is not a beginning of the checkpoint's history (the user's
+    own notes) is not a record left behind: nothing overwrites it."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "metrics.jsonl").write_text("my notes\n")
+    assert main(["evaluate", str(copy), "-K", "2", "--num-images", "5"]) == 0
+    assert (copy / "metrics.jsonl").read_text() == "my notes\n"
