@@ -124,12 +124,20 @@ RESULTS = BENCHMARKS / "results"
 PRIORS_DOC = BENCHMARKS.parent / "docs" / "priors.md"
 
 
-def test_the_committed_run_redraws_and_the_docs_show_its_table(tmp_path, capsys):
-    """``--from-json`` on benchmarks/results/davidson_fig1.json trains nothing, draws the figure
-    and prints a table whose numbers are the JSON's, the table docs/priors.md shows."""
-    path = RESULTS / "davidson_fig1.json"
+@pytest.mark.parametrize(
+    "name, concentration, noise",
+    [("davidson_fig1.json", 10.0, 0.3), ("davidson_fig1_noisy.json", 4.0, 1.0)],
+)
+def test_the_committed_run_redraws_and_the_docs_show_its_table(tmp_path, capsys, name,
+                                                                concentration, noise):  # fmt: skip
+    """``--from-json`` on a committed run (the default data, and the noisier data of
+    ``--concentration 4 --noise 1``) trains nothing, draws the figure and prints a table whose
+    numbers are the JSON's, the table docs/priors.md shows."""
+    path = RESULTS / name
     report = json.loads(path.read_text())
     assert report["machine"] and report["settings"]["points"] == 3000
+    assert report["settings"]["concentration"] == concentration
+    assert report["settings"]["noise"] == noise
     assert report["settings"]["epochs"] == 200 and not report["settings"]["quick"]
     assert davidson_fig1.main(["--from-json", str(path), "--out", str(tmp_path)]) is None
     out = capsys.readouterr().out
