@@ -31,12 +31,10 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
+from pyro_vae.config import add_config_arguments, given_settings, read_config_file
 from pyro_vae.data import (
-    BINARIZATIONS,
-    DATASETS,
     DataFallbackWarning,
     ImageData,
-    is_named_dataset,
     load_dataset,
 )
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
@@ -44,9 +42,6 @@ from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
 from pyro_vae.isolation import check_seed
 from pyro_vae.memory import binding_limit
-from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.plots import (
     interpolation_figure,
     latent_scatter_figure,
@@ -55,7 +50,6 @@ from pyro_vae.plots import (
     reconstructions_figure,
     samples_figure,
 )
-from pyro_vae.priors import PRIORS
 from pyro_vae.runfolder import LOCK_FILE, locked_folder
 from pyro_vae.train import (
     CHECKPOINT_FILE,
@@ -161,18 +155,6 @@ def _test_images(run: TrainResult, data_dir: str | None) -> tuple[torch.Tensor, 
     return run_images(run.config, data).test, data
 
 
-def _dataset(value: str) -> str:
-    """--dataset: a built-in name, or the path of a folder or array that is there."""
-    if is_named_dataset(value) or os.path.isdir(value):
-        return value
-    if value.lower().endswith((".npy", ".npz")) and os.path.isfile(value):
-        return value
-    raise argparse.ArgumentTypeError(
-        f"invalid choice: {value!r} (choose from {', '.join(DATASETS)}, or give a folder of "
-        "PNG/JPEG images or a .npy/.npz file that exists)"
-    )
-
-
 def _mnist_or_sample(data_dir: str | None, loud: bool = True) -> ImageData:
     """MNIST, else the bundled sample with a warning that stands out on stderr (unless
     ``loud`` is false: the processes of a distributed run other than rank 0)."""
@@ -216,170 +198,14 @@ def _add_shared(
 # -- train ----------------------------------------------------------------------------------
 
 
-def _add_config_arguments(p: argparse.ArgumentParser, study: bool = False) -> None:
-    """The TrainConfig flags. They default to None so that --resume can tell which were given.
-    The estimator study (``study``) trains with objective elbo and K = 1 and takes a list of
-    estimators: it gets neither --objective, -K nor --estimator."""
-    _add_data_arguments(p.add_argument_group("data"))
-    _add_model_arguments(p.add_argument_group("model"))
-    _add_optimizer_arguments(p.add_argument_group("objective and optimizer"), study)
-
-
-def _add_data_arguments(g: argparse._ArgumentGroup) -> None:
-    d = TrainConfig()
-    g.add_argument(
-        "--dataset",
-        type=_dataset,
-        metavar="NAME|PATH",
-        help=f"{', '.join(DATASETS)} (default {d.dataset}; if MNIST is missing and cannot be "
-        "downloaded, the bundled mnist-sample is used, loudly), or a folder of PNG/JPEG "
-        "images (class sub-folders become labels; train/ and test/ sub-folders the split) "
-        "or a .npy/.npz array of images (see pyro_vae.imagefiles)",
-    )
-    g.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="resize the images of a folder or array: N (square) or H W",
-    )
-    g.add_argument(
-        "--valid-fraction",
-        type=float,
-        help=f"of the training images, held out to score each epoch (default {d.valid_fraction}"
-        "; 0: score on the test set, as papers that train on all 60,000 MNIST images do)",
-    )
-    g.add_argument(
-        "--split-seed",
-        type=int,
-        help=f"draws the validation split (default {d.split_seed}; runs of any --seed share it)",
-    )
-    _add_shared(
-        g, "data_dir", help="data root (default $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data)"
-    )
-    g.add_argument(
-        "--binarize", choices=BINARIZATIONS, help="default dynamic for bernoulli, else none"
-    )
-    g.add_argument("--train-size", type=int, help="use only the first N training images")
-
-
-def _add_model_arguments(g: argparse._ArgumentGroup) -> None:
-    d = TrainConfig()
-    g.add_argument(
-        "--arch",
-        choices=ARCHITECTURES,
-        help=f"default {d.arch}; conv: stride-2 convolutions and transposed convolutions "
-        "sized from the images (pyro_vae.networks)",
-    )
-    g.add_argument(
-        "--conv-channels",
-        type=int,
-        nargs="+",
-        metavar="C",
-        help="channels of the conv encoder's stride-2 convolutions, mirrored in the decoder "
-        f"(default {' '.join(map(str, d.conv_channels))})",
-    )
-    g.add_argument("--latent-dim", type=int, help=f"default {d.latent_dim}")
-    g.add_argument(
-        "--hidden-sizes",
-        type=int,
-        nargs="+",
-        metavar="H",
-        help="encoder widths, mirrored in the decoder; for conv, the dense layers after the "
-        f"convolutions (default {d.hidden_sizes[0]})",
-    )
-    g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"default {d.activation}")
-    g.add_argument("--likelihood", choices=LIKELIHOODS, help=f"default {d.likelihood}")
-    g.add_argument(
-        "--prior",
-        choices=PRIORS,
-        help=f"p(z) (default {d.prior}): a learned mixture of Gaussians, the VampPrior, or the "
-        "uniform distribution on the unit sphere with a Power Spherical guide (an S-VAE)",
-    )
-    g.add_argument(
-        "--prior-components",
-        type=int,
-        metavar="K",
-        help="Gaussians of the mixture prior (default 10) or pseudo-inputs of the VampPrior "
-        "(default 500)",
-    )
-
-
-def _add_optimizer_arguments(g: argparse._ArgumentGroup, study: bool) -> None:
-    d = TrainConfig()
-    if not study:
-        g.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
-        g.add_argument("--estimator", choices=ESTIMATORS, help=f"default {d.estimator}")
-    g.add_argument(
-        "--baseline-beta",
-        type=float,
-        help=f"decay of the REINFORCE running-average baseline (default {d.baseline_beta})",
-    )
-    g.add_argument(
-        "--baseline-learning-rate",
-        type=float,
-        help=f"Adam learning rate of the nn baseline (default {d.baseline_learning_rate})",
-    )
-    if not study:
-        _add_shared(g, "num_particles", help="samples per image (default 1)")
-        g.add_argument(
-            "--kl-weight",
-            type=float,
-            metavar="BETA",
-            help="the KL's weight in the training objective, a beta-VAE (default 1); the "
-            "evaluation always reports the true ELBO",
-        )
-        g.add_argument(
-            "--kl-warmup",
-            type=int,
-            metavar="EPOCHS",
-            help="ramp the KL weight linearly from 0 to --kl-weight over EPOCHS epochs",
-        )
-    g.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        help="adam (the default) or adagrad, Kingma & Welling's (2013) optimizer",
-    )
-    g.add_argument(
-        "--lr",
-        "--learning-rate",
-        dest="learning_rate",
-        type=float,
-        help=f"learning rate (default {d.learning_rate})",
-    )
-    g.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        help="constant (the default) or iwae: Burda et al. (2015), 3^i epochs at "
-        "10^(-i/7) times --lr for i = 0..7",
-    )
-    g.add_argument("--adam-eps", type=float, help=f"Adam's epsilon (default {d.adam_eps:g})")
-    g.add_argument("--clip-norm", type=float, help="clip each parameter's gradient norm")
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        help="times each parameter, added to its batch-summed gradient (default 0); "
-        "batch size / training images is a N(0, I) prior on the parameters",
-    )
-    g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    _add_shared(g, "seed", default=None, help=f"default {d.seed} (0 to 2**32 - 1)")
-    _add_shared(g, "device")
-    g.add_argument("--jit", action="store_const", const=True, help="Pyro's JIT-compiled ELBOs")
-
-
-CONFIG_FLAGS = [f.name for f in dataclasses.fields(TrainConfig)]
-
-
-def _config_overrides(args: argparse.Namespace) -> dict:
-    given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
-    for name in ("hidden_sizes", "conv_channels"):
-        if name in given:
-            given[name] = tuple(given[name])
-    if "image_size" in given:
-        size = given["image_size"]
-        given["image_size"] = tuple(size * 2 if len(size) == 1 else size)
-    return given
+def _config_settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict:
+    """The settings of ``--config FILE`` (if the command has it), then the flags given over
+    them: what a new run is built from, or what a resumed run's flags say."""
+    settings = dict(base or {})
+    if getattr(args, "config", None) is not None:
+        settings.update(read_config_file(args.config))
+    settings.update(given_settings(args))
+    return settings
 
 
 # what 0 active units means, for whoever meets it first (one epoch on a small sample, say)
@@ -473,7 +299,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a VAE with Pyro's SVI; write config, checkpoint, "
         "metrics, a final evaluation and pictures into a run folder.",
     )
-    _add_config_arguments(p)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a JSON or TOML file of TrainConfig's fields (a run's config.json, "
+        "say); the flags given override them",
+    )
+    add_config_arguments(p)
     g = p.add_argument_group("run folder and final evaluation")
     g.add_argument("--out", help="run folder (default runs/DATASET-TIME)")
     g.add_argument(
@@ -517,7 +349,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     _check_count(args.eval_particles, "--eval-particles")
     _check_count(args.eval_images, "--eval-images", low=0)
-    given = _config_overrides(args)
+    if args.resume and args.config:
+        raise ConfigError("a resumed run keeps its own config; give --resume without --config")
+    given = _config_settings(args)
     # a line an epoch on stderr, and the bar too on a terminal (fit decides); in a pipe or a
     # log file (CI, nohup, SLURM) the lines alone
     progress = not args.no_progress
@@ -838,7 +672,7 @@ def _add_compare_estimators_parser(sub: argparse._SubParsersAction) -> None:
         "with the same seed and budget, objective elbo, K = 1. Writes CSV/JSON tables and "
         "figures into a new folder.",
     )
-    _add_config_arguments(p, study=True)
+    add_config_arguments(p, study=True)
     p.add_argument(
         "--estimators",
         nargs="+",
@@ -886,7 +720,7 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
     for dest, message in _STUDY_REFUSES.items():
         if getattr(args, dest, None) not in (None, False):
             raise ConfigError(message)
-    config = TrainConfig(**{"objective": "elbo", **_config_overrides(args)})
+    config = TrainConfig(**_config_settings(args, {"objective": "elbo"}))
     config.validate()
     _check_count(args.num_estimates, "--num-estimates", low=2)
     _check_count(args.reference_estimates, "--reference-estimates", low=2)

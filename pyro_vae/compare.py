@@ -123,13 +123,13 @@ def compare_estimators(
         raise ConfigError("no estimators to compare")
     for estimator in estimators:
         check_estimator(estimator)
-    if config.objective != "elbo" or config.num_particles != 1:
+    if config.objective not in (None, "elbo") or config.num_particles != 1:
         raise ConfigError(
             "the estimator study trains every estimator with objective 'elbo' and K = 1 (the "
             f"score-function estimators need it), got {config.objective!r} with K = "
             f"{config.num_particles}"
         )
-    config = dataclasses.replace(config, estimator="reparam")
+    config = dataclasses.replace(config, objective="elbo", estimator="reparam")
     config.validate()
     bad = [e for e in gradient_epochs if not 0 <= e <= config.epochs]
     if not gradient_epochs or bad:

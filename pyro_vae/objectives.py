@@ -644,6 +644,7 @@ def make_elbo(
     estimator: str = "reparam",
     num_particles: int = 1,
     jit: bool = False,
+    mcem_transitions: int = 3,
 ) -> infer.ELBO:
     """The Pyro ELBO object for an objective.
 
@@ -651,6 +652,7 @@ def make_elbo(
     :param estimator: the guide's estimator, checked for compatibility.
     :param num_particles: ``K``, samples per image (vectorized).
     :param jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``).
+    :param mcem_transitions: for ``mcem``, HMC transitions an E-step (:class:`MonteCarloEM`).
     """
     check_objective(objective, estimator, num_particles, jit)
     if objective == "wake-sleep":
@@ -658,7 +660,7 @@ def make_elbo(
     if objective == "rws":
         return ReweightedWakeSleep(num_particles)
     if objective == "mcem":
-        return MonteCarloEM()
+        return MonteCarloEM(num_transitions=mcem_transitions)
     # One particle needs no particle plate: without it every site skips a broadcast.
     vectorize = int(num_particles) > 1
     kwargs = dict(

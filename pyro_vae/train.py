@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -53,16 +52,14 @@ from pyro_vae.checkpoint import (
     signals_deferred,
     write_json,
 )
-from pyro_vae.checks import require_choice, require_flag, require_whole
+from pyro_vae.checks import require_flag
+from pyro_vae.config import TrainConfig, check_device
 from pyro_vae.data import (
     VALID_BINARIZATION_SEED,
     BatchLoader,
     ImageData,
     as_float,
     binarize_once,
-    check_data_settings,
-    default_binarize,
-    is_named_dataset,
     load_dataset,
     mean_image,
     prepare_images,
@@ -76,7 +73,7 @@ from pyro_vae.errors import (
     OutputError,
     PyroVAEError,
 )
-from pyro_vae.estimators import check_estimator, uses_baseline
+from pyro_vae.estimators import uses_baseline
 from pyro_vae.evaluate import importance_sampled_log_likelihood, outputs_finite
 from pyro_vae.isolation import (
     MAX_SEED,
@@ -88,10 +85,9 @@ from pyro_vae.isolation import (
 )
 from pyro_vae.memory import binding_limit
 from pyro_vae.model import VAE, image_shape_chw
-from pyro_vae.networks import check_network_settings, conv_sizes
-from pyro_vae.objectives import check_kl_weight, check_objective, kl_weight_at, make_elbo
-from pyro_vae.optim import JointOptimizer, check_optimizer_settings, lr_factor
-from pyro_vae.priors import check_prior
+from pyro_vae.networks import conv_sizes
+from pyro_vae.objectives import kl_weight_at, make_elbo
+from pyro_vae.optim import JointOptimizer, lr_factor
 from pyro_vae.runfolder import holds, locked_folder
 
 __all__ = [
@@ -110,178 +106,10 @@ __all__ = [
 ]
 
 CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.jsonl"
-# Settings that may change when a run is resumed; every other field must match.
-RESUMABLE_FIELDS = ("epochs", "device", "data_dir")
-# Fields that configs of earlier versions stored and this one ignores: the progress display
-# (now an argument of fit) and the note of an MNIST fallback (now a warning; the dataset field
-# says which data were used).
-RETIRED_FIELDS = ("progress", "data_fallback")
-_DEVICE = re.compile(r"^(cpu|cuda)(:[0-9]+)?$")
 
 
 class TrainingDiverged(PyroVAEError):
     """The training objective became NaN or infinite."""
-
-
-def check_device(device: Any) -> None:
-    """Raise :class:`ConfigError` unless ``device`` is ``cpu``, ``cuda`` or ``cuda:N`` here."""
-    if not isinstance(device, str) or not _DEVICE.match(device):
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {device!r} asked for, but this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs, saved with it. Defaults: the 784-400-20 MNIST VAE.
-
-    Each setting is checked by the module that uses it (:meth:`validate` asks them all), so a
-    ``VAE(...)`` built by hand refuses exactly what a config refuses.
-    """
-
-    # data (pyro_vae.data)
-    dataset: str = "mnist"  # mnist, fashion-mnist, frey-faces, mnist-sample, or a path: a
-    # folder of PNG/JPEG images or a .npy/.npz array (pyro_vae.imagefiles)
-    data_dir: str | None = None  # else $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data
-    image_size: tuple[int, int] | None = None  # resize a folder's or array's images to (H, W)
-    binarize: str | None = None  # None: dynamic for bernoulli (Burda et al. 2015), else none
-    valid_fraction: float = 0.1  # of the training images, held out to score each epoch
-    split_seed: int = 0  # draws the validation split; fixed, so runs of any seed share it
-    train_size: int | None = None  # use only the first N training images (quick runs, tests)
-    # networks (pyro_vae.networks)
-    arch: str = "mlp"  # mlp, conv, or custom: hand-written networks passed to fit(vae=...)
-    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of the stride-2 convolutions
-    latent_dim: int = 20
-    hidden_sizes: tuple[int, ...] = (400,)  # dense layers (after the convolutions for conv)
-    activation: str = "relu"
-    likelihood: str = "bernoulli"
-    # the prior p(z) (pyro_vae.priors): normal, mixture, vamp or hyperspherical
-    prior: str = "normal"
-    prior_components: int | None = None  # K of mixture (default 10) and vamp (default 500)
-    # objective and gradient estimator (pyro_vae.objectives, pyro_vae.estimators)
-    objective: str = "elbo-analytic-kl"  # same bound as "elbo", closed-form KL: less variance
-    estimator: str = "reparam"  # reparam, reinforce, reinforce-baseline, ...-nn-baseline, stl
-    baseline_beta: float = 0.9  # decay of the reinforce-baseline running average
-    baseline_learning_rate: float = 1e-2  # Adam learning rate of the nn baseline
-    num_particles: int = 1  # K: samples per image for the training objective
-    kl_weight: float = 1.0  # beta: the KL's weight in the training objective (beta-VAE)
-    kl_warmup: int = 0  # epochs of a linear ramp of the KL weight from 0 to kl_weight
-    # optimizer and schedule (pyro_vae.optim)
-    optimizer: str = "adam"  # or "adagrad", Kingma & Welling's (2013)
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # or "iwae": Burda et al.'s 3^i epochs at 10^(-i/7) times it
-    adam_eps: float = 1e-8  # Adam's epsilon; Burda et al. (2015) use 1e-4
-    clip_norm: float | None = None  # clip each parameter's gradient norm (Pyro's clip_args)
-    weight_decay: float = 0.0  # times the parameters, added to the batch-summed gradient
-    epochs: int = 10
-    batch_size: int = 128
-    # where and how it runs
-    seed: int = 0
-    device: str = "cpu"
-    jit: bool = False  # Pyro's JIT-compiled ELBOs
-
-    def __post_init__(self) -> None:
-        # Conversions that lose nothing; anything else is left for validate() to name.
-        if isinstance(self.hidden_sizes, list):
-            self.hidden_sizes = tuple(self.hidden_sizes)
-        if isinstance(self.conv_channels, list):
-            self.conv_channels = tuple(self.conv_channels)
-        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
-            self.image_size = (self.image_size, self.image_size)
-        elif isinstance(self.image_size, list):
-            self.image_size = tuple(self.image_size)
-        if isinstance(self.dataset, os.PathLike):
-            self.dataset = os.fspath(self.dataset)
-        if isinstance(self.dataset, str) and not is_named_dataset(self.dataset):
-            if os.path.exists(self.dataset):  # the run records where its images are
-                self.dataset = os.path.abspath(self.dataset)
-        if isinstance(self.data_dir, os.PathLike):
-            self.data_dir = os.fspath(self.data_dir)
-        if self.binarize is None and isinstance(self.likelihood, str):
-            self.binarize = default_binarize(self.likelihood)
-
-    def validate(self, here: bool = True) -> None:
-        """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
-        that clash; with ``here``, also a device or a data path this machine does not have."""
-        check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size,
-                            self.valid_fraction, self.image_size, here)  # fmt: skip
-        check_seed(self.split_seed, "split_seed")
-        if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise ConfigError(f"data_dir must be a string or None, got {self.data_dir!r}")
-        require_choice(self.arch, "arch", ("mlp", "conv", "custom"))
-        arch = "mlp" if self.arch == "custom" else self.arch  # custom: the nets are checked
-        self.hidden_sizes = check_network_settings(  # when the VAE is built
-            self.latent_dim, self.hidden_sizes, self.activation, self.likelihood, arch,
-            self.conv_channels,
-        )  # fmt: skip
-        check_prior(self.prior, self.prior_components, self.latent_dim)
-        check_estimator(self.estimator, self.baseline_beta)
-        check_objective(self.objective, self.estimator, self.num_particles, self.jit)
-        check_kl_weight(self.kl_weight, self.kl_warmup, self.objective, self.estimator)
-        if self.objective == "mcem" and self.prior == "hyperspherical":
-            raise ConfigError(
-                "objective 'mcem' samples the posterior by HMC in R^d, and the hyperspherical "
-                "latent lives on the sphere; choose another prior"
-            )
-        check_optimizer_settings(
-            self.learning_rate,
-            self.baseline_learning_rate,
-            self.adam_eps,
-            self.clip_norm,
-            self.lr_schedule,
-            self.optimizer,
-            self.weight_decay,
-        )
-        require_whole(self.epochs, "epochs")
-        check_seed(self.seed)
-        if here:
-            check_device(self.device)
-        elif not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ConfigError(f"unknown device {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        d["conv_channels"] = list(self.conv_channels)
-        d["image_size"] = list(self.image_size) if self.image_size is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config stored in a run (``config.json`` or a checkpoint), checked.
-
-        :raises CheckpointError: unknown fields, values of the wrong type or out of range.
-        """
-        if not isinstance(d, dict):
-            raise CheckpointError(f"a stored config must be a table of settings, got {d!r}")
-        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
-        # runs from before the validation split scored each epoch on the test set
-        d.setdefault("valid_fraction", 0.0)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(map(str, d)) - known)
-        if unknown:
-            raise CheckpointError(f"config has unknown fields {unknown}")
-        try:
-            config = cls(**d)
-            # where the run was trained may not be here: its device and data need not exist
-            config.validate(here=False)
-        except (ConfigError, TypeError, ValueError) as e:
-            raise CheckpointError(f"the stored config is invalid: {e}") from None
-        return config
-
-    def differences(self, other: TrainConfig) -> list[str]:
-        """``"name: mine != other's"`` for each field that must match on resume."""
-        a, b = self.to_dict(), other.to_dict()
-        return [
-            f"{k}: {a[k]!r} != {b[k]!r}" for k in a if k not in RESUMABLE_FIELDS and a[k] != b[k]
-        ]
 
 
 @dataclass
@@ -666,6 +494,7 @@ def fit(
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"fit takes a TrainConfig, got {type(config).__name__}")
     config.validate()
+    config = config.resolved()  # what the run records: the objective the estimator chose
     require_flag(progress, "progress")
     if resume and run_dir is None:
         raise ConfigError("resume needs a run folder")
@@ -948,8 +777,9 @@ class SVIStep:
 def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
     """One optimization step on a batch, returning its summed loss: :class:`SVIStep`, or in a
     distributed run :class:`pyro_vae.distributed.DistributedStep` (summed over processes)."""
-    elbo = make_elbo(run.config.objective, run.config.estimator, run.config.num_particles,
-                     run.config.jit)  # fmt: skip
+    config = run.config
+    elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit,
+                     config.mcem_transitions)  # fmt: skip
     if run.world.size == 1:
         return SVIStep(run.vae.model, run.vae.guide, run.optim, elbo)
     return DistributedStep(run.vae, elbo, run.optim, run.world, run.config.device)

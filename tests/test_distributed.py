@@ -86,6 +86,7 @@ def reference(config: TrainConfig, world: int = 2) -> dict:
 
 
 def _reference(config: TrainConfig, world: int) -> tuple[dict, dict]:
+    config = config.resolved()  # as fit resolves it
     with isolated(config.seed) as store:
         images = run_images(config)
         vae = build_vae(config, images.data.image_shape)

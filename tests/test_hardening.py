@@ -83,8 +83,15 @@ CASES = [
         id="train hidden sizes 1e9",
     ),  # fmt: skip
     pytest.param(
-        ["train", "--dataset", "mnist-sample", "--prior", "mixture", "--prior-components",
-         "1000000000"],
+        [
+            "train",
+            "--dataset",
+            "mnist-sample",
+            "--prior",
+            "mixture",
+            "--prior-components",
+            "1000000000",
+        ],
         "fewer --prior-components",
         id="train mixture components 1e9",
     ),  # fmt: skip
@@ -1207,7 +1214,8 @@ def test_records_left_behind_by_a_kill_catch_up_with_the_checkpoint(run, tmp_pat
     (copy / "config.json").write_text(config.replace('"epochs": 2', '"epochs": 1'))
     load_run(copy)  # from Python, without holding the folder: a reader only
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 1
-    argv = [command, str(copy)] + (["-K", "2", "--num-images", "5"] if command == "evaluate" else [])
+    options = ["-K", "2", "--num-images", "5"] if command == "evaluate" else []
+    argv = [command, str(copy), *options]
     assert main(argv) == 0, capsys.readouterr().err
     assert (copy / "metrics.jsonl").read_text() == metrics
     assert (copy / "config.json").read_text() == config

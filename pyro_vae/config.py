@@ -1,0 +1,474 @@
+"""The settings of a run: :class:`TrainConfig`, one field per setting.
+
+Each field carries, as dataclass metadata (:func:`setting`), what the command line needs to
+offer it: the help text, the choices, the metavar, how many values, and the ``--help`` group.
+``pyro-vae train``'s flags are generated from the fields (:func:`add_config_arguments`), and
+``pyro-vae train --config FILE`` reads the same fields from a JSON or TOML file
+(:func:`read_config_file`), so a setting is written once, here.
+
+A setting whose default depends on another is left ``None`` until :meth:`TrainConfig.resolved`
+fills it in, once, before a run starts; the run's ``config.json`` records what was chosen.
+Today that is the objective, which follows the estimator: the analytic-KL ELBO for the
+reparameterized estimator, the plain ELBO (the only one they can estimate) for the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_vae.checks import require_choice, require_whole
+from pyro_vae.data import (
+    BINARIZATIONS,
+    DATASETS,
+    check_data_settings,
+    default_binarize,
+    is_named_dataset,
+)
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.estimators import ESTIMATORS, check_estimator
+from pyro_vae.isolation import check_seed
+from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, check_network_settings
+from pyro_vae.objectives import OBJECTIVES, check_kl_weight, check_objective
+from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS, check_optimizer_settings
+from pyro_vae.priors import PRIORS, check_prior
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.10: JSON config files only
+    tomllib = None
+
+__all__ = [
+    "RESUMABLE_FIELDS",
+    "TrainConfig",
+    "add_config_arguments",
+    "check_device",
+    "config_arguments",
+    "default_objective",
+    "read_config_file",
+]
+
+# Settings that may change when a run is resumed; every other field must match.
+RESUMABLE_FIELDS = ("epochs", "device", "data_dir")
+# Fields that configs of earlier versions stored and this one ignores: the progress display
+# (now an argument of fit) and the note of an MNIST fallback (now a warning; the dataset field
+# says which data were used).
+RETIRED_FIELDS = ("progress", "data_fallback")
+_DEVICE = re.compile(r"^(cpu|cuda)(:[0-9]+)?$")
+MAX_MCEM_TRANSITIONS = 1000
+GROUPS = ("data", "model", "objective and optimizer")
+
+
+def check_device(device: Any) -> None:
+    """Raise :class:`ConfigError` unless ``device`` is ``cpu``, ``cuda`` or ``cuda:N`` here."""
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+
+
+def default_objective(estimator: str) -> str:
+    """The objective a run of ``estimator`` trains when none is given: the analytic-KL ELBO
+    (less variance) for the reparameterized estimator, else the ELBO, the only objective the
+    score-function estimators and STL can estimate."""
+    return "elbo-analytic-kl" if estimator == "reparam" else "elbo"
+
+
+def _dataset_argument(value: str) -> str:
+    """--dataset: a built-in name, or the path of a folder or array that is there."""
+    if is_named_dataset(value) or os.path.isdir(value):
+        return value
+    if value.lower().endswith((".npy", ".npz")) and os.path.isfile(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(DATASETS)}, or give a folder of "
+        "PNG/JPEG images or a .npy/.npz file that exists)"
+    )
+
+
+def _square_or_hw(size: Sequence[int]) -> tuple[int, ...]:
+    """--image-size N (square) or H W."""
+    return tuple(size) * 2 if len(size) == 1 else tuple(size)
+
+
+def setting(
+    default: Any,
+    group: str,
+    help: str | None = None,
+    *,
+    flags: tuple[str, ...] | None = None,
+    type: Callable | None = None,
+    choices: Sequence[str] | None = None,
+    nargs: str | None = None,
+    metavar: str | None = None,
+    study: bool = True,
+    convert: Callable = lambda value: value,
+) -> Any:
+    """A :class:`TrainConfig` field with what its flag needs. ``help`` may name ``{default}``;
+    ``study``: the estimator study (``compare-estimators``) takes the flag too; ``convert``
+    turns the flag's value into the field's (a list of numbers into a tuple)."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}")
+    cli = dict(group=group, help=help, flags=flags, type=type, choices=choices, nargs=nargs,
+               metavar=metavar, study=study, convert=convert)  # fmt: skip
+    return field(default=default, metadata={"cli": cli})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, saved with it. Defaults: the 784-400-20 MNIST VAE.
+
+    :meth:`validate` checks every setting (each module's own checks, asked in one place); a
+    ``VAE(...)`` built by hand refuses exactly what a config refuses. ``None`` for
+    ``objective`` follows the estimator (:func:`default_objective`; :meth:`resolved`).
+    """
+
+    # data (pyro_vae.data)
+    dataset: str = setting(
+        "mnist", "data",
+        "{datasets} (default {default}; if MNIST is missing and cannot be downloaded, the "
+        "bundled mnist-sample is used, loudly), or a folder of PNG/JPEG images (class "
+        "sub-folders become labels; train/ and test/ sub-folders the split) or a .npy/.npz "
+        "array of images (see pyro_vae.imagefiles)",
+        type=_dataset_argument, metavar="NAME|PATH",
+    )  # fmt: skip
+    data_dir: str | None = setting(  # else $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data
+        None, "data", "data root (default $PYRO_VAE_DATA_DIR, else ~/.cache/pyro_vae/data)"
+    )
+    image_size: tuple[int, int] | None = setting(  # resize a folder's or array's images
+        None, "data", "resize the images of a folder or array: N (square) or H W",
+        type=int, nargs="+", metavar="N", convert=_square_or_hw,
+    )  # fmt: skip
+    binarize: str | None = setting(  # None: dynamic for bernoulli (Burda et al. 2015), else none
+        None, "data", "default dynamic for bernoulli, else none", choices=BINARIZATIONS
+    )
+    valid_fraction: float = setting(  # of the training images, held out to score each epoch
+        0.1, "data",
+        "of the training images, held out to score each epoch (default {default}; 0: score "
+        "on the test set, as papers that train on all 60,000 MNIST images do)",
+        type=float,
+    )  # fmt: skip
+    split_seed: int = setting(  # fixed, so runs of any seed share the validation split
+        0, "data", "draws the validation split (default {default}; runs of any --seed share it)",
+        type=int,
+    )  # fmt: skip
+    train_size: int | None = setting(  # quick runs, tests
+        None, "data", "use only the first N training images", type=int
+    )
+    # networks (pyro_vae.networks)
+    arch: str = setting(  # custom: hand-written networks passed to fit(vae=...)
+        "mlp", "model",
+        "default {default}; conv: stride-2 convolutions and transposed convolutions sized "
+        "from the images (pyro_vae.networks)",
+        choices=ARCHITECTURES,
+    )  # fmt: skip
+    conv_channels: tuple[int, ...] = setting(
+        (32, 64), "model",
+        "channels of the conv encoder's stride-2 convolutions, mirrored in the decoder "
+        "(default {default})",
+        type=int, nargs="+", metavar="C", convert=tuple,
+    )  # fmt: skip
+    latent_dim: int = setting(20, "model", "default {default}", type=int)
+    hidden_sizes: tuple[int, ...] = setting(  # dense layers (after the convolutions for conv)
+        (400,), "model",
+        "encoder widths, mirrored in the decoder; for conv, the dense layers after the "
+        "convolutions (default {default})",
+        type=int, nargs="+", metavar="H", convert=tuple,
+    )  # fmt: skip
+    activation: str = setting("relu", "model", "default {default}", choices=tuple(ACTIVATIONS))
+    likelihood: str = setting("bernoulli", "model", "default {default}", choices=LIKELIHOODS)
+    # the prior p(z) (pyro_vae.priors)
+    prior: str = setting(
+        "normal", "model",
+        "p(z) (default {default}): a learned mixture of Gaussians, the VampPrior, or the "
+        "uniform distribution on the unit sphere with a Power Spherical guide (an S-VAE)",
+        choices=PRIORS,
+    )  # fmt: skip
+    prior_components: int | None = setting(  # K of mixture (default 10) and vamp (default 500)
+        None, "model",
+        "Gaussians of the mixture prior (default 10) or pseudo-inputs of the VampPrior "
+        "(default 500)",
+        type=int, metavar="K",
+    )  # fmt: skip
+    # objective and gradient estimator (pyro_vae.objectives, pyro_vae.estimators)
+    objective: str | None = setting(
+        None, "objective and optimizer",
+        "default elbo-analytic-kl (the ELBO with its KL in closed form: less variance) for "
+        "--estimator reparam, elbo for the others",
+        choices=OBJECTIVES, study=False,
+    )  # fmt: skip
+    estimator: str = setting(
+        "reparam", "objective and optimizer", "default {default}", choices=ESTIMATORS,
+        study=False,
+    )  # fmt: skip
+    baseline_beta: float = setting(
+        0.9, "objective and optimizer",
+        "decay of the REINFORCE running-average baseline (default {default})", type=float,
+    )  # fmt: skip
+    baseline_learning_rate: float = setting(
+        1e-2, "objective and optimizer",
+        "Adam learning rate of the nn baseline (default {default})", type=float,
+    )  # fmt: skip
+    num_particles: int = setting(  # K: samples per image for the training objective
+        1, "objective and optimizer", "samples per image (default {default})",
+        flags=("-K", "--num-particles"), type=int, study=False,
+    )  # fmt: skip
+    kl_weight: float = setting(  # beta: the KL's weight in the training objective (beta-VAE)
+        1.0, "objective and optimizer",
+        "the KL's weight in the training objective, a beta-VAE (default 1); the evaluation "
+        "always reports the true ELBO",
+        type=float, metavar="BETA", study=False,
+    )  # fmt: skip
+    kl_warmup: int = setting(  # epochs of a linear ramp of the KL weight from 0 to kl_weight
+        0, "objective and optimizer",
+        "ramp the KL weight linearly from 0 to --kl-weight over EPOCHS epochs",
+        type=int, metavar="EPOCHS", study=False,
+    )  # fmt: skip
+    mcem_transitions: int = setting(  # the E-step's length (pyro_vae.objectives.MonteCarloEM)
+        3, "objective and optimizer",
+        "objective mcem: HMC transitions a training step, each 10 leapfrog steps; more bring "
+        "the chains nearer the posterior (default {default})",
+        type=int, metavar="N", study=False,
+    )  # fmt: skip
+    # optimizer and schedule (pyro_vae.optim)
+    optimizer: str = setting(
+        "adam", "objective and optimizer",
+        "adam (the default) or adagrad, Kingma & Welling's (2013) optimizer", choices=OPTIMIZERS,
+    )  # fmt: skip
+    learning_rate: float = setting(
+        1e-3, "objective and optimizer", "learning rate (default {default})",
+        flags=("--lr", "--learning-rate"), type=float,
+    )  # fmt: skip
+    lr_schedule: str = setting(  # iwae: Burda et al.'s 3^i epochs at 10^(-i/7) times the rate
+        "constant", "objective and optimizer",
+        "constant (the default) or iwae: Burda et al. (2015), 3^i epochs at 10^(-i/7) times "
+        "--lr for i = 0..7",
+        choices=LR_SCHEDULES,
+    )  # fmt: skip
+    adam_eps: float = setting(  # Burda et al. (2015) use 1e-4
+        1e-8, "objective and optimizer", "Adam's epsilon (default {default})", type=float
+    )
+    clip_norm: float | None = setting(  # Pyro's clip_args
+        None, "objective and optimizer", "clip each parameter's gradient norm", type=float
+    )
+    weight_decay: float = setting(  # times the parameters, added to the batch-summed gradient
+        0.0, "objective and optimizer",
+        "times each parameter, added to its batch-summed gradient (default 0); batch size / "
+        "training images is a N(0, I) prior on the parameters",
+        type=float,
+    )  # fmt: skip
+    epochs: int = setting(10, "objective and optimizer", "default {default}", type=int)
+    batch_size: int = setting(128, "objective and optimizer", "default {default}", type=int)
+    # where and how it runs
+    seed: int = setting(
+        0, "objective and optimizer", "default {default} (0 to 2**32 - 1)", type=int
+    )
+    device: str = setting("cpu", "objective and optimizer", "cpu, cuda or cuda:N (default cpu)")
+    jit: bool = setting(False, "objective and optimizer", "Pyro's JIT-compiled ELBOs")
+
+    def __post_init__(self) -> None:
+        # Conversions that lose nothing; anything else is left for validate() to name.
+        if isinstance(self.hidden_sizes, list):
+            self.hidden_sizes = tuple(self.hidden_sizes)
+        if isinstance(self.conv_channels, list):
+            self.conv_channels = tuple(self.conv_channels)
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+            self.image_size = (self.image_size, self.image_size)
+        elif isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        if isinstance(self.dataset, os.PathLike):
+            self.dataset = os.fspath(self.dataset)
+        if isinstance(self.dataset, str) and not is_named_dataset(self.dataset):
+            if os.path.exists(self.dataset):  # the run records where its images are
+                self.dataset = os.path.abspath(self.dataset)
+        if isinstance(self.data_dir, os.PathLike):
+            self.data_dir = os.fspath(self.data_dir)
+        if self.binarize is None and isinstance(self.likelihood, str):
+            self.binarize = default_binarize(self.likelihood)
+
+    def resolved(self) -> TrainConfig:
+        """This config with the defaults that follow other settings filled in (the objective
+        follows the estimator); ``self`` is not changed."""
+        if self.objective is not None or not isinstance(self.estimator, str):
+            return self
+        return dataclasses.replace(self, objective=default_objective(self.estimator))
+
+    def validate(self, here: bool = True) -> None:
+        """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
+        that clash; with ``here``, also a device or a data path this machine does not have."""
+        check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size,
+                            self.valid_fraction, self.image_size, here)  # fmt: skip
+        check_seed(self.split_seed, "split_seed")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a string or None, got {self.data_dir!r}")
+        require_choice(self.arch, "arch", ("mlp", "conv", "custom"))
+        arch = "mlp" if self.arch == "custom" else self.arch  # custom: the nets are checked
+        self.hidden_sizes = check_network_settings(  # when the VAE is built
+            self.latent_dim, self.hidden_sizes, self.activation, self.likelihood, arch,
+            self.conv_channels,
+        )  # fmt: skip
+        check_prior(self.prior, self.prior_components, self.latent_dim)
+        check_estimator(self.estimator, self.baseline_beta)
+        objective = self.resolved().objective
+        check_objective(objective, self.estimator, self.num_particles, self.jit)
+        check_kl_weight(self.kl_weight, self.kl_warmup, objective, self.estimator)
+        if require_whole(self.mcem_transitions, "mcem_transitions") > MAX_MCEM_TRANSITIONS:
+            raise ConfigError(  # each is 10 passes of the decoder, every step: a hang, not a run
+                f"mcem_transitions must be at most {MAX_MCEM_TRANSITIONS}, got "
+                f"{self.mcem_transitions}"
+            )
+        if objective == "mcem" and self.prior == "hyperspherical":
+            raise ConfigError(
+                "objective 'mcem' samples the posterior by HMC in R^d, and the hyperspherical "
+                "latent lives on the sphere; choose another prior"
+            )
+        check_optimizer_settings(
+            self.learning_rate,
+            self.baseline_learning_rate,
+            self.adam_eps,
+            self.clip_norm,
+            self.lr_schedule,
+            self.optimizer,
+            self.weight_decay,
+        )
+        require_whole(self.epochs, "epochs")
+        check_seed(self.seed)
+        if here:
+            check_device(self.device)
+        elif not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ConfigError(f"unknown device {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        d["conv_channels"] = list(self.conv_channels)
+        d["image_size"] = list(self.image_size) if self.image_size is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config stored in a run (``config.json`` or a checkpoint), checked.
+
+        :raises CheckpointError: unknown fields, values of the wrong type or out of range.
+        """
+        if not isinstance(d, dict):
+            raise CheckpointError(f"a stored config must be a table of settings, got {d!r}")
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
+        # runs from before the validation split scored each epoch on the test set
+        d.setdefault("valid_fraction", 0.0)
+        unknown = _unknown_fields(d)
+        if unknown:
+            raise CheckpointError(f"config has unknown fields {unknown}")
+        try:
+            config = cls(**d)
+            # where the run was trained may not be here: its device and data need not exist
+            config.validate(here=False)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise CheckpointError(f"the stored config is invalid: {e}") from None
+        return config
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """``"name: mine != other's"`` for each field that must match on resume."""
+        a, b = self.resolved().to_dict(), other.resolved().to_dict()
+        return [
+            f"{k}: {a[k]!r} != {b[k]!r}" for k in a if k not in RESUMABLE_FIELDS and a[k] != b[k]
+        ]
+
+
+def _unknown_fields(d: dict) -> list[str]:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return sorted(set(map(str, d)) - known)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings in a JSON (a run's ``config.json``) or TOML file, as a dict of
+    :class:`TrainConfig` fields (not yet checked: flags may still override them).
+
+    :raises ConfigError: a file that is missing, unreadable, not JSON or TOML, not a table, or
+        that names a setting :class:`TrainConfig` does not have.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a text file"
+        raise ConfigError(f"cannot read the config file {path}: {reason}") from None
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+    if kind == "TOML" and tomllib is None:
+        raise ConfigError(f"TOML config files need Python 3.11 or later; write {path} as JSON")
+    try:
+        settings = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"the config file {path} is not valid {kind}: {first}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"the config file {path} must hold a table of settings")
+    settings = {k: v for k, v in settings.items() if k not in RETIRED_FIELDS}
+    unknown = _unknown_fields(settings)
+    if unknown:
+        raise ConfigError(f"the config file {path} has unknown settings {unknown}")
+    return settings
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def _flag_keywords(f: dataclasses.Field) -> dict[str, Any]:
+    cli = f.metadata["cli"]
+    default = f.default
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    help_text = cli["help"] and cli["help"].format(default=shown, datasets=", ".join(DATASETS))
+    keywords: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+    if f.type in ("bool", bool):
+        return {**keywords, "action": "store_const", "const": True}
+    for key in ("type", "choices", "nargs", "metavar"):
+        if cli[key] is not None:
+            keywords[key] = list(cli[key]) if key == "choices" else cli[key]
+    return keywords
+
+
+def config_arguments(study: bool = False) -> list[tuple[str, tuple[str, ...], dict[str, Any]]]:
+    """``(group, flags, add_argument keywords)`` for each setting, in the fields' order;
+    with ``study``, only those the estimator study takes."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        cli = f.metadata["cli"]
+        if study and not cli["study"]:
+            continue
+        flags = cli["flags"] or ("--" + f.name.replace("_", "-"),)
+        out.append((cli["group"], flags, _flag_keywords(f)))
+    return out
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, study: bool = False) -> None:
+    """The :class:`TrainConfig` flags, in their ``--help`` groups. They default to ``None``,
+    so that a resume (and ``--config``) can tell which were given (:func:`given_settings`)."""
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for group, flags, keywords in config_arguments(study):
+        groups[group].add_argument(*flags, **keywords)
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, converted to the fields' types."""
+    given = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            given[f.name] = f.metadata["cli"]["convert"](value)
+    return given
