@@ -26,3 +26,14 @@ def test_setup_commands_name_real_commands_and_extras():
     assert 'test = ["pytest' in pyproject and 'pyro-vae = "pyro_vae._entry:main"' in pyproject
     # the main command's flags parse
     build_parser().parse_args(["train", "--out", "runs/mnist"])
+
+
+def test_relative_links_and_images_exist():
+    """Every relative link and image of the README names a file or folder of the repository
+    (GitHub resolves them from the repository root)."""
+    root = Path(__file__).resolve().parents[1]
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    relative = [t for t in targets if "://" not in t]
+    assert "docs/results.md" in relative and any(t.startswith("docs/images/") for t in relative)
+    missing = [t for t in relative if not (root / t).exists()]
+    assert missing == [], missing
