@@ -15,10 +15,9 @@ reparameterized sample):
     same floating-point work as pyro_vae's step, so the ratio against it is what Pyro's tracing
     costs.
 
-The Pyro steps are ``pyro-vae train``'s step (:class:`pyro_vae.train.SVIStep`, ``SVI.step``
-with a lighter capture of the parameters): its configuration (its ELBO, ``JointOptimizer``,
-validation off) with each ELBO class, and a plain Pyro VAE as Pyro's tutorial writes it
-(``pyro.optim.Adam``, Pyro's validation on). Each Pyro step is timed alternately
+The Pyro steps are ``pyro-vae train``'s step (``pyro.infer.SVI`` with its ELBO and
+``JointOptimizer``, validation off) with each ELBO class, and a plain Pyro VAE as Pyro's
+tutorial writes it (``pyro.optim.Adam``, Pyro's validation on). Each Pyro step is timed alternately
 with the two hand-written ones, in rotating order, in one process; the report gives medians of
 the per-round ratios. Peak memory is measured per side in a fresh process (``--memory``)::
 
@@ -57,15 +56,14 @@ from pyro_vae.data import BatchLoader, load_dataset, prepare_images
 from pyro_vae.evaluate import kl_per_dimension
 from pyro_vae.model import bernoulli_log_density
 from pyro_vae.objectives import make_elbo
-from pyro_vae.train import SVIStep, TrainConfig, make_optimizer
+from pyro_vae.train import TrainConfig, make_optimizer
 
 HAND = "hand-written"
 SAME = "hand-written, same arithmetic"
 ONE = dict(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
 # label: the ELBO; None is the plain Pyro VAE
 PYRO_VARIANTS = {
-    "pyro-vae train (MeanFieldELBO)": lambda: make_elbo("elbo-analytic-kl"),
-    "Pyro's TraceMeanField_ELBO": lambda: TraceMeanField_ELBO(**ONE),
+    "pyro-vae train (TraceMeanField_ELBO)": lambda: make_elbo("elbo-analytic-kl"),
     "Trace_ELBO": lambda: make_elbo("elbo"),
     "JitTraceMeanField_ELBO": lambda: make_elbo("elbo-analytic-kl", jit=True),
     "JitTrace_ELBO": lambda: make_elbo("elbo", jit=True),
@@ -98,8 +96,8 @@ def hand_written_step(vae: VAE, same: bool):
 
 
 def pyro_vae_step(vae: VAE, elbo):
-    """``pyro-vae train``'s step with an ELBO: its optimizer, Pyro's validation off."""
-    svi = SVIStep(vae.model, vae.guide, make_optimizer(TrainConfig()), elbo)
+    """``pyro-vae train``'s step with an ELBO: ``SVI``, its optimizer, Pyro's validation off."""
+    svi = SVI(vae.model, vae.guide, make_optimizer(TrainConfig()), elbo)
 
     def step(x):
         with pyro.validation_enabled(False):

@@ -42,11 +42,9 @@ import pyro.infer as infer
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.infer.util import torch_item
 from pyro.ops.integrator import potential_grad, velocity_verlet
 from pyro.poutine.util import site_is_subsample
-from pyro.util import warn_if_nan
-from torch.distributions import kl_divergence
 
 from pyro_vae.checks import is_whole, require_flag, require_positive
 from pyro_vae.errors import ConfigError
@@ -54,7 +52,6 @@ from pyro_vae.estimators import is_reparameterized, uses_baseline
 
 __all__ = [
     "OBJECTIVES",
-    "MeanFieldELBO",
     "MonteCarloEM",
     "ReweightedWakeSleep",
     "WakeSleep",
@@ -65,80 +62,6 @@ __all__ = [
 ]
 
 OBJECTIVES = ("elbo", "elbo-analytic-kl", "iwae", "wake-sleep", "rws", "mcem")
-
-
-class MeanFieldELBO(infer.TraceMeanField_ELBO):
-    """Pyro's ``TraceMeanField_ELBO``, computing only the terms its estimate uses.
-
-    .. math::
-
-        \\mathcal{L}(x) = \\mathbb{E}_{q(z|x)}[\\log p(x|z)]
-            - \\mathrm{KL}(q(z|x) \\,\\|\\, p(z))
-
-    with one sample of ``z`` and the closed-form KL of each latent site (a Monte Carlo
-    ``log q - log p`` where ``torch.distributions`` has no closed form), from Pyro traces of the
-    model and guide as in Pyro's class. Pyro's class also scores every latent site's value
-    under the model and the guide (``compute_log_prob``, ``compute_score_parts``) and copies both
-    traces to drop the plates' sites, although the closed-form KL uses none of it: on the
-    default VAE at batch 128 that is a few percent of a training step (``benchmarks/speed.py``).
-    With Pyro's validation on, every call is Pyro's class unchanged, with all its checks of
-    the model and guide; the tests check that both give the same loss and gradients.
-    """
-
-    def _get_trace(self, model, guide, args, kwargs):
-        if is_validation_enabled():
-            return super()._get_trace(model, guide, args, kwargs)
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        return model_trace, guide_trace
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        """Pyro's ``Trace_ELBO.loss_and_grads`` for one particle written out (without its
-        generator of traces): the same loss, and the same backward pass, which runs only if
-        the traces hold a param site and the loss has a gradient."""
-        if self.num_particles != 1 or self.vectorize_particles or is_validation_enabled():
-            return super().loss_and_grads(model, guide, *args, **kwargs)
-        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        loss, surrogate_loss = self._differentiable_loss_particle(model_trace, guide_trace)
-        if getattr(surrogate_loss, "requires_grad", False) and any(
-            site["type"] == "param" for trace in (model_trace, guide_trace)
-            for site in trace.nodes.values()
-        ):  # fmt: skip
-            surrogate_loss.backward(retain_graph=self.retain_graph)
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        if is_validation_enabled():  # the traces were scored by Pyro's _get_trace
-            return super()._differentiable_loss_particle(model_trace, guide_trace)
-        elbo = None
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if site["is_observed"]:
-                elbo = _plus(elbo, _scaled_log_prob(site).sum())
-                continue
-            guide_site = guide_trace.nodes[name]
-            try:
-                kl = kl_divergence(guide_site["fn"], site["fn"])
-            except NotImplementedError:  # as Pyro's class: log p(z) - log q(z) at the sample
-                term = _scaled_log_prob(site).sum() - _scaled_log_prob(guide_site).sum()
-                elbo = _plus(elbo, term)
-                continue
-            kl = scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
-            if torch.is_tensor(kl):
-                elbo = _plus(elbo, -kl.sum())
-            else:
-                elbo = _plus(elbo, -kl * guide_site["fn"].batch_shape.numel())
-        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
-            if guide_site["type"] == "sample" and not site_is_subsample(guide_site):
-                if name not in model_trace.nodes:
-                    elbo = _plus(elbo, -_scaled_log_prob(guide_site).sum())
-        if elbo is None:
-            elbo = torch.tensor(0.0)
-        return -torch_item(elbo), -elbo
 
 
 class WakeSleep(infer.ELBO):
@@ -674,5 +597,5 @@ def make_elbo(
         kwargs["ignore_jit_warnings"] = True
         cls = infer.JitTrace_ELBO if objective == "elbo" else infer.JitTraceMeanField_ELBO
     else:
-        cls = infer.Trace_ELBO if objective == "elbo" else MeanFieldELBO
+        cls = infer.Trace_ELBO if objective == "elbo" else infer.TraceMeanField_ELBO
     return cls(**kwargs)

@@ -33,9 +33,7 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro.infer.util import torch_item
 from pyro.params.param_store import normalize_param_name
-from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 try:
@@ -96,7 +94,6 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "RunImages",
-    "SVIStep",
     "check_device",
     "held_out_elbo",
     "check_seed",
@@ -733,55 +730,15 @@ def _open_run(
     return run
 
 
-class _ParamCapture(Messenger):
-    """The unconstrained tensor of every param site run inside the block, by name, in the
-    order first seen: what ``SVI.step`` gathers with ``poutine.trace(param_only=True)``,
-    without building a trace (no copy of each site's message, no graph of nodes)."""
-
-    def __enter__(self):
-        self.params: dict[str, torch.Tensor] = {}
-        return super().__enter__()
-
-    def _pyro_post_param(self, msg: dict) -> None:
-        self.params.setdefault(msg["name"], msg["value"].unconstrained())
-
-
-class SVIStep:
-    """``pyro.infer.SVI(model, guide, optim, loss).step``, as ``pyro-vae train`` takes it.
-
-    The same step: ``loss.loss_and_grads`` under a capture of the param sites, then ``optim``
-    on the captured parameters, whose gradients are then zeroed. The parameters are gathered by
-    a messenger of their own rather than a param-only trace, and in the order the model and
-    guide first use them rather than a set's (so the optimizer sees them in the same order in
-    every run). The tests check that it takes SVI's steps bit for bit.
-    """
-
-    def __init__(self, model: Callable, guide: Callable, optim, loss) -> None:
-        self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
-
-    def __call__(self, *args, **kwargs) -> float:
-        with _ParamCapture() as capture:
-            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = list(capture.params.values())
-        self.optim(params)
-        pyro.infer.util.zero_grads(params)
-        if isinstance(loss, tuple):
-            return type(loss)(map(torch_item, loss))
-        return torch_item(loss)
-
-    def step(self, *args, **kwargs) -> float:
-        """The step, under ``SVI``'s name for it."""
-        return self(*args, **kwargs)
-
-
 def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
-    """One optimization step on a batch, returning its summed loss: :class:`SVIStep`, or in a
-    distributed run :class:`pyro_vae.distributed.DistributedStep` (summed over processes)."""
+    """One optimization step on a batch, returning its summed loss: ``pyro.infer.SVI``'s step,
+    or in a distributed run :class:`pyro_vae.distributed.DistributedStep` (summed over
+    processes)."""
     config = run.config
     elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit,
                      config.mcem_transitions)  # fmt: skip
     if run.world.size == 1:
-        return SVIStep(run.vae.model, run.vae.guide, run.optim, elbo)
+        return pyro.infer.SVI(run.vae.model, run.vae.guide, run.optim, elbo).step
     return DistributedStep(run.vae, elbo, run.optim, run.world, run.config.device)
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pyro_vae import (
-    VAE,
     CheckpointError,
     ConfigError,
     DataError,
@@ -20,7 +19,7 @@ from pyro_vae.data import load_dataset
 from pyro_vae.evaluate import importance_sampled_log_likelihood
 from pyro_vae.objectives import make_elbo
 from pyro_vae.optim import lr_factor
-from pyro_vae.train import CHECKPOINT_FILE, METRICS_FILE, SVIStep, TrainingDiverged
+from pyro_vae.train import CHECKPOINT_FILE, METRICS_FILE, TrainingDiverged
 
 SMALL = dict(
     dataset="mnist-sample", train_size=512, batch_size=64, hidden_sizes=(64,), latent_dim=5
@@ -183,14 +182,14 @@ def test_real_divergence_is_reported_and_writes_no_checkpoint(tmp_path):
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     fit(small(epochs=1), tmp_path)
     good = (tmp_path / CHECKPOINT_FILE).read_bytes()
-    step = SVIStep.__call__
+    step = pyro.infer.SVI.step
     calls = []
 
     def nan_on_third_step(self, *args, **kwargs):
         calls.append(1)
         return float("nan") if len(calls) == 3 else step(self, *args, **kwargs)
 
-    monkeypatch.setattr(SVIStep, "__call__", nan_on_third_step)
+    monkeypatch.setattr(pyro.infer.SVI, "step", nan_on_third_step)
     with pytest.raises(TrainingDiverged, match="epoch 2, step 11.*epoch 1 is kept"):
         fit(small(epochs=2), tmp_path, resume=True)
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == good
@@ -344,44 +343,3 @@ def test_particle_plate_only_for_several_particles():
     assert not make_elbo("elbo", "reinforce-baseline").vectorize_particles
     assert make_elbo("iwae", num_particles=5).vectorize_particles
     assert make_elbo("elbo", num_particles=3).vectorize_particles
-
-
-@pytest.mark.parametrize(
-    "objective, estimator, num_particles",
-    [
-        ("elbo-analytic-kl", "reparam", 1),
-        ("elbo", "reinforce-nn-baseline", 1),  # the decaying average is a new tensor each step
-        ("iwae", "reparam", 3),
-        ("wake-sleep", "reparam", 1),
-    ],
-)
-@pytest.mark.numerics
-def test_the_training_step_is_svis_step_bit_for_bit(objective, estimator, num_particles):
-    """``SVIStep`` takes exactly ``SVI.step``'s steps: the same losses, and the same parameters
-    and param store (with the REINFORCE baseline's running average) after each step."""
-    import copy
-
-    from pyro.infer import SVI
-
-    from pyro_vae.isolation import isolated
-    from pyro_vae.train import make_optimizer
-
-    torch.manual_seed(0)
-    vae = VAE(30, latent_dim=3, hidden_sizes=(8,), estimator=estimator)
-    batches = [torch.bernoulli(torch.rand(6, 30)) for _ in range(4)]
-    config = small(objective=objective, estimator=estimator, num_particles=num_particles)
-    runs = []
-    for make_step in (SVI, SVIStep):
-        mine = copy.deepcopy(vae)
-        elbo = make_elbo(objective, estimator, num_particles)
-        with isolated(seed=1) as store:
-            step = make_step(mine.model, mine.guide, make_optimizer(config), elbo)
-            losses = [step.step(x) for x in batches]
-            stored = {k: v.detach().clone() for k, v in store.items()}
-        runs.append((losses, [p.detach().clone() for p in mine.parameters()], stored))
-    (svi_losses, svi_params, svi_store), (losses, params, stored) = runs
-    assert losses == svi_losses
-    assert all(torch.equal(a, b) for a, b in zip(params, svi_params, strict=True))
-    assert stored.keys() == svi_store.keys()
-    assert all(torch.equal(stored[k], svi_store[k]) for k in stored)
-    assert not all(torch.equal(a, b) for a, b in zip(params, vae.parameters(), strict=True))
