@@ -30,7 +30,7 @@ _LAZY = {
     "load_dataset": "pyro_vae.data",
     "images_from_tensors": "pyro_vae.imagefiles",
     "ESTIMATORS": "pyro_vae.estimators",
-    "guide_distribution": "pyro_vae.estimators",
+    "guide_distribution": "pyro_vae.latents",
     "Evaluation": "pyro_vae.evaluate",
     "evaluate": "pyro_vae.evaluate",
     "importance_sampled_log_likelihood": "pyro_vae.evaluate",

@@ -40,7 +40,7 @@ from pyro_vae.isolation import check_seed
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, check_network_settings
 from pyro_vae.objectives import OBJECTIVES, check_kl_weight, check_objective
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS, check_optimizer_settings
-from pyro_vae.priors import PRIORS, check_prior
+from pyro_vae.priors import PRIORS, check_prior, latent_of
 
 try:
     import tomllib
@@ -333,11 +333,9 @@ class TrainConfig:
                 f"mcem_transitions must be at most {MAX_MCEM_TRANSITIONS}, got "
                 f"{self.mcem_transitions}"
             )
-        if objective == "mcem" and self.prior == "hyperspherical":
-            raise ConfigError(
-                "objective 'mcem' samples the posterior by HMC in R^d, and the hyperspherical "
-                "latent lives on the sphere; choose another prior"
-            )
+        refusal = latent_of(self.prior).hmc_refusal("mcem") if objective == "mcem" else None
+        if refusal:
+            raise ConfigError(refusal)
         check_optimizer_settings(
             self.learning_rate,
             self.baseline_learning_rate,

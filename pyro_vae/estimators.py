@@ -56,7 +56,6 @@ __all__ = [
     "StickingTheLandingNormal",
     "StickingTheLandingPowerSpherical",
     "baseline_options",
-    "guide_distribution",
     "is_reparameterized",
     "uses_baseline",
 ]
@@ -120,33 +119,6 @@ def uses_baseline(estimator: str) -> bool:
     """Whether the estimator needs Pyro's ``TraceGraph_ELBO`` (the baseline variants)."""
     check_estimator(estimator)
     return estimator in ("reinforce-baseline", "reinforce-nn-baseline")
-
-
-def guide_distribution(
-    loc: torch.Tensor, scale: torch.Tensor, estimator: str = "reparam", spherical: bool = False
-) -> dist.TorchDistribution:
-    """``N(loc, diag(scale^2))`` over the last dimension, set up for the given estimator.
-
-    With ``spherical``, the Power Spherical distribution on the unit sphere instead, with mean
-    direction ``loc / |loc|`` and concentration ``scale``, one an image (``(..., 1)``). Every
-    estimator applies to it: it has a reparameterized sampler and a ``log_prob``.
-    """
-    check_estimator(estimator)
-    if spherical:
-        direction = loc / loc.norm(dim=-1, keepdim=True)
-        concentration = scale.squeeze(-1)
-        if estimator == "reparam":
-            return PowerSpherical(direction, concentration)
-        if estimator == "stl":
-            return StickingTheLandingPowerSpherical(direction, concentration)
-        return ScoreFunctionPowerSpherical(direction, concentration)
-    if estimator == "reparam":
-        cls = dist.Normal
-    elif estimator == "stl":
-        cls = StickingTheLandingNormal
-    else:
-        cls = ScoreFunctionNormal
-    return cls(loc, scale).to_event(1)
 
 
 def baseline_options(

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from pyro_vae.data import check_support
 from pyro_vae.errors import ConfigError, DataError, NumericalError
-from pyro_vae.estimators import guide_distribution
 from pyro_vae.isolation import check_seed, isolated
 from pyro_vae.model import VAE
 
@@ -209,7 +208,7 @@ def kl_per_dimension(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def _kl(vae: VAE, x, z, loc, scale) -> torch.Tensor:
     """``KL(q(z|x) || p(z))`` for each image: the closed form where torch has one (the
     hyperspherical prior), else the one-sample estimate ``log q(z|x) - log p(z)`` at ``z``."""
-    q = guide_distribution(loc, scale, "reparam", vae.spherical)
+    q = vae.latent.guide(loc, scale, "reparam")
     p = vae.prior_distribution()
     try:
         return kl_divergence(q, p.expand(q.batch_shape))
@@ -345,13 +344,8 @@ def evaluate(
             locs, recon, kls = [], [], []
             for x in images.split(1000):
                 loc, scale = vae.encode(x)
-                mean = loc  # E_q[z], whose spread over images counts the active units
-                if vae.spherical:
-                    q = guide_distribution(loc, scale, "reparam", spherical=True)
-                    z = q.sample()
-                    mean = q.mean  # mu kappa / (kappa + d - 1): near 0 where q is near uniform
-                else:
-                    z = loc + scale * torch.randn_like(scale)
+                # E_q[z], whose spread over images counts the active units
+                z, mean = vae.latent.draw_and_mean(loc, scale)
                 recon.append(vae.likelihood_distribution(z).log_prob(x))
                 if vae.prior.name == "normal":
                     kls.append(kl_per_dimension(loc, scale))

@@ -33,7 +33,8 @@ from torch.distributions.utils import broadcast_all
 
 from pyro_vae.checks import is_whole
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import baseline_options, check_estimator, guide_distribution
+from pyro_vae.estimators import baseline_options, check_estimator
+from pyro_vae.latents import LatentSpace
 from pyro_vae.networks import (
     Baseline,
     ConvDecoder,
@@ -265,14 +266,14 @@ class VAE(nn.Module):
         return encoder, decoder
 
     @property
-    def spherical(self) -> bool:
-        """Whether the latent lies on the unit sphere (the ``hyperspherical`` prior)."""
-        return self.prior.spherical
+    def latent(self) -> LatentSpace:
+        """The space ``z`` lives in, its prior's (:mod:`pyro_vae.latents`)."""
+        return self.prior.latent
 
     @property
     def scale_dim(self) -> int:
         """The size of the encoder's second output: ``Z`` scales, or one concentration."""
-        return 1 if self.spherical else self.latent_dim
+        return self.latent.second_output_size(self.latent_dim)
 
     def _built_in(self, arch, hidden_sizes, conv_channels, activation) -> tuple[nn.Module, ...]:
         z = self.latent_dim
@@ -300,17 +301,11 @@ class VAE(nn.Module):
             x = torch.zeros(2, *self.event_shape, device=device)
             loc_scale = _call("encoder", self.encoder, x)
             if _shapes(loc_scale) != [(2, self.latent_dim), (2, self.scale_dim)]:
-                what = (
-                    f"(loc, concentration), (B, {self.latent_dim}) and (B, 1), for a "
-                    "hyperspherical latent"
-                    if self.spherical
-                    else f"(loc, scale), each (B, {self.latent_dim})"
-                )
                 raise ConfigError(
-                    f"the encoder must return {what}; images {tuple(x.shape)} gave "
-                    f"{_shapes(loc_scale)}"
+                    f"the encoder must return {self.latent.encoder_contract(self.latent_dim)}; "
+                    f"images {tuple(x.shape)} gave {_shapes(loc_scale)}"
                 )
-            second = "concentration" if self.spherical else "scale"
+            second = self.latent.second_output
             if not (loc_scale[1] > 0).all():
                 raise ConfigError(
                     f"the encoder's {second} must be positive (softplus(.) + 1e-5, say)"
@@ -429,7 +424,7 @@ class VAE(nn.Module):
     def guide_distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
         """``q(z|x)`` for images ``x``, ``(B, *event_shape)``, set up for the estimator."""
         loc, scale = self._run("encoder", x)  # (B, Z) each; (B, Z) and (B, 1) on the sphere
-        return guide_distribution(loc, scale, self.estimator, self.spherical)
+        return self.latent.guide(loc, scale, self.estimator)
 
     def guide(self, x: torch.Tensor) -> None:
         """``q(z|x)`` for a batch ``x``, ``(B, *event_shape)``: ``N(mu(x), diag sigma(x)^2)``,
@@ -465,9 +460,7 @@ class VAE(nn.Module):
         """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, *event_shape)``; on
         the sphere, its mean direction (a unit vector) and concentration, ``(B, 1)``."""
         loc, scale = self._run("encoder", x)
-        if self.spherical:
-            loc = loc / loc.norm(dim=-1, keepdim=True)
-        return loc, scale
+        return self.latent.code(loc), scale
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -118,24 +118,8 @@ def manifold_figure(vae: VAE, image_shape: tuple[int, ...], num_per_axis: int = 
     if vae.latent_dim != 2:
         raise ConfigError(f"the manifold plot needs a 2-D latent space, not {vae.latent_dim}-D")
     device = next(vae.parameters()).device
-    if vae.spherical:  # the circle: z = (cos theta, sin theta), theta around it row by row
-        n = num_per_axis
-        theta = 2 * math.pi * torch.arange(n * 3, dtype=torch.float32) / (n * 3)
-        z = torch.stack([theta.cos(), theta.sin()], dim=-1)
-        return image_grid(
-            vae.decode(z.to(device)), image_shape, n,
-            title=f"learned manifold on the circle: E[x|z] at {n * 3} angles, "
-            "0 to 2 pi, row by row",
-        )  # fmt: skip
-    n = num_per_axis
-    u = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-    coords = torch.distributions.Normal(0.0, 1.0).icdf(u)  # (n,)
-    z1, z2 = torch.meshgrid(coords, coords.flip(0), indexing="xy")  # z2 grows upwards
-    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)  # (n * n, 2), row by row
-    images = vae.decode(z.to(device))
-    return image_grid(
-        images, image_shape, n, title="learned manifold: E[x|z] on a grid through Phi^-1"
-    )
+    z, columns, title = vae.latent.manifold(num_per_axis)
+    return image_grid(vae.decode(z.to(device)), image_shape, columns, title=title)
 
 
 def latent_scatter_figure(
@@ -154,16 +138,9 @@ def latent_scatter_figure(
     """
     pairs = [vae.encode(x) for x in images.split(1000)]
     loc = torch.cat([p[0] for p in pairs]).cpu()  # (N, Z)
-    if vae.spherical and vae.latent_dim == 2:
-        kappa = torch.cat([p[1] for p in pairs]).cpu().squeeze(-1)
-        points = torch.stack([torch.atan2(loc[:, 1], loc[:, 0]), kappa.log10()], dim=-1)
-        xlabel, ylabel = "angle of the mean direction (radians)", "log10 concentration"
-        title = "guide on the circle: mean direction and concentration"
-    elif vae.spherical and vae.latent_dim == 3:
-        points = torch.stack([torch.atan2(loc[:, 1], loc[:, 0]),
-                              torch.asin(loc[:, 2].clamp(-1, 1))], dim=-1)  # fmt: skip
-        xlabel, ylabel = "longitude (radians)", "latitude (radians)"
-        title = "guide mean directions on the sphere S^2"
+    own = vae.latent.scatter(loc, torch.cat([p[1] for p in pairs]).cpu())
+    if own is not None:  # the latent space's own coordinates (angles on the sphere)
+        points, xlabel, ylabel, title = own.points, own.xlabel, own.ylabel, own.title
     elif vae.latent_dim == 2:
         points, xlabel, ylabel, title = loc, "z1", "z2", "guide means, 2-D latent space"
     elif vae.latent_dim == 1:  # a strip a class (or one strip), spread a little to be seen
@@ -210,9 +187,7 @@ def interpolation_figure(
     for a, b in pairs:
         loc = vae.encode(torch.stack([a, b]))[0]  # (2, Z)
         t = torch.linspace(0, 1, steps, device=loc.device).unsqueeze(1)
-        z = (1 - t) * loc[0] + t * loc[1]
-        if vae.spherical:  # along the great circle: the chord's points, projected back
-            z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        z = vae.latent.interpolate((1 - t) * loc[0] + t * loc[1])  # great circles on a sphere
         decoded = vae.decode(z)  # (steps, D)
         rows.append(torch.cat([a[None], decoded, b[None]]).cpu())
     return image_grid(

@@ -85,11 +85,9 @@ def nuts_posterior(
     :param progress: show Pyro's progress bar (on stderr), one per chain.
     :raises ConfigError: no draws, no chains, or a negative warm-up.
     """
-    if vae.spherical:
-        raise ConfigError(
-            "the NUTS posterior check needs a latent in R^Z: NUTS moves in unconstrained "
-            "space, and the unit sphere of a hyperspherical latent has no map to it"
-        )
+    refusal = vae.latent.hmc_refusal("nuts")
+    if refusal:
+        raise ConfigError(refusal)
     x = _one_image(vae, x)
     counts = (num_samples, warmup_steps, num_chains, seed)
     if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in counts):

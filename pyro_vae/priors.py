@@ -44,6 +44,7 @@ from torch.distributions.kl import register_kl
 
 from pyro_vae.checks import is_whole, require_choice
 from pyro_vae.errors import ConfigError
+from pyro_vae.latents import GAUSSIAN, SPHERE, LatentSpace
 from pyro_vae.memory import binding_limit, format_bytes
 from pyro_vae.sphere import HypersphericalUniform
 
@@ -58,6 +59,7 @@ __all__ = [
     "VampPrior",
     "check_prior",
     "has_closed_form_kl",
+    "latent_of",
     "make_prior",
 ]
 
@@ -83,10 +85,14 @@ def check_prior(prior: str, components: int | None, latent_dim: int) -> None:
                 f"the number of prior components must be a positive whole number, got "
                 f"{components!r}"
             )
-    if prior == "hyperspherical" and is_whole(latent_dim) and latent_dim < 2:
-        raise ConfigError(
-            "a hyperspherical latent needs latent_dim >= 2 (the circle is the sphere in 2-D)"
-        )
+    if is_whole(latent_dim):
+        latent_of(prior).check_dim(latent_dim)
+
+
+def latent_of(prior: str) -> LatentSpace:
+    """The latent space a prior is a distribution on (:mod:`pyro_vae.latents`)."""
+    require_choice(prior, "prior", PRIORS)
+    return SPHERE if prior == "hyperspherical" else GAUSSIAN
 
 
 def has_closed_form_kl(prior: str) -> bool:
@@ -121,8 +127,8 @@ class Prior(nn.Module):
     """``p(z)`` over latents of size :attr:`latent_dim`."""
 
     name = ""
-    #: whether z lies on the unit sphere (the guide is then Power Spherical)
-    spherical = False
+    #: the space z lives in, which decides the guide's distribution (:mod:`pyro_vae.latents`)
+    latent: LatentSpace = GAUSSIAN
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
@@ -275,7 +281,7 @@ class HypersphericalPrior(Prior):
     """The uniform distribution on the unit sphere ``S^(Z-1)`` in ``R^Z``."""
 
     name = "hyperspherical"
-    spherical = True
+    latent = SPHERE
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__(latent_dim)

@@ -17,8 +17,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.estimators import ESTIMATORS, baseline_options, guide_distribution
+from pyro_vae.estimators import ESTIMATORS, baseline_options
 from pyro_vae.gradients import gradient_samples, gradient_statistics
+from pyro_vae.latents import guide_distribution
 from pyro_vae.model import VAE
 from pyro_vae.networks import Baseline
 from pyro_vae.objectives import make_elbo

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae import VAE, ConfigError
-from pyro_vae.estimators import guide_distribution
+from pyro_vae.latents import guide_distribution
 from pyro_vae.model import IndependentBernoulli, bernoulli_log_density
 from pyro_vae.networks import Encoder
 

@@ -15,8 +15,9 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions.kl import _kl_normal_normal, kl_divergence
 
 from pyro_vae import VAE, ConfigError, TrainConfig
-from pyro_vae.estimators import ESTIMATORS, guide_distribution
+from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import evaluate
+from pyro_vae.latents import guide_distribution
 from pyro_vae.objectives import make_elbo
 from pyro_vae.posterior import nuts_posterior
 from pyro_vae.priors import (
@@ -241,7 +242,7 @@ def test_every_estimator_of_the_sphere_guide_is_unbiased(estimator, float64):
     def guide():
         loc, concentration = pyro.param("w", w.detach()), pyro.param("raw", raw.detach())
         with pyro.plate("n", 1):
-            q = guide_distribution(loc[None], concentration[None], estimator, spherical=True)
+            q = guide_distribution(loc[None], concentration[None], estimator, latent="sphere")
             pyro.sample("z", q, infer=_baseline_infer(estimator))
 
     # the baseline estimators go through TraceGraph_ELBO with one particle at a time
