@@ -43,12 +43,12 @@ _LAZY = {
     "WakeSleep": "pyro_vae.objectives",
     "HypersphericalUniform": "pyro_vae.sphere",
     "PowerSpherical": "pyro_vae.sphere",
-    "TrainConfig": "pyro_vae.train",
-    "TrainResult": "pyro_vae.train",
+    "TrainConfig": "pyro_vae.config",
+    "TrainResult": "pyro_vae.runfolder",
     "TrainingDiverged": "pyro_vae.train",
     "fit": "pyro_vae.train",
-    "load_run": "pyro_vae.train",
-    "run_images": "pyro_vae.train",
+    "load_run": "pyro_vae.runfolder",
+    "run_images": "pyro_vae.splits",
     "isolated": "pyro_vae.isolation",
 }
 

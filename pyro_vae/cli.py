@@ -31,7 +31,13 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
-from pyro_vae.config import add_config_arguments, given_settings, read_config_file
+from pyro_vae.config import (
+    TrainConfig,
+    add_config_arguments,
+    check_device,
+    given_settings,
+    read_config_file,
+)
 from pyro_vae.data import (
     DataFallbackWarning,
     ImageData,
@@ -50,18 +56,17 @@ from pyro_vae.plots import (
     reconstructions_figure,
     samples_figure,
 )
-from pyro_vae.runfolder import LOCK_FILE, locked_folder
-from pyro_vae.train import (
+from pyro_vae.runfolder import (
     CHECKPOINT_FILE,
-    TrainConfig,
+    LOCK_FILE,
     TrainResult,
-    check_device,
-    check_same_data,
-    fit,
     held_out_elbo,
+    holds_no_run,
     load_run,
-    run_images,
+    locked_folder,
 )
+from pyro_vae.splits import check_same_data, run_images
+from pyro_vae.train import fit
 
 __all__ = ["build_parser", "main"]
 
@@ -426,7 +431,7 @@ def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, P
         stamp = distributed.from_main(world, lambda: time.strftime("%Y%m%d-%H%M%S"))
         run_dir = Path(args.out or f"runs/{Path(config.dataset).stem}-{stamp}")
         distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, True))
-        distributed.from_main(world, lambda: _holds_no_run(run_dir))
+        distributed.from_main(world, lambda: holds_no_run(run_dir))
         if "dataset" not in given:  # rank 0 first: it may download MNIST, and warns
             data = distributed.main_first(
                 world, lambda: _mnist_or_sample(config.data_dir, loud=world.is_main)
@@ -436,13 +441,6 @@ def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, P
         print(f"training in {run_dir}")
     log = run_dir / "tensorboard" if args.tensorboard else None
     return fit(config, run_dir, data, bool(args.resume), progress, tensorboard=log), run_dir
-
-
-def _holds_no_run(run_dir: Path) -> None:
-    if (run_dir / CHECKPOINT_FILE).exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a run; resume it or choose another run folder"
-        )
 
 
 # -- evaluate -------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.build import build_vae
 from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, write_json
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, as_float, binarize_once, mean_image
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import ESTIMATORS, check_estimator
@@ -36,7 +38,8 @@ from pyro_vae.isolation import isolated
 from pyro_vae.model import VAE
 from pyro_vae.plots import gradient_variance_figure, training_curves_figure
 from pyro_vae.runfolder import LOCK_FILE
-from pyro_vae.train import TrainConfig, build_vae, fit, run_images
+from pyro_vae.splits import run_images
+from pyro_vae.train import fit
 
 __all__ = ["EstimatorComparison", "compare_estimators", "compare_gradients"]
 

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
-from pyro_vae.train import held_out_elbo
+from pyro_vae.runfolder import held_out_elbo
 
 __all__ = [
     "gradient_variance_figure",

@@ -1,31 +1,28 @@
-"""Training with ``pyro.infer.SVI``: the config, the loop, run folders and resuming.
+"""Training with ``pyro.infer.SVI``: the loop.
 
-A run folder holds ``config.json`` (what was asked), ``checkpoint.pt`` (written atomically at
-the end of every epoch) and ``metrics.jsonl`` (one line an epoch: ``epoch``, ``step``,
-``train_elbo``, ``valid_elbo`` in nats per image, and cumulative training ``seconds``). The
-per-epoch score is on the validation images, held out from the training set; the test set is
-scored only by :func:`pyro_vae.evaluate.evaluate` (``pyro-vae train``'s final evaluation and
+:func:`fit` reads as the loop; what it stands on has its own module: the settings
+(:mod:`pyro_vae.config`), the VAE and optimizer a config describes (:mod:`pyro_vae.build`), the
+images of a run (:mod:`pyro_vae.splits`), the run folder with its files, checkpoints and
+metrics (:mod:`pyro_vae.runfolder`), and several processes (:mod:`pyro_vae.distributed`).
+The per-epoch score is on the validation images, held out from the training set; the test set
+is scored only by :func:`pyro_vae.evaluate.evaluate` (``pyro-vae train``'s final evaluation and
 ``pyro-vae evaluate``). A run without a validation split (``valid_fraction=0``) scores each
 epoch on the test set and says so: its rows have ``test_elbo``.
 
-The loop (:func:`fit`) reads in a dozen lines; its pieces have names: :func:`run_images` (the
-tensors a run uses), ``_open_run`` (a new run, or a resumed one from its checkpoint),
-``_train_epoch``, ``_checkpoint_state`` and ``_save``.
+The loop's pieces have names: ``_open_run`` (a new run, or a resumed one from its
+checkpoint), ``_train_epoch``, ``_checkpoint_state`` and ``_save``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,26 +39,24 @@ except ImportError:  # pragma: no cover - Windows
     resource = None
 
 from pyro_vae import distributed
+from pyro_vae.build import (
+    build_vae,
+    check_custom,
+    check_step_memory,
+    make_optimizer,
+    parameter_count,
+)
 from pyro_vae.checkpoint import (
-    atomic_write_bytes,
     find_non_finite,
-    load_checkpoint,
-    save_checkpoint,
-    signals_deferred,
     write_json,
 )
 from pyro_vae.checks import require_flag
 from pyro_vae.config import TrainConfig, check_device
 from pyro_vae.data import (
-    VALID_BINARIZATION_SEED,
     BatchLoader,
     ImageData,
     as_float,
-    binarize_once,
-    load_dataset,
     mean_image,
-    prepare_images,
-    split_validation,
 )
 from pyro_vae.distributed import DistributedStep, World, rank_seed
 from pyro_vae.errors import (
@@ -81,337 +76,53 @@ from pyro_vae.isolation import (
     reseed,
     set_rng_state,
 )
-from pyro_vae.memory import binding_limit
-from pyro_vae.model import VAE, image_shape_chw
-from pyro_vae.networks import conv_sizes
+from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_weight_at, make_elbo
 from pyro_vae.optim import JointOptimizer, lr_factor
-from pyro_vae.runfolder import holds, locked_folder
+from pyro_vae.runfolder import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    TrainResult,
+    check_room,
+    held_out_elbo,
+    load_model_state,
+    load_run,
+    locked_folder,
+    put_back_on_failure,
+    resume_state,
+    save_files,
+    write_metrics,
+)
+from pyro_vae.splits import RunImages, check_same_data, data_fingerprint, run_images
 
+# the names of the loop's own (fit, TrainingDiverged), and those it re-exports from the modules
+# that now own them, so that code written against pyro_vae.train keeps working
 __all__ = [
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
     "MAX_SEED",
+    "METRICS_FILE",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "RunImages",
+    "build_vae",
     "check_device",
+    "check_same_data",
+    "data_fingerprint",
     "held_out_elbo",
     "check_seed",
     "fit",
     "load_run",
+    "make_optimizer",
+    "parameter_count",
     "run_images",
 ]
-
-CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.jsonl"
 
 
 class TrainingDiverged(PyroVAEError):
     """The training objective became NaN or infinite."""
-
-
-@dataclass
-class TrainResult:
-    """A trained VAE with its config and metrics (one dict an epoch)."""
-
-    vae: VAE
-    history: list[dict[str, float]]
-    config: TrainConfig
-    image_shape: tuple[int, ...]  # (H, W) grey or (C, H, W)
-    test_images: torch.Tensor | None = (
-        None  # (N, *vae.event_shape) as evaluated; None from load_run
-    )
-    run_dir: Path | None = None
-    test_labels: torch.Tensor | None = None
-    class_names: tuple[str, ...] | None = None  # label i is class_names[i]
-    data_fingerprint: str | None = None  # of the images it was trained on (data_fingerprint)
-
-
-def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
-    """Weights and biases of the encoder and decoder (the nn baseline not included)."""
-    data_dim = math.prod(image_shape)
-    if config.arch != "mlp" or config.prior != "normal":  # built on PyTorch's meta device
-        # (without memory)
-        with torch.device("meta"):
-            vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
-        return sum(p.numel() for p in vae.parameters())
-    hidden, z = list(config.hidden_sizes), config.latent_dim
-    outputs = data_dim * (2 if config.likelihood == "gaussian" else 1)
-
-    def dense(sizes: list[int]) -> int:
-        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-
-    width = hidden[-1] if hidden else data_dim
-    encoder = dense([data_dim, *hidden]) + 2 * (width * z + z)
-    decoder = dense([z, *reversed(hidden)]) + (hidden[0] if hidden else z) * outputs + outputs
-    return encoder + decoder
-
-
-def _device_memory(device: str) -> tuple[int, str] | None:
-    """The bytes a run on ``device`` may still allocate, and the words for a message: a GPU's
-    memory, or on the CPU the limit that binds (the machine's, ``ulimit -v``, a cgroup's:
-    :func:`pyro_vae.memory.binding_limit`); ``None`` where nothing can be read."""
-    if device.startswith("cuda"):
-        try:
-            index = int(device.partition(":")[2] or 0)
-            total = torch.cuda.get_device_properties(index).total_memory
-        except (ValueError, RuntimeError, AttributeError, AssertionError):
-            return None
-        return total, f"{device} has {total / 2**30:,.1f} GiB"
-    limit = binding_limit()
-    return None if limit is None else (limit.available, limit.describe())
-
-
-def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
-    flat = len(image_shape) == 1  # a vector of pixels: the MLP only
-    return VAE(
-        image_shape[0] if flat else None,
-        latent_dim=config.latent_dim,
-        hidden_sizes=config.hidden_sizes,
-        activation=config.activation,
-        likelihood=config.likelihood,
-        estimator=config.estimator,
-        baseline_beta=config.baseline_beta,
-        image_shape=None if flat else image_shape,
-        arch=config.arch,
-        conv_channels=config.conv_channels,
-        prior=config.prior,
-        prior_components=config.prior_components,
-    )
-
-
-def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
-    """The VAE a config describes, for images of ``image_shape`` (``(H, W)``, ``(C, H, W)``,
-    or a number of pixels), on the CPU.
-
-    :raises ConfigError: the networks would not fit in the memory of ``config.device``, or
-        the config asks for hand-written networks (``arch="custom"``: build them yourself).
-    """
-    if config.arch == "custom":
-        raise ConfigError(
-            "arch 'custom' means hand-written networks: build VAE(image_shape=..., "
-            "encoder=..., decoder=...) and pass it to fit(vae=...) or load_run(vae=...)"
-        )
-    if isinstance(image_shape, int):
-        image_shape = (image_shape,) if config.arch == "mlp" else image_shape_chw(image_shape)
-    image_shape = tuple(image_shape)
-    count = parameter_count(config, image_shape)
-    needed = 4 * 4 * count  # float32 parameters, their gradients and Adam's two moments
-    memory = _device_memory(config.device)
-    too_big = ConfigError(
-        f"the networks would have {count:,} parameters, about {needed / 2**30:,.1f} GiB to "
-        f"train, more than there is"
-        + (f" ({memory[1]})" if memory else f" on {config.device}")
-        + "; choose smaller --hidden-sizes or --latent-dim"
-        + (" or fewer --prior-components" if config.prior in ("mixture", "vamp") else "")
-    )
-    if memory is not None and needed > memory[0]:
-        raise too_big
-    try:
-        return _vae(config, image_shape)
-    except (RuntimeError, MemoryError) as e:
-        if isinstance(e, MemoryError) or "alloc" in str(e).lower():
-            raise too_big from None
-        raise
-
-
-def make_optimizer(config: TrainConfig) -> JointOptimizer:
-    """Adam or Adagrad over all parameters, the nn baseline's at their own learning rate."""
-
-    def learning_rate(name: str) -> float:
-        baseline = name.startswith("baseline.")
-        return config.baseline_learning_rate if baseline else config.learning_rate
-
-    return JointOptimizer(learning_rate, config.clip_norm, eps=config.adam_eps,
-                          algorithm=config.optimizer, weight_decay=config.weight_decay)  # fmt: skip
-
-
-def _metrics_text(history: list[dict]) -> str:
-    return "".join(json.dumps(row) + "\n" for row in history)
-
-
-def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    atomic_write_bytes(run_dir / METRICS_FILE, _metrics_text(history).encode())
-
-
-def _catch_up_records(run_dir: Path, state: dict) -> None:
-    """Bring ``metrics.jsonl`` and ``config.json`` up to the checkpoint they belong beside.
-
-    The three are written in that order under one deferral of Ctrl-C and SIGTERM; only a
-    ``kill -9`` (or a power cut) between them leaves the checkpoint of epoch n beside the
-    metrics of epoch n - 1. The checkpoint holds the whole history, so a process holding the
-    folder (no run is writing it) rewrites the two from it. Metrics that are not a beginning of
-    the checkpoint's history are someone else's file and stay as they are: nothing is lost.
-    """
-    expected = _metrics_text(state["history"])
-    try:
-        found = (run_dir / METRICS_FILE).read_text()
-    except (OSError, UnicodeDecodeError):
-        found = None
-    if found == expected or not expected.startswith(found or ""):
-        return
-    with contextlib.suppress(OutputError), signals_deferred():
-        write_json(run_dir / CONFIG_FILE, state["config"])
-        _write_metrics(run_dir, state["history"])
-
-
-def _check_step_memory(config: TrainConfig, image_shape: Sequence[int]) -> None:
-    """Refuse a batch of particles whose activations could not fit in the device's memory."""
-    data_dim = math.prod(image_shape)
-    widths = data_dim * 3 + 2 * sum(config.hidden_sizes) + 4 * config.latent_dim
-    if config.arch == "conv":  # the feature maps, in the encoder and the decoder
-        _, h, w = image_shape_chw(image_shape)
-        sizes = conv_sizes(h, w, len(config.conv_channels))[1:]
-        widths += 2 * sum(c * a * b for c, (a, b) in zip(config.conv_channels, sizes, strict=True))
-    rows = config.num_particles * config.batch_size
-    needed = 4 * 3 * rows * widths  # float32, forward values and their gradients, roughly
-    memory = _device_memory(config.device)
-    if memory is not None and needed > memory[0]:
-        raise ConfigError(
-            f"K = {config.num_particles} particles for each of {config.batch_size} images need "
-            f"about {needed / 2**30:,.1f} GiB a step, more than there is ({memory[1]}); "
-            "lower -K or --batch-size"
-        )
-
-
-def _check_room(run_dir: Path, vae: VAE) -> None:
-    """Refuse to start a run whose checkpoint could not be written: the disk's free space and
-    the process's file-size limit (``ulimit -f``) against the checkpoint's size."""
-    tensors = sum(p.numel() * p.element_size() for p in vae.parameters())
-    needed = 3 * tensors + 2**20  # parameters and Adam's two moments, plus the rest
-    try:
-        free = shutil.disk_usage(run_dir).free
-    except OSError:
-        free = None
-    if free is not None and free < 2 * needed:  # the old checkpoint stays until the rename
-        raise OutputError(
-            f"{run_dir} has {free / 2**20:.1f} MiB free; a checkpoint of this model needs "
-            f"about {needed / 2**20:.1f} MiB (and the same again while it is replaced)"
-        )
-    if resource is not None:
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit != resource.RLIM_INFINITY and limit < needed:
-            raise OutputError(
-                f"the file-size limit (ulimit -f) is {limit / 2**20:.2f} MiB; a checkpoint of "
-                f"this model needs about {needed / 2**20:.1f} MiB"
-            )
-
-
-def _load_model_state(vae: VAE, state: dict, where: Path | str) -> None:
-    """``vae.load_state_dict(state)``, with a one-line :class:`CheckpointError` on mismatch."""
-    expected = vae.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
-    ]
-    problems = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-        if names:
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            problems.append(f"{label}: {', '.join(names[:3])}{more}")
-    if problems:
-        raise CheckpointError(
-            f"the model in {where} does not fit its config ({'; '.join(problems)})"
-        )
-    vae.load_state_dict(state)
-
-
-def _resume_state(config: TrainConfig, run_dir: Path) -> dict:
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    saved = TrainConfig.from_dict(checkpoint["config"])
-    diffs = saved.differences(config)
-    if diffs:
-        raise CheckpointError(
-            f"{run_dir} was trained with a different config ({'; '.join(diffs)}); "
-            "resume with the same settings or start a new run folder"
-        )
-    done = int(checkpoint["epoch"])
-    if config.epochs <= done:
-        raise ConfigError(
-            f"the run in {run_dir} has trained {done} epochs already, so epochs = "
-            f"{config.epochs} leaves nothing to train; ask for more than {done} to continue "
-            "(evaluate, plot and sample work on the run as it is)"
-        )
-    return checkpoint
-
-
-def data_fingerprint(data: ImageData) -> str:
-    """A digest of a data set's training and test images (their dtype, shape and values), which
-    a run records: the same name can hold other images later (an image folder with files added
-    or removed), and a resumed run or its evaluation would then use other splits."""
-    digest = hashlib.sha256()
-    for images in (data.train_images, data.test_images):
-        images = images.detach().cpu().contiguous()
-        digest.update(f"{images.dtype} {tuple(images.shape)};".encode())
-        digest.update(images.numpy().data)
-    return digest.hexdigest()[:16]
-
-
-def check_same_data(recorded: str | None, data: ImageData, run_dir: Path | str) -> None:
-    """Refuse data that are not the images the run in ``run_dir`` was trained on (a run from
-    before fingerprints, ``recorded`` ``None``, is trusted)."""
-    if recorded is not None and recorded != data_fingerprint(data):
-        raise CheckpointError(
-            f"the images of {data.name} are not those the run in {run_dir} was trained on (their "
-            "fingerprint changed: files added, removed or edited); its splits would be of "
-            "other images. Train a new run on these data"
-        )
-
-
-@dataclass(frozen=True)
-class RunImages:
-    """The images of a run, as :func:`run_images` prepares them."""
-
-    data: ImageData
-    train: torch.Tensor  # (N, ...) as stored (uint8 for 8-bit data) or binarized once
-    valid: torch.Tensor  # (V, ...) float32, binarized once; empty without a validation split
-    test: torch.Tensor  # (M, ...) float32, binarized once
-
-
-def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
-    """The data set of a run and the train, validation and test tensors it uses, on the CPU.
-
-    The one place where data are loaded and prepared for a config (see
-    :func:`pyro_vae.data.prepare_images`): training, the estimator study and the CLI's
-    ``evaluate``, ``reconstruct`` and ``plot`` all see the same images. The validation images
-    are ``config.valid_fraction`` of the training set, drawn with ``config.split_seed``
-    (:func:`pyro_vae.data.split_validation`), before ``train_size`` takes the first images of
-    the rest. Images come flat, ``(N, D)``, for the MLP, and as ``(N, C, H, W)`` for conv and
-    hand-written networks.
-
-    :param data: images to use instead of loading ``config.dataset``.
-    """
-    if data is None:
-        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
-    train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
-    train, valid = split_validation(train, config.valid_fraction, config.split_seed)
-    valid = as_float(valid)
-    if config.binarize == "dynamic":
-        valid = binarize_once(valid, VALID_BINARIZATION_SEED)
-    if config.train_size is not None:
-        if config.train_size > len(train):  # a config that says 512 of 324 would be untrue
-            held = f" after the validation split of {len(valid)}" if len(valid) else ""
-            raise ConfigError(
-                f"train_size {config.train_size} is more than the {len(train)} training images "
-                f"of {data.name}{held}; ask for {len(train)} or fewer, or leave it out for all"
-            )
-        train = train[: config.train_size]
-    if config.arch != "mlp":
-        shape = image_shape_chw(data.image_shape)
-        train, valid, test = (t.reshape(-1, *shape) for t in (train, valid, test))
-    if train.is_floating_point():  # float64 arrays, say, meet float32 networks
-        train = train.to(torch.float32)
-    return RunImages(data, train, valid, test)
-
-
-def held_out_elbo(row: dict) -> tuple[str, float]:
-    """``("validation", valid_elbo)`` of a metrics row, or ``("test", test_elbo)`` for a run
-    without a validation split (``valid_fraction = 0``, and runs of earlier versions)."""
-    if "valid_elbo" in row:
-        return "validation", row["valid_elbo"]
-    return "test", row["test_elbo"]
 
 
 @dataclass
@@ -516,7 +227,7 @@ def fit(
             distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, not resume))
         store = stack.enter_context(isolated(config.seed))
         writes = run_dir is not None and world.is_main
-        stack.enter_context(_put_back_on_failure(run_dir if writes else None, resume))
+        stack.enter_context(put_back_on_failure(run_dir if writes else None, resume))
         run = _open_run(config, run_dir, data, resume, store, vae, world)
         step = _stepper(run)
         if isinstance(step, DistributedStep):
@@ -570,62 +281,6 @@ def _tensorboard_log(run: _Run, folder: str | os.PathLike | None) -> Iterator[No
         run.log = None
 
 
-@contextlib.contextmanager
-def _put_back_on_failure(run_dir: Path | None, resume: bool) -> Iterator[None]:
-    """A new run that fails before its first checkpoint leaves the folder as it found it.
-
-    What it finds there (a killed run's ``config.json``, a file of the user's) is put back;
-    what it wrote is removed. A resumed run needs nothing of the kind: it rewrites
-    ``config.json`` and ``metrics.jsonl`` only beside a new checkpoint.
-    """
-    if run_dir is None or resume:
-        yield
-        return
-    found = {}
-    for name in (CONFIG_FILE, METRICS_FILE):
-        with contextlib.suppress(OSError):
-            found[name] = (run_dir / name).read_bytes()
-    try:
-        yield
-    except BaseException:
-        if not (run_dir / CHECKPOINT_FILE).exists():
-            for name in (CONFIG_FILE, METRICS_FILE):
-                with contextlib.suppress(OSError, PyroVAEError):
-                    if name in found:
-                        atomic_write_bytes(run_dir / name, found[name])
-                    else:
-                        (run_dir / name).unlink()
-        raise
-
-
-def _check_custom(config: TrainConfig, vae: VAE | None) -> None:
-    """A hand-written VAE comes with ``arch="custom"``, and agrees with the config."""
-    if vae is None:
-        if config.arch == "custom":
-            raise ConfigError(
-                "arch 'custom' trains a VAE with hand-written networks: pass it as "
-                "fit(config, vae=VAE(image_shape=..., encoder=..., decoder=...))"
-            )
-        return
-    if not isinstance(vae, VAE) or vae.arch != "custom" or config.arch != "custom":
-        raise ConfigError(
-            "fit(vae=...) takes a VAE with hand-written networks and a config with arch "
-            "'custom'; for the built-in networks leave vae out and set arch in the config"
-        )
-    mine = {name: getattr(vae, name)
-            for name in ("latent_dim", "likelihood", "estimator", "baseline_beta")}  # fmt: skip
-    mine["prior"] = vae.prior.name
-    if config.prior_components is not None:
-        mine["prior_components"] = getattr(vae.prior, "components", None)
-    clashes = [
-        f"{name}: config {getattr(config, name)!r} != VAE {value!r}"
-        for name, value in mine.items()
-        if getattr(config, name) != value
-    ]
-    if clashes:
-        raise ConfigError(f"the VAE does not match the config ({'; '.join(clashes)})")
-
-
 def _open_run(
     config: TrainConfig,
     run_dir: Path | None,
@@ -641,7 +296,7 @@ def _open_run(
 
     def checkpoint_or_none() -> dict | None:
         if resume:
-            return _resume_state(config, run_dir)
+            return resume_state(config, run_dir)
         if run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
             raise CheckpointError(
                 f"{run_dir} already holds a run; resume it or choose another run folder"
@@ -650,7 +305,7 @@ def _open_run(
 
     world = world or World()
     checkpoint = distributed.from_main(world, checkpoint_or_none)
-    _check_custom(config, vae)
+    check_custom(config, vae)
     images = distributed.main_first(world, lambda: run_images(config, data))  # may download
     data = images.data
     fingerprint = data_fingerprint(data)
@@ -663,7 +318,7 @@ def _open_run(
     train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
     if vae is None:
         vae = build_vae(config, data.image_shape)  # checks the parameters' size
-        _check_step_memory(config, data.image_shape)
+        check_step_memory(config, data.image_shape)
     elif vae.event_shape != tuple(train.shape[1:]):
         raise ConfigError(
             f"the VAE models images of shape {vae.event_shape}, the data are "
@@ -672,7 +327,7 @@ def _open_run(
     vae = vae.to(config.device)
     vae.init_output_bias(mean_image(train))
     if run_dir is not None:
-        distributed.from_main(world, lambda: _check_room(run_dir, vae))
+        distributed.from_main(world, lambda: check_room(run_dir, vae))
     # Pyro's decaying-average baseline keeps one average per batch position: equal batches
     # only; a distributed run's processes take equal slices of every global batch
     drop_last = uses_baseline(config.estimator) or world.size > 1
@@ -698,12 +353,12 @@ def _open_run(
     if checkpoint is None:
         if run.writes:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
-            _write_metrics(run_dir, run.history)
+            write_metrics(run_dir, run.history)
         if world.rank > 0:  # the initial weights were drawn; now this process's own noise
             reseed(rank_seed(config.seed, world.rank))
         return run
     where = run_dir / CHECKPOINT_FILE
-    _load_model_state(vae, checkpoint["model"], where)
+    load_model_state(vae, checkpoint["model"], where)
     run.optim.set_state(checkpoint["optimizer"])
     # each process's streams and baselines: rank 0's are "rng" and "baseline_state"; a
     # distributed run's checkpoint also holds every rank's under "ranks"
@@ -915,67 +570,7 @@ def _save(run: _Run, store) -> None:
         run.saved_epoch = epoch
         return
     try:
-        # one state: Ctrl-C or SIGTERM waits for all three files (the checkpoint of epoch 2
-        # beside the metrics of epoch 1 was a folder that evaluate and plot misread)
-        with signals_deferred():
-            save_checkpoint(run.run_dir / CHECKPOINT_FILE, state)
-            write_json(run.run_dir / CONFIG_FILE, run.config.to_dict())
-            _write_metrics(run.run_dir, run.history)
+        save_files(run.run_dir, state)
     except OutputError as e:
         raise OutputError(f"{e}; training stopped after epoch {epoch}, {run.kept()}") from None
     run.saved_epoch = epoch
-
-
-def load_run(run_dir: str | Path, device: str = "cpu", vae: VAE | None = None) -> TrainResult:
-    """The trained VAE, config and metrics history stored in a run folder.
-
-    :param vae: for a run of hand-written networks (``arch="custom"``): a VAE built as for
-        training; the stored parameters are loaded into it.
-    :raises CheckpointError: no run folder, a checkpoint that is damaged or does not fit, or
-        a run of hand-written networks without ``vae``.
-    :raises ConfigError: an unknown or unavailable ``device``.
-    """
-    check_device(device)
-    if not isinstance(run_dir, (str, os.PathLike)):
-        raise CheckpointError(f"a run folder is a path, got {run_dir!r}")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"no run folder at {run_dir}")
-    with isolated():  # building the networks draws their initial weights
-        return _load_run(run_dir, device, vae)
-
-
-def _load_run(run_dir: Path, device: str, vae: VAE | None) -> TrainResult:
-    path = run_dir / CHECKPOINT_FILE
-    state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"])
-    if holds(run_dir):  # no run is writing it: the records can catch up with the checkpoint
-        _catch_up_records(run_dir, state)
-    image_shape = tuple(state.get("image_shape", (28, 28)))
-    if config.arch == "custom":
-        if vae is None:
-            networks = state.get("networks", {})
-            names = " and ".join(networks.values()) or "unknown classes"
-            raise CheckpointError(
-                f"the run in {run_dir} has hand-written networks ({names}); load it from Python "
-                "with load_run(RUN, vae=VAE(image_shape=..., encoder=..., decoder=...))"
-            )
-        try:
-            _check_custom(config, vae)
-        except ConfigError as e:
-            raise CheckpointError(f"{e} (the run in {run_dir})") from None
-    elif vae is not None:
-        raise ConfigError(f"the run in {run_dir} has built-in networks; load it without vae")
-    else:
-        vae = build_vae(dataclasses.replace(config, device="cpu"), image_shape)
-    _load_model_state(vae, state["model"], path)
-    if math.prod(vae.event_shape) != math.prod(image_shape):
-        raise CheckpointError(
-            f"the model in {path} has {math.prod(vae.event_shape)} pixels per image, its image "
-            f"shape {image_shape} has {math.prod(image_shape)}"
-        )
-    history = list(state["history"])
-    fingerprint = state.get("data_fingerprint")
-    fingerprint = fingerprint if isinstance(fingerprint, str) else None
-    return TrainResult(vae.to(device).eval(), history, config, image_shape, run_dir=run_dir,
-                       data_fingerprint=fingerprint)  # fmt: skip

@@ -1,0 +1,166 @@
+"""The objects a config describes: the VAE (:func:`build_vae`), sized against the device's
+memory before anything is allocated (:func:`parameter_count`), and the optimizer
+(:func:`make_optimizer`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import ConfigError
+from pyro_vae.memory import binding_limit
+from pyro_vae.model import VAE, image_shape_chw
+from pyro_vae.networks import conv_sizes
+from pyro_vae.optim import JointOptimizer
+
+__all__ = ["build_vae", "check_custom", "check_step_memory", "make_optimizer", "parameter_count"]
+
+
+def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
+    """Weights and biases of the encoder and decoder (the nn baseline not included)."""
+    data_dim = math.prod(image_shape)
+    if config.arch != "mlp" or config.prior != "normal":  # built on PyTorch's meta device
+        # (without memory)
+        with torch.device("meta"):
+            vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
+        return sum(p.numel() for p in vae.parameters())
+    hidden, z = list(config.hidden_sizes), config.latent_dim
+    outputs = data_dim * (2 if config.likelihood == "gaussian" else 1)
+
+    def dense(sizes: list[int]) -> int:
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+    width = hidden[-1] if hidden else data_dim
+    encoder = dense([data_dim, *hidden]) + 2 * (width * z + z)
+    decoder = dense([z, *reversed(hidden)]) + (hidden[0] if hidden else z) * outputs + outputs
+    return encoder + decoder
+
+
+def _device_memory(device: str) -> tuple[int, str] | None:
+    """The bytes a run on ``device`` may still allocate, and the words for a message: a GPU's
+    memory, or on the CPU the limit that binds (the machine's, ``ulimit -v``, a cgroup's:
+    :func:`pyro_vae.memory.binding_limit`); ``None`` where nothing can be read."""
+    if device.startswith("cuda"):
+        try:
+            index = int(device.partition(":")[2] or 0)
+            total = torch.cuda.get_device_properties(index).total_memory
+        except (ValueError, RuntimeError, AttributeError, AssertionError):
+            return None
+        return total, f"{device} has {total / 2**30:,.1f} GiB"
+    limit = binding_limit()
+    return None if limit is None else (limit.available, limit.describe())
+
+
+def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
+    flat = len(image_shape) == 1  # a vector of pixels: the MLP only
+    return VAE(
+        image_shape[0] if flat else None,
+        latent_dim=config.latent_dim,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        likelihood=config.likelihood,
+        estimator=config.estimator,
+        baseline_beta=config.baseline_beta,
+        image_shape=None if flat else image_shape,
+        arch=config.arch,
+        conv_channels=config.conv_channels,
+        prior=config.prior,
+        prior_components=config.prior_components,
+    )
+
+
+def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
+    """The VAE a config describes, for images of ``image_shape`` (``(H, W)``, ``(C, H, W)``,
+    or a number of pixels), on the CPU.
+
+    :raises ConfigError: the networks would not fit in the memory of ``config.device``, or
+        the config asks for hand-written networks (``arch="custom"``: build them yourself).
+    """
+    if config.arch == "custom":
+        raise ConfigError(
+            "arch 'custom' means hand-written networks: build VAE(image_shape=..., "
+            "encoder=..., decoder=...) and pass it to fit(vae=...) or load_run(vae=...)"
+        )
+    if isinstance(image_shape, int):
+        image_shape = (image_shape,) if config.arch == "mlp" else image_shape_chw(image_shape)
+    image_shape = tuple(image_shape)
+    count = parameter_count(config, image_shape)
+    needed = 4 * 4 * count  # float32 parameters, their gradients and Adam's two moments
+    memory = _device_memory(config.device)
+    too_big = ConfigError(
+        f"the networks would have {count:,} parameters, about {needed / 2**30:,.1f} GiB to "
+        f"train, more than there is"
+        + (f" ({memory[1]})" if memory else f" on {config.device}")
+        + "; choose smaller --hidden-sizes or --latent-dim"
+        + (" or fewer --prior-components" if config.prior in ("mixture", "vamp") else "")
+    )
+    if memory is not None and needed > memory[0]:
+        raise too_big
+    try:
+        return _vae(config, image_shape)
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+            raise too_big from None
+        raise
+
+
+def make_optimizer(config: TrainConfig) -> JointOptimizer:
+    """Adam or Adagrad over all parameters, the nn baseline's at their own learning rate."""
+
+    def learning_rate(name: str) -> float:
+        baseline = name.startswith("baseline.")
+        return config.baseline_learning_rate if baseline else config.learning_rate
+
+    return JointOptimizer(learning_rate, config.clip_norm, eps=config.adam_eps,
+                          algorithm=config.optimizer, weight_decay=config.weight_decay)  # fmt: skip
+
+
+def check_step_memory(config: TrainConfig, image_shape: Sequence[int]) -> None:
+    """Refuse a batch of particles whose activations could not fit in the device's memory."""
+    data_dim = math.prod(image_shape)
+    widths = data_dim * 3 + 2 * sum(config.hidden_sizes) + 4 * config.latent_dim
+    if config.arch == "conv":  # the feature maps, in the encoder and the decoder
+        _, h, w = image_shape_chw(image_shape)
+        sizes = conv_sizes(h, w, len(config.conv_channels))[1:]
+        widths += 2 * sum(c * a * b for c, (a, b) in zip(config.conv_channels, sizes, strict=True))
+    rows = config.num_particles * config.batch_size
+    needed = 4 * 3 * rows * widths  # float32, forward values and their gradients, roughly
+    memory = _device_memory(config.device)
+    if memory is not None and needed > memory[0]:
+        raise ConfigError(
+            f"K = {config.num_particles} particles for each of {config.batch_size} images need "
+            f"about {needed / 2**30:,.1f} GiB a step, more than there is ({memory[1]}); "
+            "lower -K or --batch-size"
+        )
+
+
+def check_custom(config: TrainConfig, vae: VAE | None) -> None:
+    """A hand-written VAE comes with ``arch="custom"``, and agrees with the config."""
+    if vae is None:
+        if config.arch == "custom":
+            raise ConfigError(
+                "arch 'custom' trains a VAE with hand-written networks: pass it as "
+                "fit(config, vae=VAE(image_shape=..., encoder=..., decoder=...))"
+            )
+        return
+    if not isinstance(vae, VAE) or vae.arch != "custom" or config.arch != "custom":
+        raise ConfigError(
+            "fit(vae=...) takes a VAE with hand-written networks and a config with arch "
+            "'custom'; for the built-in networks leave vae out and set arch in the config"
+        )
+    mine = {name: getattr(vae, name)
+            for name in ("latent_dim", "likelihood", "estimator", "baseline_beta")}  # fmt: skip
+    mine["prior"] = vae.prior.name
+    if config.prior_components is not None:
+        mine["prior_components"] = getattr(vae.prior, "components", None)
+    clashes = [
+        f"{name}: config {getattr(config, name)!r} != VAE {value!r}"
+        for name, value in mine.items()
+        if getattr(config, name) != value
+    ]
+    if clashes:
+        raise ConfigError(f"the VAE does not match the config ({'; '.join(clashes)})")
