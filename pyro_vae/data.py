@@ -26,7 +26,6 @@ import urllib.request
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import torch
 
 from pyro_vae.checks import is_real, is_whole, require_choice, require_whole
 from pyro_vae.errors import ConfigError, DataError, DataNotFoundError
+from pyro_vae.imagedata import ImageData
+from pyro_vae.imagefiles import load_image_files
 from pyro_vae.memory import format_bytes, limit_exceeded
 
 __all__ = [
@@ -71,31 +72,6 @@ VALID_BINARIZATION_SEED = 4321  # likewise for the validation images
 FREY_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
 FREY_NUM_TEST = 200  # Frey Face has no official split; a fixed random 200 faces are held out.
 SAMPLE_FILE = "mnist_sample.npz"
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A data set of flattened images.
-
-    ``train_images`` is ``(N, D)``, ``uint8`` grey levels ``0..255`` for 8-bit data, else float32
-    in ``[0, 1]``, with ``D`` the pixels of ``image_shape``: ``(H, W)``
-    for grey images, ``(C, H, W)`` for colour ones (channels first, as PyTorch's conv layers
-    take them); labels are int64 class indices or ``None`` (Frey Face has none). ``source``
-    says where the images were read from.
-    """
-
-    name: str
-    train_images: torch.Tensor  # (N, D)
-    train_labels: torch.Tensor | None  # (N,)
-    test_images: torch.Tensor  # (M, D)
-    test_labels: torch.Tensor | None  # (M,)
-    image_shape: tuple[int, ...]
-    source: str
-    class_names: tuple[str, ...] | None = None  # label i is class_names[i]
-
-    @property
-    def data_dim(self) -> int:
-        return math.prod(self.image_shape)
 
 
 def default_data_dir() -> Path:
@@ -600,8 +576,6 @@ def load_dataset(
     if isinstance(name, (str, os.PathLike)) and not is_named_dataset(os.fspath(name)):
         path = os.fspath(name)
         if os.path.isdir(path) or path.lower().endswith((".npy", ".npz")):
-            from pyro_vae.imagefiles import load_image_files  # it builds on this module
-
             return load_image_files(path, image_size)
     if name not in DATASETS:
         raise DataError(

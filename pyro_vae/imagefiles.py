@@ -87,8 +87,8 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import torch
 
-from pyro_vae.data import ImageData
 from pyro_vae.errors import DataError, DataNotFoundError
+from pyro_vae.imagedata import ImageData
 from pyro_vae.memory import binding_limit, format_bytes, limit_exceeded
 
 __all__ = [

@@ -41,7 +41,6 @@ import pyro
 import pyro.infer as infer
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import torch_item
 from pyro.ops.integrator import potential_grad, velocity_verlet
 from pyro.poutine.util import site_is_subsample
@@ -426,11 +425,6 @@ class MonteCarloEM(infer.ELBO):
         raise NotImplementedError("Monte Carlo EM draws its own traces (loss_and_grads)")
 
 
-def _plus(total, term):
-    """``total + term``, where ``None`` is an empty sum (no ``0.0 +`` node in the graph)."""
-    return term if total is None else total + term
-
-
 def _kinetic_grad(r: dict) -> dict:
     return r  # unit mass matrix: d/dr of |r|^2 / 2
 
@@ -464,11 +458,6 @@ def _masked_log_prob(site: dict) -> torch.Tensor:
     if site["mask"] is not None:
         log_prob = log_prob.masked_fill(~site["mask"], 0.0)
     return log_prob
-
-
-def _scaled_log_prob(site: dict) -> torch.Tensor:
-    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
 def check_objective(
