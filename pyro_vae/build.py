@@ -22,6 +22,8 @@ __all__ = ["build_vae", "check_custom", "check_step_memory", "make_optimizer", "
 
 def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
     """Weights and biases of the encoder and decoder (the nn baseline not included)."""
+    if not config.checked():
+        config.validate(here=False)
     data_dim = math.prod(image_shape)
     if config.arch != "mlp" or config.prior != "normal":  # built on PyTorch's meta device
         # (without memory)
@@ -56,6 +58,7 @@ def _device_memory(device: str) -> tuple[int, str] | None:
 
 
 def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
+    """The VAE of a validated config (its settings are not checked again)."""
     flat = len(image_shape) == 1  # a vector of pixels: the MLP only
     return VAE(
         image_shape[0] if flat else None,
@@ -70,6 +73,7 @@ def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
         conv_channels=config.conv_channels,
         prior=config.prior,
         prior_components=config.prior_components,
+        checked=True,
     )
 
 
@@ -77,9 +81,13 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
     """The VAE a config describes, for images of ``image_shape`` (``(H, W)``, ``(C, H, W)``,
     or a number of pixels), on the CPU.
 
-    :raises ConfigError: the networks would not fit in the memory of ``config.device``, or
-        the config asks for hand-written networks (``arch="custom"``: build them yourself).
+    :raises ConfigError: a setting out of range (a config that has not passed
+        :meth:`~pyro_vae.TrainConfig.validate` is checked here), networks that would not fit in
+        the memory of ``config.device``, or hand-written networks (``arch="custom"``: build
+        them yourself).
     """
+    if not config.checked():
+        config.validate(here=False)
     if config.arch == "custom":
         raise ConfigError(
             "arch 'custom' means hand-written networks: build VAE(image_shape=..., "

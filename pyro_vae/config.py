@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pyro_vae.checks import require_choice, require_whole
+from pyro_vae.checks import is_whole, require_choice, require_whole
 from pyro_vae.data import (
     BINARIZATIONS,
     DATASETS,
@@ -284,10 +284,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Conversions that lose nothing; anything else is left for validate() to name.
-        if isinstance(self.hidden_sizes, list):
-            self.hidden_sizes = tuple(self.hidden_sizes)
-        if isinstance(self.conv_channels, list):
-            self.conv_channels = tuple(self.conv_channels)
+        for name in ("hidden_sizes", "conv_channels"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                whole = all(is_whole(v) for v in value)
+                setattr(self, name, tuple(int(v) if whole else v for v in value))
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
             self.image_size = (self.image_size, self.image_size)
         elif isinstance(self.image_size, list):
@@ -311,7 +312,21 @@ class TrainConfig:
 
     def validate(self, here: bool = True) -> None:
         """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
-        that clash; with ``here``, also a device or a data path this machine does not have."""
+        that clash; with ``here``, also a device or a data path this machine does not have.
+        The one place a setting is checked: what is built from a config that passed
+        (:func:`pyro_vae.build.build_vae`) is not checked again (:meth:`checked`)."""
+        self._check(here)
+        # a note of the settings that passed, not a setting: a field changed afterwards, or
+        # dataclasses.replace, makes a config that checked() says is not checked
+        object.__setattr__(self, "_passed", (here, self.to_dict()))
+
+    def checked(self, here: bool = False) -> bool:
+        """Whether :meth:`validate` passed on these very settings (with ``here``: on this
+        machine's devices and data too)."""
+        passed = self.__dict__.get("_passed")
+        return passed is not None and (passed[0] or not here) and passed[1] == self.to_dict()
+
+    def _check(self, here: bool) -> None:
         check_data_settings(self.dataset, self.binarize, self.train_size, self.batch_size,
                             self.valid_fraction, self.image_size, here)  # fmt: skip
         check_seed(self.split_seed, "split_seed")
@@ -319,7 +334,7 @@ class TrainConfig:
             raise ConfigError(f"data_dir must be a string or None, got {self.data_dir!r}")
         require_choice(self.arch, "arch", ("mlp", "conv", "custom"))
         arch = "mlp" if self.arch == "custom" else self.arch  # custom: the nets are checked
-        self.hidden_sizes = check_network_settings(  # when the VAE is built
+        check_network_settings(  # when the VAE is built
             self.latent_dim, self.hidden_sizes, self.activation, self.likelihood, arch,
             self.conv_channels,
         )  # fmt: skip

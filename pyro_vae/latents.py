@@ -74,7 +74,8 @@ class LatentSpace:
         return f"(loc, scale), each (B, {latent_dim})"
 
     def guide(self, loc: torch.Tensor, second: torch.Tensor, estimator: str):
-        """``q(z|x)`` from the encoder's outputs, set up for the gradient ``estimator``."""
+        """``q(z|x)`` from the encoder's outputs, set up for the gradient ``estimator`` (a
+        checked one: this runs every step, and checks nothing)."""
         raise NotImplementedError
 
     def code(self, loc: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,6 @@ class Gaussian(LatentSpace):
     name = "gaussian"
 
     def guide(self, loc, second, estimator):
-        check_estimator(estimator)
         if estimator == "reparam":
             cls = dist.Normal
         elif estimator == "stl":
@@ -147,7 +147,6 @@ class Sphere(LatentSpace):
         return f"(loc, concentration), (B, {latent_dim}) and (B, 1), for a hyperspherical latent"
 
     def guide(self, loc, second, estimator):
-        check_estimator(estimator)
         direction = loc / loc.norm(dim=-1, keepdim=True)
         concentration = second.squeeze(-1)
         if estimator == "reparam":
@@ -213,6 +212,7 @@ def guide_distribution(
     diag(scale^2))`` over the last dimension), set up for the given estimator; on the sphere,
     Power Spherical with mean direction ``loc / |loc|`` and concentration ``scale``, ``(..., 1)``.
     Every estimator applies to both: each has a reparameterized sampler and a ``log_prob``."""
+    check_estimator(estimator)
     if isinstance(latent, str):
         if latent not in LATENT_SPACES:
             raise ConfigError(f"unknown latent space {latent!r}; choose one of {LATENT_SPACES}")

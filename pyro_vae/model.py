@@ -182,6 +182,8 @@ class VAE(nn.Module):
         guide's concentration, ``(B, 1)``, rather than a scale ``(B, Z)``.
     :param prior_components: ``K``, the Gaussians of ``mixture`` or the pseudo-inputs of
         ``vamp`` (default 10 and 500).
+    :param checked: the settings were checked already (:meth:`pyro_vae.TrainConfig.validate`,
+        as :func:`pyro_vae.build.build_vae` does): they are not checked again.
 
     Images go through the model in the shape :attr:`event_shape`: ``(D,)`` for the MLP,
     ``(C, H, W)`` otherwise. The networks are registered with ``pyro.module`` as ``"encoder"``
@@ -207,6 +209,7 @@ class VAE(nn.Module):
         decoder: nn.Module | None = None,
         prior: str = "normal",
         prior_components: int | None = None,
+        checked: bool = False,
     ) -> None:
         super().__init__()
         if (data_dim is None) == (image_shape is None):
@@ -214,11 +217,12 @@ class VAE(nn.Module):
         if data_dim is not None and not (is_whole(data_dim) and data_dim >= 1):
             raise ConfigError(f"data_dim must be a positive whole number, got {data_dim!r}")
         custom = encoder is not None or decoder is not None
-        hidden_sizes = check_network_settings(
-            latent_dim, hidden_sizes, activation, likelihood, arch, conv_channels
-        )
-        check_estimator(estimator, baseline_beta)
-        check_prior(prior, prior_components, latent_dim)
+        if not checked:  # a VAE built from a validated TrainConfig is not checked again
+            hidden_sizes = check_network_settings(
+                latent_dim, hidden_sizes, activation, likelihood, arch, conv_channels
+            )
+            check_estimator(estimator, baseline_beta)
+            check_prior(prior, prior_components, latent_dim)
         if image_shape is not None:
             self.image_shape: tuple[int, ...] | None = image_shape_chw(image_shape)
         else:
@@ -241,7 +245,8 @@ class VAE(nn.Module):
         # beta of a beta-VAE: the weight of the latent site's terms (the KL) in the model and the
         # guide. 1 outside training; fit() sets it for each step (pyro_vae.objectives).
         self.kl_weight = 1.0
-        self.prior: Prior = make_prior(prior, self.latent_dim, prior_components, self.event_shape)
+        self.prior: Prior = make_prior(prior, self.latent_dim, prior_components, self.event_shape,
+                                       checked=True)  # fmt: skip
         self._prior_has_parameters = any(True for _ in self.prior.parameters())
         if custom:
             self.encoder, self.decoder = self._hand_written(encoder, decoder)

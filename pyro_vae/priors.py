@@ -302,11 +302,14 @@ def make_prior(
     latent_dim: int,
     components: int | None = None,
     event_shape: tuple[int, ...] | None = None,
+    checked: bool = False,
 ) -> Prior:
     """The prior named ``prior`` (one of :data:`PRIORS`) for latents of size ``latent_dim``;
     ``components`` is ``K`` for ``mixture`` and ``vamp`` (default :data:`DEFAULT_COMPONENTS`),
-    ``event_shape`` the images' shape for ``vamp``'s pseudo-inputs."""
-    check_prior(prior, components, latent_dim)
+    ``event_shape`` the images' shape for ``vamp``'s pseudo-inputs; ``checked``: the settings
+    were checked already (:func:`check_prior`)."""
+    if not checked:
+        check_prior(prior, components, latent_dim)
     if prior == "normal":
         return NormalPrior(latent_dim)
     if prior == "hyperspherical":

@@ -201,8 +201,8 @@ def fit(
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"fit takes a TrainConfig, got {type(config).__name__}")
-    config.validate()
     config = config.resolved()  # what the run records: the objective the estimator chose
+    config.validate()
     require_flag(progress, "progress")
     if resume and run_dir is None:
         raise ConfigError("resume needs a run folder")

@@ -195,3 +195,41 @@ def test_mcem_transitions_reach_the_e_step():
     assert torch.equal(torch.cat([p.detach().flatten() for p in default.vae.decoder.parameters()]),
                        weights[3])  # fmt: skip
     assert not torch.equal(weights[1], weights[3])
+
+
+def test_validate_changes_no_setting_and_remembers_what_passed():
+    config = TrainConfig(hidden_sizes=[400], conv_channels=[32, 64])
+    assert config.hidden_sizes == (400,) and config.conv_channels == (32, 64)  # on building
+    before = config.to_dict()
+    assert not config.checked()
+    config.validate()
+    assert config.to_dict() == before and config.checked() and config.checked(here=True)
+    config.latent_dim = 3  # a setting changed afterwards has not been checked
+    assert not config.checked()
+    config.validate(here=False)
+    assert config.checked() and not config.checked(here=True)
+    assert not dataclasses.replace(config, seed=1).checked()
+
+
+def test_a_validated_config_is_not_checked_again(monkeypatch):
+    """What is built from a validated config (the VAE, its prior) and what runs every step
+    (the guide's distribution) check nothing: validate is the one place."""
+    from pyro_vae import build, latents, model
+
+    def checked_again(*args, **kwargs):
+        raise AssertionError("a setting checked again")
+
+    images = torch.rand(80, 16, generator=torch.Generator().manual_seed(0))
+    data = ImageData("toy", images[:64], None, images[64:], None, (4, 4), "test")
+    config = TrainConfig(latent_dim=2, hidden_sizes=(8,), epochs=1, batch_size=32,
+                         prior="mixture", estimator="reinforce")  # fmt: skip
+    for module, name in ((model, "check_network_settings"), (model, "check_estimator"),
+                         (model, "check_prior"), (latents, "check_estimator")):  # fmt: skip
+        monkeypatch.setattr(module, name, checked_again)
+    monkeypatch.setattr("pyro_vae.priors.check_prior", checked_again)
+    result = fit(config, data=data)
+    assert len(result.history) == 1
+    # built from a config that has not passed validate, the VAE is checked, once, there
+    unchecked = dataclasses.replace(config, latent_dim=-1)
+    with pytest.raises(ConfigError, match="latent_dim"):
+        build.build_vae(unchecked, (4, 4))
