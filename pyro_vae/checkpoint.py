@@ -238,6 +238,19 @@ def _baselines_ok(baselines: Any) -> bool:
     )
 
 
+def _history_problem(history) -> str | None:
+    """What is wrong with a checkpoint's metrics history, or ``None``."""
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return "its metrics history is not a list of rows"
+    for row in history:
+        score = "valid_elbo" if "valid_elbo" in row else "test_elbo"  # without a validation split
+        for key in ("epoch", "step", "train_elbo", score, "seconds"):
+            value = row.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"its metrics history has {key} = {value!r}"
+    return None
+
+
 def _check_structure(path: Path, state: dict) -> None:
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is damaged: {what}")
@@ -255,14 +268,9 @@ def _check_structure(path: Path, state: dict) -> None:
     if not isinstance(state["optimizer"], dict):
         raise bad("its optimizer state is not a table")
     history = state["history"]
-    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
-        raise bad("its metrics history is not a list of rows")
-    for row in history:
-        score = "valid_elbo" if "valid_elbo" in row else "test_elbo"  # without a validation split
-        for key in ("epoch", "step", "train_elbo", score, "seconds"):
-            value = row.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad(f"its metrics history has {key} = {value!r}")
+    problem = _history_problem(history)
+    if problem:
+        raise bad(problem)
     if len(history) != epoch:
         raise bad(f"it says epoch {epoch} but its metrics history has {len(history)} rows")
     if not _rng_state_ok(state["rng"]):

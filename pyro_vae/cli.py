@@ -311,7 +311,20 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "say); the flags given override them",
     )
     add_config_arguments(p)
-    g = p.add_argument_group("run folder and final evaluation")
+    _add_run_arguments(p.add_argument_group("run folder and final evaluation"))
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine, each on its slice of every batch "
+        "(--batch-size is per process; with --device cuda, one GPU a process): torchrun's "
+        "launch, started for you (default 1)",
+    )
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_run_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--out", help="run folder (default runs/DATASET-TIME)")
     g.add_argument(
         "--resume",
@@ -339,16 +352,6 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="also log to RUN/tensorboard: the training ELBO of every step, the validation "
         "ELBO, samples and reconstructions of every epoch (needs the tensorboard package)",
     )
-    p.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train in N processes on this machine, each on its slice of every batch "
-        "(--batch-size is per process; with --device cuda, one GPU a process): torchrun's "
-        "launch, started for you (default 1)",
-    )
-    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

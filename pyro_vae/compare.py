@@ -209,6 +209,12 @@ def _study(
                 estimator_config, runs / estimator, data, progress=progress
             ).history
 
+    _write_study(out_dir, config, gradients, training)
+    return EstimatorComparison(gradients, training)
+
+
+def _write_study(out_dir: Path, config, gradients: list[dict], training: dict) -> None:
+    """The study's tables (CSV and JSON), its config and its two figures."""
     _write_csv(out_dir / "gradients.csv", gradients)
     training_rows = [{"estimator": e, **row} for e, rows in training.items() for row in rows]
     _write_csv(out_dir / "training.csv", training_rows)
@@ -219,4 +225,3 @@ def _study(
         ("training_curves.png", training_curves_figure(training)),
     ):
         atomic_write(out_dir / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
-    return EstimatorComparison(gradients, training)

@@ -207,6 +207,40 @@ def _parse_idx(f, size: int | None, path: Path, kind: str, dataset: str) -> np.n
     """The array in an open IDX file; ``size`` is the file's length, ``None`` when unknown
     (gzip). Nothing is allocated for the data before its length (for a plain file) and the
     memory left have been checked against the header."""
+    dims = _idx_header(f, path, kind, dataset)
+    count, expected = dims[0], math.prod(dims)
+    what = f"the {count} {kind} its header declares ({expected} bytes)"
+    if size is not None:  # a plain file: check its length before reading a byte of data
+        available = size - 4 * (len(dims) + 1)
+        if available < expected:
+            raise _damaged(dataset, path, f"truncated: {available} bytes of data, not {what}")
+        if available > expected:
+            raise _damaged(dataset, path, f"{available - expected} bytes too many after {what}")
+    # the header's count against the memory left, before anything is allocated or unpacked
+    # (a gzip file's length is known only once it is unpacked: the header is all there is)
+    limit = limit_exceeded(expected)
+    if limit is not None:
+        raise _unreadable(
+            dataset,
+            path,
+            f"its header says it holds {count:,} {kind} ({format_bytes(expected)}), but "
+            f"{limit.describe()}",
+        )
+    data = np.empty(expected, dtype=np.uint8)
+    got = _read_exactly(f, data)
+    if size is not None and got < expected:
+        raise _damaged(dataset, path, "truncated while it was being read")
+    if got < expected:
+        raise _damaged(dataset, path, f"truncated: {got} bytes of data, not {what}")
+    if size is None:
+        extra = _count_rest(f)
+        if extra:
+            raise _damaged(dataset, path, f"{extra} bytes too many after {what}")
+    return data.reshape(dims)
+
+
+def _idx_header(f, path: Path, kind: str, dataset: str) -> list[int]:
+    """The sizes an IDX file's header declares, checked against the file ``kind``."""
     other = "images" if kind == "labels" else "labels"
     header = f.read(4)
     if not header:
@@ -238,35 +272,7 @@ def _parse_idx(f, size: int | None, path: Path, kind: str, dataset: str) -> np.n
         raise _damaged(dataset, path, f"the header says {dims[1]}x{dims[2]} images; expected 28x28")
     if count == 0:
         raise _damaged(dataset, path, f"the header says it holds no {kind}")
-    expected = math.prod(dims)
-    what = f"the {count} {kind} its header declares ({expected} bytes)"
-    if size is not None:  # a plain file: check its length before reading a byte of data
-        available = size - 4 * (ndim + 1)
-        if available < expected:
-            raise _damaged(dataset, path, f"truncated: {available} bytes of data, not {what}")
-        if available > expected:
-            raise _damaged(dataset, path, f"{available - expected} bytes too many after {what}")
-    # the header's count against the memory left, before anything is allocated or unpacked
-    # (a gzip file's length is known only once it is unpacked: the header is all there is)
-    limit = limit_exceeded(expected)
-    if limit is not None:
-        raise _unreadable(
-            dataset,
-            path,
-            f"its header says it holds {count:,} {kind} ({format_bytes(expected)}), but "
-            f"{limit.describe()}",
-        )
-    data = np.empty(expected, dtype=np.uint8)
-    got = _read_exactly(f, data)
-    if size is not None and got < expected:
-        raise _damaged(dataset, path, "truncated while it was being read")
-    if got < expected:
-        raise _damaged(dataset, path, f"truncated: {got} bytes of data, not {what}")
-    if size is None:
-        extra = _count_rest(f)
-        if extra:
-            raise _damaged(dataset, path, f"{extra} bytes too many after {what}")
-    return data.reshape(dims)
+    return dims
 
 
 def _count_rest(f, chunk: int = 2**20) -> int:
@@ -331,6 +337,25 @@ def _download_idx(name: str, raw: Path, missing: list[str]) -> None:
             raise _not_found(name, raw, detail) from None
 
 
+def _idx_split(name: str, split: str, arrays: dict, paths: dict) -> tuple[torch.Tensor, ...]:
+    """A split's images ``(N, 784)`` and labels ``(N,)``, checked against each other."""
+    image_file, label_file = (_idx_file_name(split, kind) for kind in _IDX_KINDS)
+    images, labels = arrays[image_file], arrays[label_file]
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"damaged {name} {split} set: {paths[image_file]} holds {images.shape[0]} "
+            f"images but {paths[label_file]} holds {labels.shape[0]} labels"
+        )
+    if labels.max() >= NUM_CLASSES:
+        position = int(np.argmax(labels >= NUM_CLASSES))
+        raise _damaged(
+            name,
+            paths[label_file],
+            f"label {labels[position]} at position {position} is outside 0..9",
+        )
+    return _to_flat(torch.from_numpy(images)), torch.from_numpy(labels).long()
+
+
 def _load_idx(name: str, root: Path, download: bool) -> ImageData:
     """MNIST or Fashion-MNIST from the four IDX files in ``root/<MNIST|FashionMNIST>/raw``,
     torchvision's layout."""
@@ -370,23 +395,7 @@ def _load_idx(name: str, root: Path, download: bool) -> ImageData:
                 detail += f" (and {len(found) - 1} more of the missing files beside it)"
         raise _not_found(name, raw, f"downloading is off: ${OFFLINE_ENV}", detail)
 
-    splits = {}
-    for split in _IDX_PREFIXES:
-        image_file, label_file = (_idx_file_name(split, kind) for kind in _IDX_KINDS)
-        images, labels = arrays[image_file], arrays[label_file]
-        if images.shape[0] != labels.shape[0]:
-            raise DataError(
-                f"damaged {name} {split} set: {paths[image_file]} holds {images.shape[0]} "
-                f"images but {paths[label_file]} holds {labels.shape[0]} labels"
-            )
-        if labels.max() >= NUM_CLASSES:
-            position = int(np.argmax(labels >= NUM_CLASSES))
-            raise _damaged(
-                name,
-                paths[label_file],
-                f"label {labels[position]} at position {position} is outside 0..9",
-            )
-        splits[split] = (_to_flat(torch.from_numpy(images)), torch.from_numpy(labels).long())
+    splits = {split: _idx_split(name, split, arrays, paths) for split in _IDX_PREFIXES}
     return ImageData(
         name=name,
         train_images=splits["train"][0],

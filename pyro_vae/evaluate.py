@@ -306,6 +306,23 @@ def _overflow_is_numerical(vae: VAE, images: torch.Tensor) -> Iterator[None]:
         ) from None
 
 
+def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For each image, from one draw of the guide: ``E_q[z]`` (whose spread over the images
+    counts the active units), ``log p(x|z)`` and the KL (per dimension for the normal prior,
+    whole otherwise), in float64."""
+    locs, recon, kls = [], [], []
+    for x in images.split(1000):
+        loc, scale = vae.encode(x)
+        z, mean = vae.latent.draw_and_mean(loc, scale)
+        recon.append(vae.likelihood_distribution(z).log_prob(x))
+        if vae.prior.name == "normal":
+            kls.append(kl_per_dimension(loc, scale))
+        else:
+            kls.append(_kl(vae, x, z, loc, scale)[:, None])
+        locs.append(mean)
+    return torch.cat(locs).double(), torch.cat(recon), torch.cat(kls).double()
+
+
 def evaluate(
     vae: VAE,
     images: torch.Tensor,
@@ -341,20 +358,9 @@ def evaluate(
             log_px, elbo = importance_sampled_log_likelihood(
                 vae.model, vae.guide, images, num_particles, batch_size, progress=progress
             )
-            locs, recon, kls = [], [], []
-            for x in images.split(1000):
-                loc, scale = vae.encode(x)
-                # E_q[z], whose spread over images counts the active units
-                z, mean = vae.latent.draw_and_mean(loc, scale)
-                recon.append(vae.likelihood_distribution(z).log_prob(x))
-                if vae.prior.name == "normal":
-                    kls.append(kl_per_dimension(loc, scale))
-                else:
-                    kls.append(_kl(vae, x, z, loc, scale)[:, None])
-                locs.append(mean)
+            locs, recon, kls = _split_terms(vae, images)
     finally:
         vae.train(training)
-    locs, kls = torch.cat(locs).double(), torch.cat(kls).double()
     kl_dims = kls.mean(0)
     n = len(images)
     result = Evaluation(
@@ -365,7 +371,7 @@ def evaluate(
         log_likelihood=log_px.mean().item(),
         log_likelihood_stderr=_stderr(log_px),
         nll=-log_px.mean().item(),
-        reconstruction_nll=-torch.cat(recon).double().mean().item(),
+        reconstruction_nll=-recon.double().mean().item(),
         kl=kl_dims.sum().item(),
         kl_per_dim=kl_dims.tolist() if vae.prior.name == "normal" else [],
         active_units=int((locs.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0,

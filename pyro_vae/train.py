@@ -86,6 +86,7 @@ from pyro_vae.runfolder import (
     TrainResult,
     check_room,
     held_out_elbo,
+    holds_no_run,
     load_model_state,
     load_run,
     locked_folder,
@@ -297,25 +298,40 @@ def _open_run(
     def checkpoint_or_none() -> dict | None:
         if resume:
             return resume_state(config, run_dir)
-        if run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; resume it or choose another run folder"
-            )
+        if run_dir is not None:
+            holds_no_run(run_dir)
         return None
 
     world = world or World()
     checkpoint = distributed.from_main(world, checkpoint_or_none)
     check_custom(config, vae)
     images = distributed.main_first(world, lambda: run_images(config, data))  # may download
-    data = images.data
-    fingerprint = data_fingerprint(data)
     if checkpoint is not None:
         try:
-            check_same_data(checkpoint.get("data_fingerprint"), data, run_dir)
+            check_same_data(checkpoint.get("data_fingerprint"), images.data, run_dir)
         except CheckpointError as e:
             e.shared = True  # every process has the same images
             raise
     train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
+    vae = _ready_vae(config, vae, images.data, train, run_dir, world)
+    loader = _loader(config, vae, train, world)
+    score = valid if config.valid_fraction > 0 else test
+    run = _Run(config, run_dir, images.data, train, score, test, vae, make_optimizer(config),
+               loader, [], world=world, fingerprint=data_fingerprint(images.data))  # fmt: skip
+    if checkpoint is None:
+        if run.writes:
+            write_json(run_dir / CONFIG_FILE, config.to_dict())
+            write_metrics(run_dir, run.history)
+        if world.rank > 0:  # the initial weights were drawn; now this process's own noise
+            reseed(rank_seed(config.seed, world.rank))
+    else:
+        _restore(run, checkpoint, store)
+    return run
+
+
+def _ready_vae(config, vae: VAE | None, data, train, run_dir, world: World) -> VAE:
+    """The run's VAE (built from the config, or the user's, checked against the images) on
+    its device, its output bias at the data's mean, and room on disk for its checkpoints."""
     if vae is None:
         vae = build_vae(config, data.image_shape)  # checks the parameters' size
         check_step_memory(config, data.image_shape)
@@ -328,6 +344,12 @@ def _open_run(
     vae.init_output_bias(mean_image(train))
     if run_dir is not None:
         distributed.from_main(world, lambda: check_room(run_dir, vae))
+    return vae
+
+
+def _loader(config: TrainConfig, vae: VAE, train: torch.Tensor, world: World) -> BatchLoader:
+    """The training batches (every process's slices of each global batch); a hand-written
+    VAE is run on them first, as training will run it: real batches, the last one too."""
     # Pyro's decaying-average baseline keeps one average per batch position: equal batches
     # only; a distributed run's processes take equal slices of every global batch
     drop_last = uses_baseline(config.estimator) or world.size > 1
@@ -340,25 +362,21 @@ def _open_run(
             raise ConfigError(f"fewer training images than one batch of {global_batch}{each}")
 
     distributed.from_main(world, enough_images)
-    if vae.arch == "custom":  # as training will run it: real batches, the last one too
-        first = as_float(train[: config.batch_size])
-        batches = [first]
+    if vae.arch == "custom":
+        batches = [as_float(train[: config.batch_size])]
         last = len(train) % global_batch
         if not drop_last and last and world.size == 1 and len(train) > global_batch:
             batches.append(as_float(train[len(train) - last :]))
         vae.check_on_batches(batches)
-    score = valid if config.valid_fraction > 0 else test
-    run = _Run(config, run_dir, data, train, score, test, vae, make_optimizer(config), loader,
-               [], world=world, fingerprint=fingerprint)  # fmt: skip
-    if checkpoint is None:
-        if run.writes:
-            write_json(run_dir / CONFIG_FILE, config.to_dict())
-            write_metrics(run_dir, run.history)
-        if world.rank > 0:  # the initial weights were drawn; now this process's own noise
-            reseed(rank_seed(config.seed, world.rank))
-        return run
-    where = run_dir / CHECKPOINT_FILE
-    load_model_state(vae, checkpoint["model"], where)
+    return loader
+
+
+def _restore(run: _Run, checkpoint: dict, store) -> None:
+    """Bring a new run to its checkpoint: the networks, Adam's state, this process's RNG
+    streams and baselines' running averages, the history."""
+    config, world = run.config, run.world
+    where = run.run_dir / CHECKPOINT_FILE
+    load_model_state(run.vae, checkpoint["model"], where)
     run.optim.set_state(checkpoint["optimizer"])
     # each process's streams and baselines: rank 0's are "rng" and "baseline_state"; a
     # distributed run's checkpoint also holds every rank's under "ranks"
@@ -382,7 +400,6 @@ def _open_run(
     run.epochs_done = run.saved_epoch = int(checkpoint["epoch"])
     if run.history:
         run.step, run.seconds = int(run.history[-1]["step"]), float(run.history[-1]["seconds"])
-    return run
 
 
 def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
