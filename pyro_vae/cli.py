@@ -23,55 +23,46 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pyro_vae import distributed
-from pyro_vae.checkpoint import atomic_write, load_checkpoint, write_json
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.cli_common import (
+    _add_shared,
+    _check_count,
+    _config_settings,
+    _evaluate_and_report,
+    _mnist_or_sample,
+    _progress,
+    write_plots,
+)
+from pyro_vae.commands import (
+    _add_compare_estimators_parser,
+    _add_evaluate_parser,
+    _add_plot_parser,
+    _add_posterior_parser,
+    _add_reconstruct_parser,
+    _add_sample_parser,
+)
 from pyro_vae.config import (
     TrainConfig,
     add_config_arguments,
-    check_device,
-    given_settings,
-    read_config_file,
 )
-from pyro_vae.data import (
-    DataFallbackWarning,
-    ImageData,
-    load_dataset,
-)
-from pyro_vae.errors import CheckpointError, ConfigError, OutputError, PyroVAEError
-from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.evaluate import evaluate
-from pyro_vae.isolation import check_seed
+from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyro_vae.memory import binding_limit
-from pyro_vae.plots import (
-    interpolation_figure,
-    latent_scatter_figure,
-    manifold_figure,
-    metrics_figure,
-    reconstructions_figure,
-    samples_figure,
-)
 from pyro_vae.runfolder import (
     CHECKPOINT_FILE,
-    LOCK_FILE,
     TrainResult,
     held_out_elbo,
     holds_no_run,
-    load_run,
     locked_folder,
 )
-from pyro_vae.splits import check_same_data, run_images
 from pyro_vae.train import fit
 
 __all__ = ["build_parser", "main"]
-
-EVALUATION_FILE = "evaluation.json"
-MAX_PICTURES = 10_000  # images in one sample grid
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,217 +75,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _progress() -> bool:
-    return sys.stderr.isatty()
-
-
 # -- checks made before any work ------------------------------------------------------------
-
-
-def _check_count(value: int, flag: str, low: int = 1, high: int | None = None) -> None:
-    if value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"{flag} must be {bound}, got {value}")
-
-
-def _picture_format(path: Path) -> str:
-    """The format a picture path asks for (no suffix: PNG), refused if matplotlib lacks it."""
-    from matplotlib.figure import Figure
-
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder; give a file name")
-    suffix = path.suffix.lower().lstrip(".")
-    if not suffix:
-        return "png"
-    formats = Figure().canvas.get_supported_filetypes()
-    if suffix not in formats:
-        raise OutputError(
-            f"cannot write {path}: unknown picture format '.{suffix}'; use one of "
-            + ", ".join(f".{f}" for f in sorted(formats))
-        )
-    return suffix
-
-
-def _save(fig, path: Path) -> None:
-    fmt = _picture_format(path)
-    existed = path.is_file()
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
-    print(f"wrote {path}" + (", replacing the picture that was there" if existed else ""))
-
-
-def _not_another_run(folder: Path, run_dir: str | Path) -> None:
-    """Refuse to write a run's outputs into a folder that holds another run: its pictures and
-    tables would be replaced by this one's (a folder of two models' files)."""
-    if (folder / CHECKPOINT_FILE).exists() and folder.resolve() != Path(run_dir).resolve():
-        raise OutputError(
-            f"{folder} holds another run; write {run_dir}'s outputs into {run_dir} or a "
-            "folder of their own"
-        )
-
-
-def _lock_for_file(path: Path):
-    """The lock of the run folder a single output file goes into, if it goes into one (a
-    folder with a checkpoint, or one that a run holds now, before its first checkpoint)."""
-    folder = path.parent
-    if (folder / CHECKPOINT_FILE).exists() or (folder / LOCK_FILE).exists():
-        return locked_folder(folder)
-    return contextlib.nullcontext()
-
-
-def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
-    """The data set a run was trained on, checked against the run's model."""
-    config = run.config
-    data = load_dataset(config.dataset, data_dir or config.data_dir, image_size=config.image_size)
-    if data.data_dim != run.vae.data_dim:
-        raise CheckpointError(
-            f"the run in {run.run_dir} models images of {run.vae.data_dim} pixels, but "
-            f"{run.config.dataset} has {data.data_dim}"
-        )
-    check_same_data(run.data_fingerprint, data, run.run_dir)
-    return data
-
-
-def _test_images(run: TrainResult, data_dir: str | None) -> tuple[torch.Tensor, ImageData]:
-    """The run's test images, binarized exactly as during training."""
-    data = _run_data(run, data_dir)
-    return run_images(run.config, data).test, data
-
-
-def _mnist_or_sample(data_dir: str | None, loud: bool = True) -> ImageData:
-    """MNIST, else the bundled sample with a warning that stands out on stderr (unless
-    ``loud`` is false: the processes of a distributed run other than rank 0)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataFallbackWarning)
-        data = load_dataset("mnist", data_dir, fallback=True)
-    for w in caught:
-        if issubclass(w.category, DataFallbackWarning):
-            if loud:
-                print(f"\nWARNING: {w.message}\n", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return data
 
 
 # -- options several sub-commands share -----------------------------------------------------
 
-# name -> (flags, add_argument keywords); each written once, added by _add_shared
-_SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "run_dir": (("run_dir",), {"metavar": "RUN_DIR"}),
-    "data_dir": (("--data-dir",), {"help": "data root, if not the one the run used"}),
-    "device": (("--device",), {"help": "cpu, cuda or cuda:N (default cpu)"}),
-    "seed": (("--seed",), {"type": int, "default": 0}),
-    "num_particles": (("-K", "--num-particles"), {"type": int}),
-    "no_progress": (("--no-progress",), {"action": "store_true", "help": "no progress bars"}),
-}
-
-
-def _add_shared(
-    p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, **changes: Any
-) -> None:
-    """Add the shared options ``names`` to a parser or group, in that order. ``changes``
-    (another default or help text) apply to a single option."""
-    if changes and len(names) != 1:
-        raise TypeError("changes to shared options are given one option at a time")
-    for name in names:
-        flags, keywords = _SHARED[name]
-        p.add_argument(*flags, **{**keywords, **changes})
-
 
 # -- train ----------------------------------------------------------------------------------
-
-
-def _config_settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict:
-    """The settings of ``--config FILE`` (if the command has it), then the flags given over
-    them: what a new run is built from, or what a resumed run's flags say."""
-    settings = dict(base or {})
-    if getattr(args, "config", None) is not None:
-        settings.update(read_config_file(args.config))
-    settings.update(given_settings(args))
-    return settings
-
-
-# what 0 active units means, for whoever meets it first (one epoch on a small sample, say)
-_NO_ACTIVE_UNITS = (
-    " (none: the guide's means do not vary with the image, so the code says nothing of it yet; "
-    "train longer, e.g. --epochs 10)"
-)
-
-
-def _evaluate_and_report(
-    vae, config, test, run_dir: Path, num_particles, num_images, progress, history, flag
-) -> dict:
-    images = test[:num_images] if num_images else test
-    started = time.perf_counter()
-    scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress)
-    result = scores.to_dict()
-    # provenance: what was evaluated, trained how far, by how many processes (batch_size is
-    # per process: the global batch is batch_size times processes)
-    last = history[-1] if history else {}
-    result.update(dataset=config.dataset, seconds=time.perf_counter() - started,
-                  epochs=len(history), processes=int(last.get("processes", 1)),
-                  batch_size=config.batch_size, seed=config.seed)  # fmt: skip
-
-    def pm(key: str) -> str:
-        return f" ± {result[key]:.2f}" if result[key] is not None else ""
-
-    fewer = ""
-    if num_images and num_images > len(test):
-        fewer = f" (the test set has {len(test)}, not the {num_images} of {flag})"
-    # printed before it is written: a result that cannot be saved is still seen
-    print(
-        f"{config.dataset} test set, {result['num_images']} images{fewer}, K = "
-        f"{num_particles}:\n"
-        f"  test ELBO        {result['test_elbo']:9.2f}{pm('test_elbo_stderr')} nats/image\n"
-        f"  log p(x) (IS)    {result['log_likelihood']:9.2f}{pm('log_likelihood_stderr')} "
-        f"nats/image  (NLL {result['nll']:.2f})\n"
-        f"  reconstruction   {result['reconstruction_nll']:9.2f} nats/image (-E_q log p(x|z))\n"
-        f"  KL(q || p)       {result['kl']:9.2f} nats/image\n"
-        f"  active units     {result['active_units']} of {vae.latent_dim}"
-        + (_NO_ACTIVE_UNITS if result["active_units"] == 0 and result["num_images"] > 1 else "")
-    )
-    replaced = _replaced_evaluation(run_dir / EVALUATION_FILE, result)
-    try:
-        write_json(run_dir / EVALUATION_FILE, result)
-    except OutputError as e:
-        raise OutputError(f"{e} (the figures above were not saved)") from None
-    print(f"written to {run_dir / EVALUATION_FILE}{replaced}")
-    return result
-
-
-def _replaced_evaluation(path: Path, result: dict) -> str:
-    """Words for an earlier evaluation of other settings that ``result`` replaces."""
-    try:
-        old = json.loads(path.read_text())
-        before = (int(old["num_particles"]), int(old["num_images"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-    if before == (result["num_particles"], result["num_images"]):
-        return ""
-    return f", replacing the evaluation of K = {before[0]} on {before[1]} images"
-
-
-def write_plots(
-    vae, history, image_shape, test_images, test_labels, out_dir: Path, class_names=None
-) -> None:
-    """Every picture of a run: samples, reconstructions, latent scatter, interpolations,
-    training curves, and the manifold for a 2-D latent space."""
-    _save(samples_figure(vae, image_shape), out_dir / "samples.png")
-    originals = test_images[:32]
-    _save(
-        reconstructions_figure(originals, vae.reconstruct(originals), image_shape),
-        out_dir / "reconstructions.png",
-    )
-    _save(
-        latent_scatter_figure(vae, test_images, test_labels, class_names),
-        out_dir / "latent_scatter.png",
-    )
-    if len(test_images) >= 2:
-        pairs = test_images[: 2 * min(6, len(test_images) // 2)].reshape(-1, 2, *vae.event_shape)
-        _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
-    if history:
-        _save(metrics_figure(history), out_dir / "training_curves.png")
-    if vae.latent_dim == 2:
-        _save(manifold_figure(vae, image_shape), out_dir / "manifold.png")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -449,320 +236,19 @@ def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, P
 # -- evaluate -------------------------------------------------------------------------------
 
 
-def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="test ELBO and importance-sampled log-likelihood",
-        description="Evaluate a trained run on its test set, in nats per image; "
-        "writes RUN_DIR/evaluation.json.",
-    )
-    _add_shared(p, "run_dir")
-    _add_shared(
-        p, "num_particles", default=1000, help="importance samples per image (default 1000)"
-    )
-    p.add_argument(
-        "--num-images",
-        type=int,
-        default=0,
-        help="evaluate the first N test images (default 0: all)",
-    )
-    _add_shared(p, "seed", help="the same seed gives the same figures (0)")
-    _add_shared(p, "data_dir")
-    _add_shared(p, "device", default="cpu")
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    _check_count(args.num_particles, "-K")
-    _check_count(args.num_images, "--num-images", low=0)
-    check_device(args.device)
-    check_seed(args.seed, "--seed")
-    with locked_folder(args.run_dir):
-        run = load_run(args.run_dir, args.device)
-        test, _ = _test_images(run, args.data_dir)
-        config = dataclasses.replace(run.config, seed=args.seed)
-        _evaluate_and_report(
-            run.vae,
-            config,
-            test,
-            Path(args.run_dir),
-            args.num_particles,
-            args.num_images,
-            _progress(),
-            run.history,
-            "--num-images",
-        )
-    return 0
-
-
 # -- sample ---------------------------------------------------------------------------------
-
-
-def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "sample",
-        help="picture of samples from the prior",
-        description="Decode z ~ N(0, I) and save the mean images as a grid (PNG, or the "
-        "format the file name's suffix names).",
-    )
-    _add_shared(p, "run_dir")
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    _add_shared(p, "seed")
-    p.add_argument("--out", help="picture path (default RUN_DIR/samples.png)")
-    p.set_defaults(func=_cmd_sample)
-
-
-def _cmd_sample(args: argparse.Namespace) -> int:
-    _check_count(args.num, "--num", high=MAX_PICTURES)
-    check_seed(args.seed, "--seed")
-    out = Path(args.out or Path(args.run_dir) / "samples.png")
-    _picture_format(out)
-    _not_another_run(out.parent, args.run_dir)
-    run = load_run(args.run_dir)
-    with _lock_for_file(out):
-        _save(samples_figure(run.vae, run.image_shape, args.num, args.seed), out)
-    return 0
 
 
 # -- reconstruct ----------------------------------------------------------------------------
 
 
-def _add_reconstruct_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reconstruct",
-        help="picture of test images over their reconstructions",
-        description="Save test images above their reconstructions E[x|z=mu(x)] (PNG, or the "
-        "format the file name's suffix names).",
-    )
-    _add_shared(p, "run_dir")
-    p.add_argument("--num", type=int, default=32, help="number of test images (default 32)")
-    p.add_argument("--out", help="picture path (default RUN_DIR/reconstructions.png)")
-    _add_shared(p, "data_dir")
-    p.set_defaults(func=_cmd_reconstruct)
-
-
-def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    _check_count(args.num, "--num", high=MAX_PICTURES)
-    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
-    _picture_format(out)
-    _not_another_run(out.parent, args.run_dir)
-    run = load_run(args.run_dir)
-    images, _ = _test_images(run, args.data_dir)
-    _check_count(args.num, "--num", high=len(images))
-    images = images[: args.num]
-    fig = reconstructions_figure(images, run.vae.reconstruct(images), run.image_shape)
-    with _lock_for_file(out):
-        _save(fig, out)
-    return 0
-
-
 # -- plot -----------------------------------------------------------------------------------
-
-
-def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plot",
-        help="all the pictures of a run",
-        description="Write samples, reconstructions, the latent scatter by class, "
-        "interpolations, training curves and (for a 2-D latent space) the manifold of a run "
-        "as PNGs.",
-    )
-    _add_shared(p, "run_dir")
-    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR)")
-    _add_shared(p, "data_dir")
-    p.set_defaults(func=_cmd_plot)
-
-
-def _cmd_plot(args: argparse.Namespace) -> int:
-    _not_another_run(Path(args.out or args.run_dir), args.run_dir)
-    # the run folder itself is not created: a missing one is "no run folder"
-    with locked_folder(args.out or args.run_dir, create=args.out is not None) as out_dir:
-        run = load_run(args.run_dir)
-        test, data = _test_images(run, args.data_dir)
-        write_plots(run.vae, run.history, run.image_shape, test, data.test_labels, out_dir,
-                    data.class_names)  # fmt: skip
-    return 0
 
 
 # -- posterior ------------------------------------------------------------------------------
 
 
-def _add_posterior_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "posterior",
-        help="the guide against NUTS samples of the true posterior",
-        description="For chosen test images, sample p(z|x) with Pyro's NUTS and the trained "
-        "decoder, report ArviZ's R-hat and effective sample size (with a warning where they "
-        "say the chains cannot be trusted), the ELBO and the importance-sampled log p(x) "
-        "(their gap is KL(q || p(z|x))), and plot guide samples against NUTS samples.",
-    )
-    _add_shared(p, "run_dir")
-    p.add_argument("--index", type=int, nargs="+", default=[0], help="test images (default 0)")
-    p.add_argument("--num-samples", type=int, default=300, help="NUTS draws a chain (300)")
-    p.add_argument("--warmup", type=int, default=300, help="NUTS warm-up steps a chain (300)")
-    p.add_argument("--chains", type=int, default=2, help="NUTS chains, run in turn (2)")
-    _add_shared(
-        p, "num_particles", default=5000, help="importance samples for log p(x) (default 5000)"
-    )
-    _add_shared(p, "seed")
-    p.add_argument("--out", help="folder for posterior.json and PNGs (default RUN_DIR)")
-    _add_shared(p, "data_dir")
-    p.set_defaults(func=_cmd_posterior)
-
-
-def _cmd_posterior(args: argparse.Namespace) -> int:
-    from pyro_vae.posterior import check_posterior, posterior_figure
-
-    for value, flag in ((args.num_samples, "--num-samples"), (args.warmup, "--warmup"),
-                        (args.chains, "--chains"), (args.num_particles, "-K")):  # fmt: skip
-        _check_count(value, flag)
-    check_seed(args.seed, "--seed")
-    _not_another_run(Path(args.out or args.run_dir), args.run_dir)
-    run = load_run(args.run_dir)
-    test, _ = _test_images(run, args.data_dir)
-    bad = [i for i in args.index if not 0 <= i < len(test)]
-    if bad:
-        raise ConfigError(f"test image indices {bad} out of range 0..{len(test) - 1}")
-    # the folder is locked and known to be writable before minutes of NUTS
-    with locked_folder(args.out or args.run_dir, create=True) as out_dir:
-        checks = []
-        print(f"{'image':>6} {'ELBO':>9} {'log p(x)':>9} {'gap':>6} {'R-hat':>6} {'ESS':>6}",
-              flush=True)  # fmt: skip
-        for i in args.index:
-            check, idata = check_posterior(
-                run.vae, test[i], i, args.num_samples, args.warmup, args.chains,
-                args.num_particles, args.seed, progress=_progress(),
-            )  # fmt: skip
-            checks.append(check.to_dict())
-            # flushed: into a pipe or a file, a row of each image as it is done
-            print(f"{i:6d} {check.elbo:9.2f} {check.log_likelihood:9.2f} {check.gap:6.2f} "
-                  f"{check.r_hat_max:6.3f} {check.ess_bulk_min:6.0f}", flush=True)  # fmt: skip
-            for warning in check.warnings:
-                print(f"pyro-vae posterior: warning: image {i}: {warning}", file=sys.stderr)
-            fig = posterior_figure(run.vae, test[i], idata, check=check)
-            _save(fig, out_dir / f"posterior_{i}.png")
-            # after each image: an interrupted check leaves a table that matches its pictures
-            write_json(out_dir / "posterior.json", checks)
-        print(f"gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), nats; written to {out_dir}")
-    return 0
-
-
 # -- the estimator study --------------------------------------------------------------------
-
-# flags of train that the study does not take, with the reason it gives
-_STUDY_REFUSES = {
-    "estimator": "compare-estimators takes --estimators (a list), not --estimator",
-    "resume": "compare-estimators cannot resume a study; start a new one with another --out",
-    "objective": "compare-estimators trains every estimator with objective elbo, K = 1 (the "
-    "score-function estimators need it); drop --objective",
-    "num_particles": "compare-estimators trains every estimator with objective elbo, K = 1 (the "
-    "score-function estimators need it); drop -K",
-    "eval_particles": "compare-estimators makes no final evaluation; drop --eval-particles",
-    "eval_images": "compare-estimators makes no final evaluation; drop --eval-images",
-    "no_plots": "compare-estimators always writes its two figures; drop --no-plots",
-}
-
-
-def _add_compare_estimators_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare-estimators",
-        help="gradient variance and training per estimator",
-        description="On one model, one minibatch and the same parameters, draw "
-        "many gradient estimates per estimator (at initialization and after "
-        "chosen epochs of a reparam run); then train one model per estimator "
-        "with the same seed and budget, objective elbo, K = 1. Writes CSV/JSON tables and "
-        "figures into a new folder.",
-    )
-    add_config_arguments(p, study=True)
-    p.add_argument(
-        "--estimators",
-        nargs="+",
-        choices=ESTIMATORS,
-        default=list(ESTIMATORS),
-        help="estimators to compare (default all)",
-    )
-    p.add_argument(
-        "--gradient-epochs",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="measure gradients after these epochs of the reparam run, each from 0 (at "
-        "initialization; the default) to --epochs",
-    )
-    p.add_argument(
-        "--num-estimates",
-        type=int,
-        default=200,
-        help="gradient estimates per estimator and stage (default 200)",
-    )
-    p.add_argument(
-        "--reference-estimates",
-        type=int,
-        default=1000,
-        help="reparam estimates behind the reference mean (default 1000)",
-    )
-    p.add_argument("--out", default="estimator-study", help="a new folder (estimator-study)")
-    _add_shared(p, "no_progress")
-    # refused with a reason (see _STUDY_REFUSES), hidden from --help
-    hidden = argparse.SUPPRESS
-    p.add_argument("--estimator", help=hidden)
-    p.add_argument("--resume", help=hidden)
-    p.add_argument("--objective", help=hidden)
-    _add_shared(p, "num_particles", help=hidden)
-    p.add_argument("--eval-particles", help=hidden)
-    p.add_argument("--eval-images", help=hidden)
-    p.add_argument("--no-plots", action="store_true", help=hidden)
-    p.set_defaults(func=_cmd_compare_estimators)
-
-
-def _cmd_compare_estimators(args: argparse.Namespace) -> int:
-    from pyro_vae.compare import compare_estimators
-
-    for dest, message in _STUDY_REFUSES.items():
-        if getattr(args, dest, None) not in (None, False):
-            raise ConfigError(message)
-    config = TrainConfig(**_config_settings(args, {"objective": "elbo"}))
-    config.validate()
-    _check_count(args.num_estimates, "--num-estimates", low=2)
-    _check_count(args.reference_estimates, "--reference-estimates", low=2)
-    bad = [e for e in args.gradient_epochs if not 0 <= e <= config.epochs]
-    if bad:
-        raise ConfigError(
-            f"--gradient-epochs {' '.join(map(str, bad))} outside 0..{config.epochs} (--epochs): "
-            "gradients are measured at initialization (0) or after an epoch of the reparam run"
-        )
-    out_dir = Path(args.out)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise OutputError(f"{out_dir} already holds files; the study writes a new folder")
-    with locked_folder(out_dir, create=True):
-        result = compare_estimators(
-            config,
-            out_dir,
-            args.estimators,
-            args.gradient_epochs,
-            args.num_estimates,
-            args.reference_estimates,
-            progress=not args.no_progress,
-        )
-    print(
-        f"{'stage':<10} {'estimator':<22} {'network':<8} {'variance':>10} "
-        f"{'/ reparam':>10} {'SNR':>7} {'cosine':>7} {'ms':>7}"
-    )
-    for r in result.gradients:
-        print(
-            f"{r['stage']:<10} {r['estimator']:<22} {r['network']:<8} "
-            f"{r['total_variance']:10.3g} {r['variance_ratio_to_reparam']:10.3g} "
-            f"{r['snr']:7.3f} {r['cosine']:7.3f} {1000 * r['seconds_per_estimate']:7.1f}"
-        )
-    for estimator, history in result.training.items():
-        last = history[-1]
-        print(
-            f"{estimator:<22} {held_out_elbo(last)[0]} ELBO {held_out_elbo(last)[1]:8.2f} after "
-            f"{last['step']} steps, "
-            f"{last['seconds']:.0f} s"
-        )
-    print(f"tables and figures in {out_dir}")
-    return 0
 
 
 # -- the parser and main --------------------------------------------------------------------
