@@ -53,6 +53,7 @@ What each process does, and what is shared:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -68,6 +69,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
+import pyro
 import pyro.poutine as poutine
 import torch
 import torch.distributed as dist
@@ -75,6 +77,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.util import zero_grads
 from torch import nn
 
+from pyro_vae.config import check_device
 from pyro_vae.errors import ConfigError, DistributedError, PyroVAEError
 
 __all__ = [
@@ -496,3 +499,66 @@ class DistributedStep:
         self.optim(set(params))
         zero_grads(set(params))
         return total
+
+
+# -- the layer fit calls: each is what a single process does when the world is one ----------
+
+
+def local_config(world: World, config):
+    """The config as this process runs it: under torchrun each process of a run on GPUs has
+    the GPU of its ``LOCAL_RANK`` (:func:`local_device`); alone, the config as it is."""
+    if world.size == 1:
+        return config
+    config = dataclasses.replace(config, device=local_device(config.device))
+    check_device(config.device)
+    return config
+
+
+def training_step(world: World, vae: nn.Module, elbo, optim, device: str) -> Callable:
+    """One optimization step on a batch, returning its summed loss: ``pyro.infer.SVI``'s step
+    alone, else :class:`DistributedStep` (its loss summed over the processes). The step has a
+    ``close`` to call while the process group is alive."""
+    if world.size == 1:
+        step = pyro.infer.SVI(vae.model, vae.guide, optim, elbo).step
+        return _Closable(step)
+    return DistributedStep(vae, elbo, optim, world, device)
+
+
+class _Closable:
+    """A step with nothing to free."""
+
+    def __init__(self, step: Callable) -> None:
+        self.step = step
+
+    def __call__(self, *args, **kwargs):
+        return self.step(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def check_same_parameters(world: World, store, epoch: int, kept: str) -> None:
+    """Every process's trained parameters (the networks', an nn baseline's) are equal, bit for
+    bit, after every epoch: their gradients were summed alike. A process whose parameters
+    drifted (a parameter that no step sums, a bug) stops the run before its checkpoint; alone,
+    there is nothing to compare."""
+    if world.size == 1:
+        return
+    trained = {k: v for k, v in store.items() if not k.startswith("__")}
+    digests = gather(world, fingerprint(trained))
+    differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    if differ:
+        error = DistributedError(
+            f"after epoch {epoch}, the parameters of process {differ[0]} differ from "
+            f"those of process 0, which the summed gradients should prevent; training stopped, "
+            f"{kept}"
+        )
+        error.shared = True  # every process found it
+        raise error
+
+
+def every_process(world: World, own: dict) -> list[dict] | None:
+    """Every process's ``own`` state (its RNG streams and baselines), for a checkpoint; alone,
+    ``None``: the checkpoint holds this process's own."""
+    states = gather(world, own)
+    return states if world.size > 1 else None

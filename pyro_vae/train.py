@@ -16,7 +16,6 @@ checkpoint), ``_train_epoch``, ``_checkpoint_state`` and ``_save``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import sys
@@ -58,11 +57,10 @@ from pyro_vae.data import (
     as_float,
     mean_image,
 )
-from pyro_vae.distributed import DistributedStep, World, rank_seed
+from pyro_vae.distributed import World, rank_seed
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
-    DistributedError,
     OutputError,
     PyroVAEError,
 )
@@ -220,9 +218,7 @@ def fit(
         raise ConfigError(f"tensorboard must be a folder's path, got {tensorboard!r}")
     world = distributed.current()
     progress = progress and world.is_main
-    if world.size > 1:  # under torchrun each process has a GPU of its own
-        config = dataclasses.replace(config, device=distributed.local_device(config.device))
-        check_device(config.device)
+    config = distributed.local_config(world, config)
     with distributed.partner_failures(world), contextlib.ExitStack() as stack:
         if run_dir is not None:  # rank 0 holds and writes the folder
             distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir, not resume))
@@ -231,8 +227,7 @@ def fit(
         stack.enter_context(put_back_on_failure(run_dir if writes else None, resume))
         run = _open_run(config, run_dir, data, resume, store, vae, world)
         step = _stepper(run)
-        if isinstance(step, DistributedStep):
-            stack.callback(step.close)
+        stack.callback(step.close)
         stack.enter_context(_tensorboard_log(run, tensorboard if world.is_main else None))
         for epoch in range(run.epochs_done, config.epochs):
             train_elbo = _train_epoch(run, step, epoch, progress)
@@ -403,15 +398,12 @@ def _restore(run: _Run, checkpoint: dict, store) -> None:
 
 
 def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
-    """One optimization step on a batch, returning its summed loss: ``pyro.infer.SVI``'s step,
-    or in a distributed run :class:`pyro_vae.distributed.DistributedStep` (summed over
-    processes)."""
+    """One optimization step on a batch, returning its summed loss
+    (:func:`pyro_vae.distributed.training_step`)."""
     config = run.config
     elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit,
                      config.mcem_transitions)  # fmt: skip
-    if run.world.size == 1:
-        return pyro.infer.SVI(run.vae.model, run.vae.guide, run.optim, elbo).step
-    return DistributedStep(run.vae, elbo, run.optim, run.world, run.config.device)
+    return distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
 
 
 def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float:
@@ -541,9 +533,9 @@ def _checkpoint_state(run: _Run, store) -> dict:
     # the objectives' running state in the param store: the baselines' decaying averages,
     # Monte Carlo EM's step size (parameters without gradients, names beginning "__")
     baseline = {k: v.detach().cpu() for k, v in store.items() if k.startswith("__")}
-    ranks = distributed.gather(run.world, {"rng": get_rng_state(), "baseline_state": baseline})
-    if run.world.size > 1:
-        _check_same_parameters(run, store)
+    ranks = distributed.every_process(run.world, {"rng": get_rng_state(),
+                                                  "baseline_state": baseline})  # fmt: skip
+    distributed.check_same_parameters(run.world, store, len(run.history), run.kept())
     state = {
         "config": run.config.to_dict(),
         "epoch": len(run.history),
@@ -557,26 +549,9 @@ def _checkpoint_state(run: _Run, store) -> dict:
         "networks": {name: f"{type(net).__module__}.{type(net).__qualname__}"
                      for name, net in (("encoder", run.vae.encoder), ("decoder", run.vae.decoder))},
     }  # fmt: skip
-    if run.world.size > 1:
+    if ranks is not None:
         state["ranks"] = ranks
     return state
-
-
-def _check_same_parameters(run: _Run, store) -> None:
-    """Every process's trained parameters (the networks', an nn baseline's) are equal, bit for
-    bit, after every epoch: their gradients were summed alike. A process whose parameters
-    drifted (a parameter that no step sums, a bug) stops the run before its checkpoint."""
-    trained = {k: v for k, v in store.items() if not k.startswith("__")}
-    digests = distributed.gather(run.world, distributed.fingerprint(trained))
-    differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
-    if differ:
-        error = DistributedError(
-            f"after epoch {len(run.history)}, the parameters of process {differ[0]} differ from "
-            f"those of process 0, which the summed gradients should prevent; training stopped, "
-            f"{run.kept()}"
-        )
-        error.shared = True  # every process found it
-        raise error
 
 
 def _save(run: _Run, store) -> None:
