@@ -61,7 +61,7 @@ run() {
     part nccl torchrun --standalone --nproc_per_node=1 -m pyro_vae train --device cuda \
         --dataset mnist-sample --epochs 2 --out /tmp/nccl-run --no-progress
     part speed python3 benchmarks/speed.py --device cuda --steps 300 --no-memory \
-        --batch-sizes 128 1024 --variants "pyro-vae train (TraceMeanField_ELBO)" Trace_ELBO \
+        --batch-sizes 128 1024 --variants "pyro-vae train (MeanFieldELBO)" Trace_ELBO \
         "plain Pyro (tutorial style)"
     part throughput python3 benchmarks/throughput.py --gpu --repeats 1 --procs 2
     echo "== $failed part(s) failed"

@@ -63,7 +63,8 @@ SAME = "hand-written, same arithmetic"
 ONE = dict(num_particles=1, vectorize_particles=False, max_plate_nesting=1)
 # label: the ELBO; None is the plain Pyro VAE
 PYRO_VARIANTS = {
-    "pyro-vae train (TraceMeanField_ELBO)": lambda: make_elbo("elbo-analytic-kl"),
+    "pyro-vae train (MeanFieldELBO)": lambda: make_elbo("elbo-analytic-kl"),
+    "Pyro's TraceMeanField_ELBO": lambda: TraceMeanField_ELBO(**ONE),
     "Trace_ELBO": lambda: make_elbo("elbo"),
     "JitTraceMeanField_ELBO": lambda: make_elbo("elbo-analytic-kl", jit=True),
     "JitTrace_ELBO": lambda: make_elbo("elbo", jit=True),

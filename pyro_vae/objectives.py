@@ -48,9 +48,11 @@ from pyro.poutine.util import site_is_subsample
 from pyro_vae.checks import is_whole, require_flag, require_positive
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import is_reparameterized, uses_baseline
+from pyro_vae.meanfield import MeanFieldELBO
 
 __all__ = [
     "OBJECTIVES",
+    "MeanFieldELBO",
     "MonteCarloEM",
     "ReweightedWakeSleep",
     "WakeSleep",
@@ -586,5 +588,5 @@ def make_elbo(
         kwargs["ignore_jit_warnings"] = True
         cls = infer.JitTrace_ELBO if objective == "elbo" else infer.JitTraceMeanField_ELBO
     else:
-        cls = infer.Trace_ELBO if objective == "elbo" else infer.TraceMeanField_ELBO
+        cls = infer.Trace_ELBO if objective == "elbo" else MeanFieldELBO
     return cls(**kwargs)

@@ -19,8 +19,9 @@ r"""The prior ``p(z)`` of the latent code, and with it the guide's family.
     mean direction ``loc / |loc|`` and one concentration an image. The KL has a closed form.
 
 No closed form exists for the KL from a Gaussian guide to a mixture, so with ``mixture`` and
-``vamp`` the analytic-KL objective (Pyro's ``TraceMeanField_ELBO``) switches to the Monte
-Carlo estimate ``log q(z|x) - log p(z)`` at the guide's sample: the same bound as ``elbo``, with
+``vamp`` the analytic-KL objective (Pyro's ``TraceMeanField_ELBO`` and
+:class:`pyro_vae.meanfield.MeanFieldELBO`) switches, as Pyro's does, to the Monte Carlo
+estimate ``log q(z|x) - log p(z)`` at the guide's sample: the same bound as ``elbo``, with
 its variance. :func:`has_closed_form_kl` says which priors keep the closed form.
 
 Each prior is an ``nn.Module`` (a part of the :class:`~pyro_vae.VAE`, registered with Pyro as
