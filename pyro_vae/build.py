@@ -16,6 +16,7 @@ from pyro_vae.memory import binding_limit
 from pyro_vae.model import VAE, image_shape_chw
 from pyro_vae.networks import conv_sizes
 from pyro_vae.optim import JointOptimizer
+from pyro_vae.priors import DEFAULT_COMPONENTS
 
 __all__ = ["build_vae", "check_custom", "check_step_memory", "make_optimizer", "parameter_count"]
 
@@ -24,22 +25,9 @@ def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
     """Weights and biases of the encoder and decoder (the nn baseline not included)."""
     if not config.checked():
         config.validate(here=False)
-    data_dim = math.prod(image_shape)
-    if config.arch != "mlp" or config.prior != "normal":  # built on PyTorch's meta device
-        # (without memory)
-        with torch.device("meta"):
-            vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
-        return sum(p.numel() for p in vae.parameters())
-    hidden, z = list(config.hidden_sizes), config.latent_dim
-    outputs = data_dim * (2 if config.likelihood == "gaussian" else 1)
-
-    def dense(sizes: list[int]) -> int:
-        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-
-    width = hidden[-1] if hidden else data_dim
-    encoder = dense([data_dim, *hidden]) + 2 * (width * z + z)
-    decoder = dense([z, *reversed(hidden)]) + (hidden[0] if hidden else z) * outputs + outputs
-    return encoder + decoder
+    with torch.device("meta"):  # the networks built without memory, on PyTorch's meta device
+        vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
+    return sum(p.numel() for p in vae.parameters())
 
 
 def _device_memory(device: str) -> tuple[int, str] | None:
@@ -104,7 +92,7 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
         f"train, more than there is"
         + (f" ({memory[1]})" if memory else f" on {config.device}")
         + "; choose smaller --hidden-sizes or --latent-dim"
-        + (" or fewer --prior-components" if config.prior in ("mixture", "vamp") else "")
+        + (" or fewer --prior-components" if config.prior in DEFAULT_COMPONENTS else "")
     )
     if memory is not None and needed > memory[0]:
         raise too_big

@@ -315,7 +315,7 @@ def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         loc, scale = vae.encode(x)
         z, mean = vae.latent.draw_and_mean(loc, scale)
         recon.append(vae.likelihood_distribution(z).log_prob(x))
-        if vae.prior.name == "normal":
+        if vae.prior.kl_by_dimension:
             kls.append(kl_per_dimension(loc, scale))
         else:
             kls.append(_kl(vae, x, z, loc, scale)[:, None])
@@ -373,7 +373,7 @@ def evaluate(
         nll=-log_px.mean().item(),
         reconstruction_nll=-recon.double().mean().item(),
         kl=kl_dims.sum().item(),
-        kl_per_dim=kl_dims.tolist() if vae.prior.name == "normal" else [],
+        kl_per_dim=kl_dims.tolist() if vae.prior.kl_by_dimension else [],
         active_units=int((locs.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0,
     )
     figures = ("test_elbo", "log_likelihood", "reconstruction_nll", "kl")

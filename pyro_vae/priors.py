@@ -128,6 +128,9 @@ class Prior(nn.Module):
     """``p(z)`` over latents of size :attr:`latent_dim`."""
 
     name = ""
+    #: whether KL(q || p) from a diagonal Gaussian guide splits into a term a dimension
+    #: (:func:`pyro_vae.evaluate.kl_per_dimension`)
+    kl_by_dimension = False
     #: the space z lives in, which decides the guide's distribution (:mod:`pyro_vae.latents`)
     latent: LatentSpace = GAUSSIAN
 
@@ -163,6 +166,7 @@ class NormalPrior(Prior):
     """``N(0, I)``."""
 
     name = "normal"
+    kl_by_dimension = True
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__(latent_dim)
