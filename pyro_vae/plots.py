@@ -10,6 +10,7 @@ import math
 
 import torch
 from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
@@ -33,18 +34,26 @@ def _chw(image_shape) -> tuple[int, int, int]:
     return (1, *shape) if len(shape) == 2 else shape
 
 
+def _filled(images: torch.Tensor, ncols: int, value: float) -> torch.Tensor:
+    """``images`` and blank ones up to a first row of ``ncols`` (``make_grid`` would make the
+    grid only as wide as the images are many)."""
+    if len(images) >= ncols:
+        return images
+    blank = images.new_full((ncols - len(images), *images.shape[1:]), value)
+    return torch.cat([images, blank])
+
+
 def _tile(images: torch.Tensor, image_shape, ncols: int, pad: int = 1) -> torch.Tensor:
-    # (N, ...) images of (H, W) or (C, H, W) -> one (C, rows * (H + pad), ncols * (W + pad))
-    # mosaic; the padding 0.15 shows as thin light-grey lines when drawn inverted (ink on
-    # paper), dark-grey ones otherwise
+    """``(N, ...)`` images of ``(H, W)`` or ``(C, H, W)`` -> one ``(C, H', W')`` mosaic,
+    ``ncols`` a row, ``pad`` pixels of 0.15 between them (thin light-grey lines when drawn
+    inverted, ink on paper; dark-grey ones otherwise): torchvision's ``make_grid`` without its
+    outer border."""
     c, h, w = _chw(image_shape)
-    n = images.shape[0]
-    nrows = math.ceil(n / ncols)
-    canvas = torch.full((c, nrows * (h + pad) - pad, ncols * (w + pad) - pad), 0.15)
-    for i, image in enumerate(images.detach().float().cpu().reshape(n, c, h, w)):
-        r, col = divmod(i, ncols)
-        canvas[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = image
-    return canvas
+    images = _filled(images.detach().float().cpu().reshape(-1, c, h, w), ncols, 0.15)
+    if len(images) == 1:  # make_grid returns one image as it is, without padding
+        return images[0]
+    grid = make_grid(images, nrow=ncols, padding=pad, pad_value=0.15)[:c]  # grey comes as RGB
+    return grid[:, pad : grid.shape[1] - pad, pad : grid.shape[2] - pad]
 
 
 def image_grid(

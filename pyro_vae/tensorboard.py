@@ -16,12 +16,12 @@ pictures uses a generator of its own, so a run with a log trains exactly as one 
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.model import VAE, image_shape_chw
@@ -43,16 +43,16 @@ def _summary_writer():
 
 
 def _grid(images: torch.Tensor, image_shape, ncols: int) -> torch.Tensor:
-    """``(N, ...)`` images in ``[0, 1]`` -> one ``(C, H', W')`` mosaic, grey or RGB."""
+    """``(N, ...)`` images in ``[0, 1]`` -> one ``(C, H', W')`` mosaic, grey or RGB, a black
+    pixel around each (torchvision's ``make_grid``)."""
     c, h, w = image_shape_chw(image_shape)
     images = images.detach().float().cpu().clamp(0, 1).reshape(-1, c, h, w)
-    nrows = math.ceil(images.shape[0] / ncols)
-    canvas = torch.zeros(c, nrows * (h + 1) + 1, ncols * (w + 1) + 1)
-    for i, image in enumerate(images):
-        r, col = divmod(i, ncols)
-        top, left = 1 + r * (h + 1), 1 + col * (w + 1)
-        canvas[:, top : top + h, left : left + w] = image
-    return canvas
+    if len(images) < ncols:  # make_grid would make the grid only as wide as the images
+        blank = images.new_zeros((ncols - len(images), c, h, w))
+        images = torch.cat([images, blank])
+    if len(images) == 1:  # make_grid returns one image as it is, without the border
+        return torch.nn.functional.pad(images[0], (1, 1, 1, 1))
+    return make_grid(images, nrow=ncols, padding=1, pad_value=0.0)[:c]  # grey comes as RGB
 
 
 class TensorBoardLog:
