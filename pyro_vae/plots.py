@@ -10,7 +10,6 @@ import math
 
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
@@ -48,6 +47,8 @@ def _tile(images: torch.Tensor, image_shape, ncols: int, pad: int = 1) -> torch.
     ``ncols`` a row, ``pad`` pixels of 0.15 between them (thin light-grey lines when drawn
     inverted, ink on paper; dark-grey ones otherwise): torchvision's ``make_grid`` without its
     outer border."""
+    from torchvision.utils import make_grid  # torchvision takes a second to import
+
     c, h, w = _chw(image_shape)
     images = _filled(images.detach().float().cpu().reshape(-1, c, h, w), ncols, 0.15)
     if len(images) == 1:  # make_grid returns one image as it is, without padding

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
 
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.model import VAE, image_shape_chw
@@ -45,6 +44,8 @@ def _summary_writer():
 def _grid(images: torch.Tensor, image_shape, ncols: int) -> torch.Tensor:
     """``(N, ...)`` images in ``[0, 1]`` -> one ``(C, H', W')`` mosaic, grey or RGB, a black
     pixel around each (torchvision's ``make_grid``)."""
+    from torchvision.utils import make_grid  # torchvision takes a second to import
+
     c, h, w = image_shape_chw(image_shape)
     images = images.detach().float().cpu().clamp(0, 1).reshape(-1, c, h, w)
     if len(images) < ncols:  # make_grid would make the grid only as wide as the images
