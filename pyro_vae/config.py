@@ -417,6 +417,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         that names a setting :class:`TrainConfig` does not have.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"cannot read the config file {path}: {kind}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:

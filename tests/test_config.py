@@ -159,6 +159,21 @@ def test_a_bad_config_file_is_one_line(tmp_path, capsys, name, content, message)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_config_path_that_is_not_a_file_is_one_line(tmp_path, capsys, kind):
+    """A named pipe would block the read for ever; a folder is no file either."""
+    import os
+
+    path = tmp_path / "settings.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the config file" in err, err
+
+
 def test_a_resume_takes_no_config_file(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--config", "x.json"]) == 1
     assert "keeps its own config" in capsys.readouterr().err
