@@ -559,6 +559,7 @@ def make_elbo(
     num_particles: int = 1,
     jit: bool = False,
     mcem_transitions: int = 3,
+    checked: bool = False,
 ) -> infer.ELBO:
     """The Pyro ELBO object for an objective.
 
@@ -567,8 +568,10 @@ def make_elbo(
     :param num_particles: ``K``, samples per image (vectorized).
     :param jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``).
     :param mcem_transitions: for ``mcem``, HMC transitions an E-step (:class:`MonteCarloEM`).
+    :param checked: the settings were checked already (:meth:`pyro_vae.TrainConfig.validate`).
     """
-    check_objective(objective, estimator, num_particles, jit)
+    if not checked:
+        check_objective(objective, estimator, num_particles, jit)
     if objective == "wake-sleep":
         return WakeSleep()
     if objective == "rws":

@@ -402,7 +402,7 @@ def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
     (:func:`pyro_vae.distributed.training_step`)."""
     config = run.config
     elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit,
-                     config.mcem_transitions)  # fmt: skip
+                     config.mcem_transitions, checked=True)  # fmt: skip
     return distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
 
 

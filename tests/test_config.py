@@ -242,6 +242,7 @@ def test_a_validated_config_is_not_checked_again(monkeypatch):
                          (model, "check_prior"), (latents, "check_estimator")):  # fmt: skip
         monkeypatch.setattr(module, name, checked_again)
     monkeypatch.setattr("pyro_vae.priors.check_prior", checked_again)
+    monkeypatch.setattr("pyro_vae.objectives.check_objective", checked_again)
     result = fit(config, data=data)
     assert len(result.history) == 1
     # built from a config that has not passed validate, the VAE is checked, once, there
