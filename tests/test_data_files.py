@@ -14,6 +14,7 @@ import scipy.io
 import torch
 
 import pyro_vae.data as data_module
+import pyro_vae.idx as idx_module
 import pyro_vae.memory as memory
 from pyro_vae.data import load_dataset, load_mnist_or_sample
 from pyro_vae.errors import DataError, DataNotFoundError
@@ -312,7 +313,7 @@ def test_permission_error_is_a_data_error(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(data_module, "open", fake_open, raising=False)
+    monkeypatch.setattr(idx_module, "open", fake_open, raising=False)  # the IDX reader's
     with pytest.raises(DataError) as info:
         load_mnist_or_sample(tmp_path)
     assert str(info.value) == f"cannot read mnist file {refused}: permission denied"
