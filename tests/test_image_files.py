@@ -23,7 +23,7 @@ import torch
 from conftest import REPO, cli_fails
 from PIL import Image
 
-import pyro_vae.imagefiles as imagefiles
+import pyro_vae.arrayfiles as arrayfiles
 import pyro_vae.memory as memory
 from pyro_vae.errors import DataError, DataNotFoundError
 from pyro_vae.imagefiles import HOLDOUT_SEED, load_image_files
@@ -1101,7 +1101,7 @@ def test_running_out_of_memory_all_the_same_is_one_line(tmp_path, memory_left, m
     def no_memory(images, size):
         raise MemoryError
 
-    monkeypatch.setattr(imagefiles, "_resize", no_memory)
+    monkeypatch.setattr(arrayfiles, "_resize", no_memory)
     match = r"x\.npy: out of memory while reading its images \(the process's limit \(ulimit -v\)"
     with pytest.raises(DataError, match=match) as info:
         load_image_files(path, image_size=4)
