@@ -1,5 +1,9 @@
 """The gradient-estimator switch: how the guide's sample site gets its gradient.
 
+A discrete latent (Bernoulli, categorical) has its own list, :data:`DISCRETE_ESTIMATORS`:
+the three score-function ones below, and those of :mod:`pyro_vae.discrete` (leave-one-out,
+VIMCO, ARM, DisARM, Gumbel-softmax, straight-through, exact enumeration).
+
 Every estimator targets the same gradient, ``grad E_q[f(z)]`` with
 ``f(z) = log p(x, z) - log q(z|x)``; they differ in variance and cost.
 
@@ -50,6 +54,8 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.sphere import PowerSpherical
 
 __all__ = [
+    "CONTINUOUS_ESTIMATORS",
+    "DISCRETE_ESTIMATORS",
     "ESTIMATORS",
     "ScoreFunctionNormal",
     "ScoreFunctionPowerSpherical",
@@ -60,7 +66,22 @@ __all__ = [
     "uses_baseline",
 ]
 
-ESTIMATORS = ("reparam", "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "stl")
+ESTIMATORS = (
+    "reparam", "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "stl",
+    "reinforce-loo", "vimco", "arm", "disarm", "gumbel", "straight-through", "enumerate",
+)  # fmt: skip
+#: the estimators of a continuous latent (Gaussian, hyperspherical)
+CONTINUOUS_ESTIMATORS = ESTIMATORS[:5]
+#: the estimators of a discrete latent (:mod:`pyro_vae.discrete`); ``arm`` and ``disarm`` for
+#: a Bernoulli one only
+DISCRETE_ESTIMATORS = (
+    "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "reinforce-loo", "vimco", "arm",
+    "disarm", "gumbel", "straight-through", "enumerate",
+)  # fmt: skip
+#: the discrete estimators written as ELBO classes of pyro_vae.discrete, with the draws they take
+DRAWS = {"reinforce-loo": "K >= 2", "vimco": "K >= 2", "arm": "one antithetic pair",
+         "disarm": "one antithetic pair", "gumbel": "K = 1", "straight-through": "K = 1",
+         "enumerate": "every code"}  # fmt: skip
 
 
 class ScoreFunctionNormal(dist.Normal):

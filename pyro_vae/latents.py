@@ -17,6 +17,15 @@ Members:
 ``SPHERE``
     ``z`` on the unit sphere ``S^(Z-1)``; the guide is Power Spherical with mean direction
     ``loc / |loc|`` and one concentration an image (the hyperspherical prior, an S-VAE).
+``BERNOULLI``
+    ``z`` in ``{0, 1}^D``; the encoder gives ``D`` logits and the guide is ``D`` independent
+    Bernoulli units (the ``bernoulli`` and ``uniform`` priors).
+``Categorical(C)``
+    ``G`` one-hot groups of ``C`` classes; the encoder gives ``G * C`` logits (the ``uniform``
+    and ``categorical`` priors).
+
+A discrete latent takes its own estimators (:data:`pyro_vae.estimators.DISCRETE_ESTIMATORS`),
+and :meth:`LatentSpace.refusal` says in one line why another does not apply.
 
 Each prior names its latent space (:attr:`pyro_vae.priors.Prior.latent`). The rest of the
 package asks the latent space, never which one it is.
@@ -30,8 +39,11 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 
+from pyro_vae.discrete import BernoulliCode, CategoricalCode
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import (
+    CONTINUOUS_ESTIMATORS,
+    DISCRETE_ESTIMATORS,
     ScoreFunctionNormal,
     ScoreFunctionPowerSpherical,
     StickingTheLandingNormal,
@@ -40,7 +52,17 @@ from pyro_vae.estimators import (
 )
 from pyro_vae.sphere import PowerSpherical
 
-__all__ = ["GAUSSIAN", "LATENT_SPACES", "SPHERE", "LatentSpace", "Picture", "guide_distribution"]
+__all__ = [
+    "BERNOULLI",
+    "GAUSSIAN",
+    "LATENTS",
+    "LATENT_SPACES",
+    "SPHERE",
+    "LatentSpace",
+    "Picture",
+    "guide_distribution",
+    "latent_space",
+]
 
 
 @dataclass(frozen=True)
@@ -57,10 +79,53 @@ class LatentSpace:
     """One kind of latent space (see the module docstring)."""
 
     name = ""
-    #: what the encoder's second output is
-    second_output = "scale"
+    #: what the encoder's second output is (``None``: it returns one output, the logits)
+    second_output: str | None = "scale"
     #: whether z lives in R^Z, where NUTS and Monte Carlo EM's HMC move
     euclidean = True
+    #: whether z takes finitely many values (no pathwise gradient)
+    discrete = False
+    #: the gradient estimators that apply (pyro_vae.estimators)
+    estimators: tuple[str, ...] = CONTINUOUS_ESTIMATORS
+    #: classes a group, for a categorical latent
+    categories: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LatentSpace) and (self.name, self.categories) == (
+            other.name, other.categories)  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.categories))
+
+    def __repr__(self) -> str:
+        return f"LatentSpace({self.name!r})"
+
+    def code_size(self, latent_dim: int) -> int:
+        """The size of a code as the decoder sees it (and of the encoder's first output)."""
+        return latent_dim
+
+    def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        """A value of the latent site, as the decoder takes it: ``(..., code_size)``."""
+        return z
+
+    def point(self, code: torch.Tensor) -> torch.Tensor:
+        """The decoder's input at the guide's mean, for :meth:`code`'s output (what
+        reconstructions, interpolations and the scatter of codes draw)."""
+        return code
+
+    def refusal(self, estimator: str) -> str | None:
+        """Why ``estimator`` cannot train this latent, or ``None``."""
+        if estimator in self.estimators:
+            return None
+        if self.discrete:
+            why = ("has no pathwise gradient" if estimator in ("reparam", "stl")
+                   else "is for continuous latents")  # fmt: skip
+            return (f"estimator {estimator!r} {why}: a {self.name} latent takes "
+                    f"{', '.join(self.estimators)}")  # fmt: skip
+        return (
+            f"estimator {estimator!r} is for discrete latents (--latent bernoulli or "
+            f"categorical); a {self.name} latent takes {', '.join(self.estimators)}"
+        )
 
     def check_dim(self, latent_dim: int) -> None:
         """Raise :class:`ConfigError` for a size this space cannot have."""
@@ -198,8 +263,118 @@ class Sphere(LatentSpace):
         )
 
 
-GAUSSIAN, SPHERE = Gaussian(), Sphere()
-LATENT_SPACES = {space.name: space for space in (GAUSSIAN, SPHERE)}
+class _Discrete(LatentSpace):
+    """What the discrete latents share: the encoder gives logits alone, the guide is the same
+    distribution under every estimator (:mod:`pyro_vae.discrete` implements the estimators as
+    ELBO classes), and there is no manifold to draw or to move in by HMC."""
+
+    second_output = None
+    euclidean = False
+    discrete = True
+
+    def second_output_size(self, latent_dim):
+        return 0
+
+    def manifold(self, num_per_axis):
+        return None
+
+    def hmc_refusal(self, what):
+        if what == "mcem":
+            return (f"objective 'mcem' samples the posterior by HMC in R^d, and a {self.name} "
+                    "latent is discrete; choose another objective")  # fmt: skip
+        return (f"the NUTS posterior check needs a latent in R^Z, and a {self.name} latent is "
+                "discrete (its posterior can be enumerated instead)")  # fmt: skip
+
+    def interpolate(self, z):
+        return z  # between two guide means: probabilities, which the decoder takes
+
+
+class Bernoulli(_Discrete):
+    """``z`` in ``{0, 1}^D``: ``D`` binary units, each a Bernoulli of the encoder's logit."""
+
+    name = "bernoulli"
+    estimators = DISCRETE_ESTIMATORS
+
+    def encoder_contract(self, latent_dim):
+        return f"(logits,), (B, {latent_dim}), for a Bernoulli latent"
+
+    def guide(self, loc, second, estimator):
+        return BernoulliCode(loc)
+
+    def point(self, code):
+        return torch.sigmoid(code)
+
+    def draw_and_mean(self, loc, second):
+        probs = torch.sigmoid(loc)
+        return torch.bernoulli(probs), probs
+
+
+class Categorical(_Discrete):
+    """``z`` in ``G`` groups of ``C`` classes, each group one-hot: a categorical of the
+    encoder's ``C`` logits for each group (Jang et al.'s 20 x 10). ``latent_dim`` is ``G``;
+    the decoder sees the ``G * C`` one-hot values, the encoder gives ``G * C`` logits."""
+
+    name = "categorical"
+    estimators = tuple(e for e in DISCRETE_ESTIMATORS if e not in ("arm", "disarm"))
+
+    def __init__(self, categories: int = 10) -> None:
+        self.categories = int(categories)
+
+    def __repr__(self) -> str:
+        return f"LatentSpace('categorical', categories={self.categories})"
+
+    def check_dim(self, latent_dim):
+        if self.categories < 2:
+            raise ConfigError(f"a categorical latent needs at least 2 categories, got "
+                              f"{self.categories}")  # fmt: skip
+
+    def code_size(self, latent_dim):
+        return latent_dim * self.categories
+
+    def encoder_contract(self, latent_dim):
+        return (f"(logits,), (B, {latent_dim * self.categories}) ({latent_dim} groups of "
+                f"{self.categories}), for a categorical latent")  # fmt: skip
+
+    def refusal(self, estimator):
+        if estimator in ("arm", "disarm"):
+            return (
+                f"estimator {estimator!r} is for Bernoulli latents (its antithetic pair is "
+                f"binary); a categorical latent takes {', '.join(self.estimators)}"
+            )
+        return super().refusal(estimator)
+
+    def _grouped(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.reshape(*logits.shape[:-1], -1, self.categories)
+
+    def guide(self, loc, second, estimator):
+        return CategoricalCode(self._grouped(loc))
+
+    def decoder_input(self, z):
+        return z.flatten(-2)
+
+    def point(self, code):
+        return torch.softmax(self._grouped(code), -1).flatten(-2)
+
+    def draw_and_mean(self, loc, second):
+        probs = torch.softmax(self._grouped(loc), -1)
+        draw = torch.nn.functional.one_hot(
+            torch.multinomial(probs.reshape(-1, self.categories), 1).squeeze(-1),
+            self.categories).to(probs).reshape(probs.shape)  # fmt: skip
+        return draw.flatten(-2), probs.flatten(-2)
+
+
+GAUSSIAN, SPHERE, BERNOULLI = Gaussian(), Sphere(), Bernoulli()
+LATENT_SPACES = {space.name: space for space in (GAUSSIAN, SPHERE, BERNOULLI, Categorical())}
+LATENTS = tuple(LATENT_SPACES)
+DEFAULT_CATEGORIES = 10
+
+
+def latent_space(name: str, categories: int | None = None) -> LatentSpace:
+    """The latent space called ``name`` (one of :data:`LATENTS`); ``categories`` is ``C`` of
+    a categorical latent (default 10)."""
+    if name == "categorical":
+        return Categorical(DEFAULT_CATEGORIES if categories is None else categories)
+    return LATENT_SPACES[name]
 
 
 def guide_distribution(

@@ -31,10 +31,10 @@ from pyro import poutine
 from torch import nn
 from torch.distributions.utils import broadcast_all
 
-from pyro_vae.checks import is_whole
+from pyro_vae.checks import is_whole, require_choice, require_whole
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import baseline_options, check_estimator
-from pyro_vae.latents import LatentSpace
+from pyro_vae.latents import LATENTS, LatentSpace, latent_space
 from pyro_vae.networks import (
     Baseline,
     ConvDecoder,
@@ -43,9 +43,26 @@ from pyro_vae.networks import (
     Encoder,
     check_network_settings,
 )
-from pyro_vae.priors import Prior, check_prior, make_prior
+from pyro_vae.priors import DEFAULT_PRIOR, Prior, check_prior, latent_of, make_prior
 
 __all__ = ["VAE", "IndependentBernoulli", "bernoulli_log_density", "image_shape_chw"]
+
+
+def resolve_latent(
+    latent: str | None, prior: str | None, categories: int | None, checked: bool = False
+) -> LatentSpace:
+    """The latent space of a VAE: ``latent`` by name, else its prior's (``None`` for both: the
+    Gaussian); ``categories``, ``C`` of a categorical latent, is refused for any other."""
+    if not checked:
+        if latent is not None:
+            require_choice(latent, "latent", LATENTS)
+        if categories is not None:
+            if latent != "categorical":
+                raise ConfigError("categories are for a categorical latent (--latent categorical)")
+            require_whole(categories, "categories")
+    if latent is None:
+        return latent_of(prior) if prior is not None else latent_space("gaussian")
+    return latent_space(latent, categories)
 
 
 def image_shape_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -151,6 +168,11 @@ def _call(name: str, net: nn.Module, value: torch.Tensor, what: str | None = Non
         raise ConfigError(f"the {name} fails on {on}: {first}") from None
 
 
+def _pair(out: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An encoder's ``(loc, second)``; ``(logits, None)`` for a discrete latent's ``(logits,)``."""
+    return (out[0], out[1]) if len(out) > 1 else (out[0], None)
+
+
 def _shapes(out) -> list:
     """The shapes in a network's output tuple (type names for what is not a tensor)."""
     items = out if isinstance(out, tuple) else (out,)
@@ -207,8 +229,10 @@ class VAE(nn.Module):
         conv_channels: Sequence[int] = (32, 64),
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
-        prior: str = "normal",
+        prior: str | None = None,
         prior_components: int | None = None,
+        latent: str | None = None,
+        categories: int | None = None,
         checked: bool = False,
     ) -> None:
         super().__init__()
@@ -222,7 +246,13 @@ class VAE(nn.Module):
                 latent_dim, hidden_sizes, activation, likelihood, arch, conv_channels
             )
             check_estimator(estimator, baseline_beta)
-            check_prior(prior, prior_components, latent_dim)
+        space = resolve_latent(latent, prior, categories, checked)
+        prior = DEFAULT_PRIOR[space.name] if prior is None else prior
+        if not checked:
+            check_prior(prior, prior_components, latent_dim, space)
+            refusal = space.refusal(estimator)
+            if refusal:
+                raise ConfigError(refusal)
         if image_shape is not None:
             self.image_shape: tuple[int, ...] | None = image_shape_chw(image_shape)
         else:
@@ -246,7 +276,7 @@ class VAE(nn.Module):
         # guide. 1 outside training; fit() sets it for each step (pyro_vae.objectives).
         self.kl_weight = 1.0
         self.prior: Prior = make_prior(prior, self.latent_dim, prior_components, self.event_shape,
-                                       checked=True)  # fmt: skip
+                                       checked=True, latent=space)  # fmt: skip
         self._prior_has_parameters = any(True for _ in self.prior.parameters())
         if custom:
             self.encoder, self.decoder = self._hand_written(encoder, decoder)
@@ -281,7 +311,7 @@ class VAE(nn.Module):
         return self.latent.second_output_size(self.latent_dim)
 
     def _built_in(self, arch, hidden_sizes, conv_channels, activation) -> tuple[nn.Module, ...]:
-        z = self.latent_dim
+        z = self.latent.code_size(self.latent_dim)
         if arch == "conv":
             return (
                 ConvEncoder(self.image_shape, z, conv_channels, hidden_sizes, activation,
@@ -305,17 +335,18 @@ class VAE(nn.Module):
             device = parameter.device if parameter is not None else "cpu"
             x = torch.zeros(2, *self.event_shape, device=device)
             loc_scale = _call("encoder", self.encoder, x)
-            if _shapes(loc_scale) != [(2, self.latent_dim), (2, self.scale_dim)]:
+            if _shapes(loc_scale) != self._encoder_shapes(2):
                 raise ConfigError(
                     f"the encoder must return {self.latent.encoder_contract(self.latent_dim)}; "
                     f"images {tuple(x.shape)} gave {_shapes(loc_scale)}"
                 )
             second = self.latent.second_output
-            if not (loc_scale[1] > 0).all():
+            if second is not None and not (loc_scale[1] > 0).all():
                 raise ConfigError(
                     f"the encoder's {second} must be positive (softplus(.) + 1e-5, say)"
                 )
-            z = torch.zeros(3, 2, self.latent_dim, device=device)  # (particles, batch, Z)
+            code = self.latent.code_size(self.latent_dim)
+            z = torch.zeros(3, 2, code, device=device)  # (particles, batch, code)
             params = _call("decoder", self.decoder, z)
             count = 2 if self.likelihood == "gaussian" else 1
             if _shapes(params) != [(3, 2, *self.event_shape)] * count:
@@ -328,6 +359,11 @@ class VAE(nn.Module):
         finally:
             for module, mode in zip(self.modules(), modes, strict=True):
                 module.training = mode
+
+    def _encoder_shapes(self, batch: int) -> list[tuple[int, int]]:
+        """The shapes of the encoder's outputs for ``batch`` images."""
+        shapes = [(batch, self.latent.code_size(self.latent_dim))]
+        return shapes + ([(batch, self.scale_dim)] if self.scale_dim else [])
 
     @torch.no_grad()
     def check_on_batches(self, batches: list[torch.Tensor]) -> None:
@@ -346,7 +382,7 @@ class VAE(nn.Module):
                 what = f"a batch of {len(x)} training images {tuple(x.shape)}"
                 loc_scale = _call("encoder", encoder, x, what)
                 shapes = _shapes(loc_scale)
-                expected = [(len(x), self.latent_dim), (len(x), self.scale_dim)]
+                expected = self._encoder_shapes(len(x))
                 if shapes != expected:
                     raise ConfigError(
                         f"the encoder must give {expected} for {what}; it gave {shapes}"
@@ -357,7 +393,8 @@ class VAE(nn.Module):
                         f"the encoder returns {', '.join(sorted(map(str, dtypes)))} for "
                         f"{x.dtype} images; its outputs must be {x.dtype} (the images' dtype)"
                     )
-                params = _call("decoder", decoder, loc_scale[0], f"the latents of {what}")
+                code = self.latent.point(loc_scale[0])
+                params = _call("decoder", decoder, code, f"the latents of {what}")
                 items = params if isinstance(params, tuple) else (params,)
                 if any(tuple(t.shape) != (len(x), *self.event_shape) for t in items):
                     raise ConfigError(
@@ -420,7 +457,7 @@ class VAE(nn.Module):
             prior = self.prior.batch_distribution((batch,), self.encoder)
             with self._weighted():
                 z = pyro.sample("z", prior)  # (B, Z), or (K, B, Z) under vectorized particles
-            pyro.sample("x", self.likelihood_distribution(z), obs=x)
+            pyro.sample("x", self.likelihood_distribution(self.latent.decoder_input(z)), obs=x)
 
     def prior_distribution(self) -> dist.TorchDistribution:
         """``p(z)``, event shape ``(Z,)``, batch shape ``()``."""
@@ -428,7 +465,7 @@ class VAE(nn.Module):
 
     def guide_distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
         """``q(z|x)`` for images ``x``, ``(B, *event_shape)``, set up for the estimator."""
-        loc, scale = self._run("encoder", x)  # (B, Z) each; (B, Z) and (B, 1) on the sphere
+        loc, scale = _pair(self._run("encoder", x))  # (B, Z) each; (B, 1) on the sphere
         return self.latent.guide(loc, scale, self.estimator)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -438,6 +475,8 @@ class VAE(nn.Module):
         if self.baseline is not None:
             pyro.module("baseline", self.baseline)
         infer = baseline_options(self.estimator, x, self.baseline, self.baseline_beta)
+        if self.estimator == "enumerate":  # TraceEnum_ELBO sums over every code
+            infer = {"enumerate": "parallel"}
         with pyro.plate("data", x.shape[0]):
             q = self.guide_distribution(x)
             with self._weighted():
@@ -464,7 +503,7 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The guide's ``(loc, scale)`` for images ``x`` of shape ``(B, *event_shape)``; on
         the sphere, its mean direction (a unit vector) and concentration, ``(B, 1)``."""
-        loc, scale = self._run("encoder", x)
+        loc, scale = _pair(self._run("encoder", x))
         return self.latent.code(loc), scale
 
     @torch.no_grad()
@@ -475,7 +514,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``E[x | z = mu(x)]``: the mean image decoded from the guide's mean."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.latent.point(self.encode(x)[0]))
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

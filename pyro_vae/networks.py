@@ -139,7 +139,8 @@ class Encoder(nn.Module):
 
     ``scale = softplus(.) + 1e-5``: positive, smooth, and linear (not exponential) for large
     inputs, so one bad step cannot overflow it. ``scale_dim`` (default ``latent_dim``) is its
-    size: 1 for a hyperspherical latent, whose guide has one concentration an image.
+    size: 1 for a hyperspherical latent, whose guide has one concentration an image, and 0 for
+    a discrete latent, whose encoder returns its logits alone, ``(logits,)``.
     """
 
     def __init__(
@@ -154,10 +155,13 @@ class Encoder(nn.Module):
         self.body = mlp([data_dim, *hidden_sizes], activation)
         width = hidden_sizes[-1] if hidden_sizes else data_dim
         self.loc = nn.Linear(width, latent_dim)
-        self.raw_scale = nn.Linear(width, latent_dim if scale_dim is None else scale_dim)
+        scale_dim = latent_dim if scale_dim is None else scale_dim
+        self.raw_scale = nn.Linear(width, scale_dim) if scale_dim else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.body(x)  # (..., H)
+        if self.raw_scale is None:  # a discrete latent: its logits alone
+            return (self.loc(h),)
         return self.loc(h), F.softplus(self.raw_scale(h)) + MIN_ENCODER_SCALE  # (..., Z) each
 
 
@@ -225,13 +229,17 @@ class ConvEncoder(nn.Module):
         self.body = mlp([flat, *hidden_sizes], activation)
         width = hidden_sizes[-1] if hidden_sizes else flat
         self.loc = nn.Linear(width, latent_dim)
-        self.raw_scale = nn.Linear(width, latent_dim if scale_dim is None else scale_dim)
+        scale_dim = latent_dim if scale_dim is None else scale_dim
+        self.raw_scale = nn.Linear(width, scale_dim) if scale_dim else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, batch = _fold(x, 3)  # (N, C, H, W)
         h = self.body(self.convs(x).flatten(1))  # (N, H')
-        loc, scale = self.loc(h), F.softplus(self.raw_scale(h)) + MIN_ENCODER_SCALE
-        return loc.reshape(*batch, -1), scale.reshape(*batch, -1)  # (..., Z) each
+        loc = self.loc(h).reshape(*batch, -1)
+        if self.raw_scale is None:  # a discrete latent: its logits alone
+            return (loc,)
+        scale = F.softplus(self.raw_scale(h)) + MIN_ENCODER_SCALE
+        return loc, scale.reshape(*batch, -1)  # (..., Z) each
 
 
 class ConvDecoder(nn.Module):

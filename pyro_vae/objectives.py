@@ -46,8 +46,9 @@ from pyro.ops.integrator import potential_grad, velocity_verlet
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.checks import is_whole, require_flag, require_positive
+from pyro_vae.discrete import check_discrete_estimator, discrete_elbo
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import is_reparameterized, uses_baseline
+from pyro_vae.estimators import DRAWS, is_reparameterized, uses_baseline
 from pyro_vae.meanfield import MeanFieldELBO
 
 __all__ = [
@@ -473,6 +474,9 @@ def check_objective(
     if num_particles < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
     require_flag(jit, "jit")
+    if estimator in DRAWS and objective not in ("wake-sleep", "rws", "mcem"):
+        check_discrete_estimator(objective, estimator, num_particles, jit)
+        return
     if objective in ("wake-sleep", "rws", "mcem"):
         if estimator != "reparam":
             raise ConfigError(
@@ -560,6 +564,7 @@ def make_elbo(
     jit: bool = False,
     mcem_transitions: int = 3,
     checked: bool = False,
+    temperature: float = 1.0,
 ) -> infer.ELBO:
     """The Pyro ELBO object for an objective.
 
@@ -569,6 +574,7 @@ def make_elbo(
     :param jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``).
     :param mcem_transitions: for ``mcem``, HMC transitions an E-step (:class:`MonteCarloEM`).
     :param checked: the settings were checked already (:meth:`pyro_vae.TrainConfig.validate`).
+    :param temperature: of the ``gumbel`` and ``straight-through`` relaxations.
     """
     if not checked:
         check_objective(objective, estimator, num_particles, jit)
@@ -578,6 +584,8 @@ def make_elbo(
         return ReweightedWakeSleep(num_particles)
     if objective == "mcem":
         return MonteCarloEM(num_transitions=mcem_transitions)
+    if estimator in DRAWS:
+        return discrete_elbo(estimator, num_particles, temperature)
     # One particle needs no particle plate: without it every site skips a broadcast.
     vectorize = int(num_particles) > 1
     kwargs = dict(

@@ -44,14 +44,20 @@ from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
 from pyro_vae.checks import is_whole, require_choice
+from pyro_vae.discrete import BernoulliCode, CategoricalCode
 from pyro_vae.errors import ConfigError
-from pyro_vae.latents import GAUSSIAN, SPHERE, LatentSpace
+from pyro_vae.latents import BERNOULLI, GAUSSIAN, SPHERE, LatentSpace, latent_space
 from pyro_vae.memory import binding_limit, format_bytes
 from pyro_vae.sphere import HypersphericalUniform
 
 __all__ = [
+    "ALL_PRIORS",
     "DEFAULT_COMPONENTS",
+    "DEFAULT_PRIOR",
+    "DISCRETE_PRIORS",
     "PRIORS",
+    "BernoulliPrior",
+    "CategoricalPrior",
     "GaussianMixturePrior",
     "HypersphericalPrior",
     "NormalPrior",
@@ -64,17 +70,27 @@ __all__ = [
     "make_prior",
 ]
 
-PRIORS = ("normal", "mixture", "vamp", "hyperspherical")
+PRIORS = ("normal", "mixture", "vamp", "hyperspherical")  # on a continuous latent
+DISCRETE_PRIORS = ("bernoulli", "categorical", "uniform")  # on a discrete one
+ALL_PRIORS = PRIORS + DISCRETE_PRIORS
+#: the prior a latent space has when none is named
+# the space each prior is on, where it has one of its own (uniform: either discrete space)
+_OWN_SPACE = {"hyperspherical": "sphere", "bernoulli": "bernoulli", "categorical": "categorical",
+              "uniform": None}  # fmt: skip
+DEFAULT_PRIOR = {"gaussian": "normal", "sphere": "hyperspherical", "bernoulli": "bernoulli",
+                 "categorical": "uniform"}  # fmt: skip
 # K when none is given: 10 Gaussians; 500 pseudo-inputs, Tomczak & Welling's choice for MNIST
 DEFAULT_COMPONENTS = {"mixture": 10, "vamp": 500}
 MIN_SCALE = 1e-5
 
 
-def check_prior(prior: str, components: int | None, latent_dim: int) -> None:
+def check_prior(
+    prior: str, components: int | None, latent_dim: int, latent: LatentSpace | None = None
+) -> None:
     """Raise :class:`ConfigError` for an unknown prior, a number of components that is not a
-    positive whole number (or is given to a prior without components), or a sphere of
-    dimension 0."""
-    require_choice(prior, "prior", PRIORS)
+    positive whole number (or is given to a prior without components), a prior on another
+    latent space than ``latent`` (default: the prior's own), or a size the space cannot have."""
+    require_choice(prior, "prior", ALL_PRIORS)
     if components is not None:
         if prior not in DEFAULT_COMPONENTS:
             raise ConfigError(
@@ -86,20 +102,39 @@ def check_prior(prior: str, components: int | None, latent_dim: int) -> None:
                 f"the number of prior components must be a positive whole number, got "
                 f"{components!r}"
             )
+    space = latent_of(prior, latent)
     if is_whole(latent_dim):
-        latent_of(prior).check_dim(latent_dim)
+        space.check_dim(latent_dim)
 
 
-def latent_of(prior: str) -> LatentSpace:
-    """The latent space a prior is a distribution on (:mod:`pyro_vae.latents`)."""
-    require_choice(prior, "prior", PRIORS)
-    return SPHERE if prior == "hyperspherical" else GAUSSIAN
+def latent_of(prior: str, latent: LatentSpace | None = None) -> LatentSpace:
+    """The latent space a prior is a distribution on (:mod:`pyro_vae.latents`): ``latent``,
+    if the prior is one of its own (``uniform`` is a prior of both discrete spaces)."""
+    require_choice(prior, "prior", ALL_PRIORS)
+    own = _OWN_SPACE.get(prior, "gaussian")
+    if latent is None:
+        if own is None:
+            raise ConfigError("prior 'uniform' needs a discrete latent: --latent bernoulli or "
+                              "categorical")  # fmt: skip
+        return latent_space(own)
+    if not _fits(prior, latent):
+        fits = [p for p in ALL_PRIORS if _fits(p, latent)]
+        raise ConfigError(
+            f"prior {prior!r} is not a distribution on a {latent.name} latent; it takes "
+            f"{', '.join(fits)}"
+        )
+    return latent
+
+
+def _fits(prior: str, latent: LatentSpace) -> bool:
+    own = _OWN_SPACE.get(prior, "gaussian")
+    return latent.discrete if own is None else own == latent.name
 
 
 def has_closed_form_kl(prior: str) -> bool:
     """Whether ``KL(q(z|x) || p(z))`` has a closed form that the analytic-KL objective uses."""
-    require_choice(prior, "prior", PRIORS)
-    return prior in ("normal", "hyperspherical")
+    require_choice(prior, "prior", ALL_PRIORS)
+    return prior not in ("mixture", "vamp")
 
 
 def _validating() -> bool:
@@ -302,19 +337,87 @@ class HypersphericalPrior(Prior):
         return z / z.norm(dim=-1, keepdim=True)
 
 
+class BernoulliPrior(Prior):
+    """``D`` independent units ``Bernoulli(sigmoid(a))``, with logits ``a`` learned (the
+    ``bernoulli`` prior, as in the ARM and DisARM experiments) or fixed at 0 (``uniform``:
+    every code equally likely). The KL from the guide has a closed form."""
+
+    latent = BERNOULLI
+
+    def __init__(self, latent_dim: int, learned: bool = True) -> None:
+        super().__init__(latent_dim)
+        self.name = "bernoulli" if learned else "uniform"
+        zeros = torch.zeros(self.latent_dim)
+        if learned:
+            self.logits = nn.Parameter(zeros)
+        else:
+            self.register_buffer("logits", zeros, persistent=False)
+
+    def distribution(self, encoder=None):
+        return BernoulliCode(self.logits)
+
+    def batch_distribution(self, batch_shape, encoder=None):
+        return BernoulliCode(self.logits.expand(*batch_shape, self.latent_dim))
+
+    @torch.no_grad()
+    def sample(self, num_samples, generator=None, encoder=None):
+        u = torch.rand(num_samples, self.latent_dim, generator=generator,
+                       device=self.logits.device)  # fmt: skip
+        return (u < torch.sigmoid(self.logits)).to(self.logits.dtype)
+
+
+class CategoricalPrior(Prior):
+    """``G`` independent groups, each a categorical of ``C`` classes: with class logits learned
+    (``categorical``) or uniform (``uniform``, Jang et al.'s). The KL has a closed form.
+    ``latent_dim`` is ``G``; draws are one-hot, ``(N, G * C)`` as the decoder takes them."""
+
+    def __init__(self, latent_dim: int, categories: int, learned: bool = False) -> None:
+        super().__init__(latent_dim)
+        self.name = "categorical" if learned else "uniform"
+        self.latent = latent_space("categorical", categories)
+        zeros = torch.zeros(self.latent_dim, int(categories))
+        if learned:
+            self.logits = nn.Parameter(zeros)
+        else:
+            self.register_buffer("logits", zeros, persistent=False)
+
+    def distribution(self, encoder=None):
+        return CategoricalCode(self.logits)
+
+    def batch_distribution(self, batch_shape, encoder=None):
+        return CategoricalCode(self.logits.expand(*batch_shape, *self.logits.shape))
+
+    @torch.no_grad()
+    def sample(self, num_samples, generator=None, encoder=None):
+        probs = torch.softmax(self.logits, -1)  # (G, C)
+        index = torch.multinomial(probs, num_samples, True, generator=generator)  # (G, N)
+        one_hot = F.one_hot(index.T, probs.shape[-1]).to(probs)  # (N, G, C)
+        return one_hot.flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, categories={self.logits.shape[-1]}"
+
+
 def make_prior(
     prior: str,
     latent_dim: int,
     components: int | None = None,
     event_shape: tuple[int, ...] | None = None,
     checked: bool = False,
+    latent: LatentSpace | None = None,
 ) -> Prior:
     """The prior named ``prior`` (one of :data:`PRIORS`) for latents of size ``latent_dim``;
     ``components`` is ``K`` for ``mixture`` and ``vamp`` (default :data:`DEFAULT_COMPONENTS`),
     ``event_shape`` the images' shape for ``vamp``'s pseudo-inputs; ``checked``: the settings
-    were checked already (:func:`check_prior`)."""
+    were checked already (:func:`check_prior`); ``latent`` the space (by default the prior's
+    own; a discrete one for ``uniform``)."""
     if not checked:
-        check_prior(prior, components, latent_dim)
+        check_prior(prior, components, latent_dim, latent)
+    if prior in DISCRETE_PRIORS:
+        space = latent_of(prior, latent)
+        if space.categories is None:
+            return BernoulliPrior(latent_dim, learned=prior != "uniform")
+        return CategoricalPrior(latent_dim, space.categories, learned=prior != "uniform")
     if prior == "normal":
         return NormalPrior(latent_dim)
     if prior == "hyperspherical":
