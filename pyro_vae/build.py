@@ -47,6 +47,7 @@ def _device_memory(device: str) -> tuple[int, str] | None:
 
 def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
     """The VAE of a validated config (its settings are not checked again)."""
+    config = config.resolved()
     flat = len(image_shape) == 1  # a vector of pixels: the MLP only
     return VAE(
         image_shape[0] if flat else None,
@@ -61,6 +62,8 @@ def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
         conv_channels=config.conv_channels,
         prior=config.prior,
         prior_components=config.prior_components,
+        latent=config.latent,
+        categories=config.categories,
         checked=True,
     )
 

@@ -237,7 +237,7 @@ def write_plots(
         _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
     if history:
         _save(metrics_figure(history), out_dir / "training_curves.png")
-    if vae.latent_dim == 2:
+    if vae.latent_dim == 2 and not vae.latent.discrete:
         _save(manifold_figure(vae, image_shape), out_dir / "manifold.png")
 
 

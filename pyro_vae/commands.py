@@ -30,7 +30,7 @@ from pyro_vae.config import (
     check_device,
 )
 from pyro_vae.errors import ConfigError, OutputError
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS
 from pyro_vae.isolation import check_seed
 from pyro_vae.plots import (
     reconstructions_figure,

@@ -32,7 +32,8 @@ from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, write_json
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, as_float, binarize_once, mean_image
 from pyro_vae.errors import ConfigError, OutputError
-from pyro_vae.estimators import ESTIMATORS, check_estimator
+from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS
+from pyro_vae.estimators import check_estimator
 from pyro_vae.gradients import gradient_samples, gradient_statistics
 from pyro_vae.isolation import isolated
 from pyro_vae.model import VAE

@@ -34,13 +34,15 @@ from pyro_vae.data import (
     default_binarize,
     is_named_dataset,
 )
+from pyro_vae.discrete import check_enumerable, check_temperature
 from pyro_vae.errors import CheckpointError, ConfigError
-from pyro_vae.estimators import ESTIMATORS, check_estimator
+from pyro_vae.estimators import ESTIMATORS, RELAXED, check_estimator
 from pyro_vae.isolation import check_seed
+from pyro_vae.latents import DEFAULT_CATEGORIES, LATENTS
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, check_network_settings
 from pyro_vae.objectives import OBJECTIVES, check_kl_weight, check_objective
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS, check_optimizer_settings
-from pyro_vae.priors import PRIORS, check_prior, latent_of
+from pyro_vae.priors import ALL_PRIORS, DEFAULT_PRIOR, PRIOR_SPACES, check_prior, resolve_latent
 
 try:
     import tomllib
@@ -85,9 +87,17 @@ def check_device(device: Any) -> None:
 
 def default_objective(estimator: str) -> str:
     """The objective a run of ``estimator`` trains when none is given: the analytic-KL ELBO
-    (less variance) for the reparameterized estimator, else the ELBO, the only objective the
-    score-function estimators and STL can estimate."""
-    return "elbo-analytic-kl" if estimator == "reparam" else "elbo"
+    (less variance) for the reparameterized estimator, the importance-weighted bound for
+    VIMCO, else the ELBO, the only objective the score-function estimators and STL can
+    estimate."""
+    if estimator == "reparam":
+        return "elbo-analytic-kl"
+    return "iwae" if estimator == "vimco" else "elbo"
+
+
+#: the estimator a latent space trains with when none is given
+DEFAULT_ESTIMATOR = {"gaussian": "reparam", "sphere": "reparam", "bernoulli": "disarm",
+                     "categorical": "gumbel"}  # fmt: skip
 
 
 def _dataset_argument(value: str) -> str:
@@ -193,12 +203,25 @@ class TrainConfig:
     )  # fmt: skip
     activation: str = setting("relu", "model", "default {default}", choices=tuple(ACTIVATIONS))
     likelihood: str = setting("bernoulli", "model", "default {default}", choices=LIKELIHOODS)
-    # the prior p(z) (pyro_vae.priors)
-    prior: str = setting(
-        "normal", "model",
-        "p(z) (default {default}): a learned mixture of Gaussians, the VampPrior, or the "
-        "uniform distribution on the unit sphere with a Power Spherical guide (an S-VAE)",
-        choices=PRIORS,
+    # the latent space and its prior p(z) (pyro_vae.latents, pyro_vae.priors)
+    latent: str | None = setting(  # None: the prior's space (gaussian for the default prior)
+        None, "model",
+        "the latent space (default: the prior's; gaussian): sphere, or discrete codes of "
+        "--latent-dim binary units (bernoulli) or --latent-dim groups of --categories classes "
+        "(categorical), trained with the discrete estimators",
+        choices=LATENTS, study=False,
+    )  # fmt: skip
+    categories: int | None = setting(  # C of a categorical latent
+        None, "model", "classes of each group of a categorical latent (default 10)", type=int,
+        metavar="C", study=False,
+    )  # fmt: skip
+    prior: str | None = setting(  # None: the latent space's own (DEFAULT_PRIOR)
+        None, "model",
+        "p(z) (default normal; hyperspherical for --latent sphere, bernoulli for --latent "
+        "bernoulli, uniform for --latent categorical): a learned mixture of Gaussians, the "
+        "VampPrior, the uniform distribution on the unit sphere with a Power Spherical guide "
+        "(an S-VAE); for a discrete latent learned logits (bernoulli, categorical) or uniform",
+        choices=ALL_PRIORS,
     )  # fmt: skip
     prior_components: int | None = setting(  # K of mixture (default 10) and vamp (default 500)
         None, "model",
@@ -213,9 +236,11 @@ class TrainConfig:
         "--estimator reparam, elbo for the others",
         choices=OBJECTIVES, study=False,
     )  # fmt: skip
-    estimator: str = setting(
-        "reparam", "objective and optimizer", "default {default}", choices=ESTIMATORS,
-        study=False,
+    estimator: str | None = setting(  # None: the latent space's (DEFAULT_ESTIMATOR)
+        None, "objective and optimizer",
+        "the gradient estimator (default reparam; for a discrete latent disarm (bernoulli) or "
+        "gumbel (categorical))",
+        choices=ESTIMATORS, study=False,
     )  # fmt: skip
     baseline_beta: float = setting(
         0.9, "objective and optimizer",
@@ -281,6 +306,12 @@ class TrainConfig:
     )
     device: str = setting("cpu", "objective and optimizer", "cpu, cuda or cuda:N (default cpu)")
     jit: bool = setting(False, "objective and optimizer", "Pyro's JIT-compiled ELBOs")
+    temperature: float | None = setting(  # of the relaxations; None: 1 for gumbel, straight-through
+        None, "objective and optimizer",
+        "of the Gumbel-softmax relaxation, for estimators gumbel and straight-through "
+        "(default 1)",
+        type=float, metavar="TAU", study=False,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         # Conversions that lose nothing; anything else is left for validate() to name.
@@ -305,10 +336,27 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """This config with the defaults that follow other settings filled in (the objective
-        follows the estimator); ``self`` is not changed."""
-        if self.objective is not None or not isinstance(self.estimator, str):
-            return self
-        return dataclasses.replace(self, objective=default_objective(self.estimator))
+        follows the estimator, the latent space and the prior each other); ``self`` is not
+        changed."""
+        filled = {}
+        if self.latent is None and (self.prior is None or self.prior in PRIOR_SPACES):
+            filled["latent"] = "gaussian" if self.prior is None else PRIOR_SPACES[self.prior]
+        latent = filled.get("latent", self.latent)
+        estimator = self.estimator
+        if estimator is None:
+            # the objectives that take no estimator record the default 'reparam'
+            takes_none = self.objective in ("wake-sleep", "rws", "mcem")
+            estimator = "reparam" if takes_none else DEFAULT_ESTIMATOR.get(latent, "reparam")
+            filled["estimator"] = estimator
+        if self.objective is None and isinstance(estimator, str):
+            filled["objective"] = default_objective(estimator)
+        if self.prior is None and latent in DEFAULT_PRIOR:
+            filled["prior"] = DEFAULT_PRIOR[latent]
+        if self.categories is None and latent == "categorical":
+            filled["categories"] = DEFAULT_CATEGORIES
+        if self.temperature is None and estimator in RELAXED:
+            filled["temperature"] = 1.0
+        return dataclasses.replace(self, **filled) if filled else self
 
     def validate(self, here: bool = True) -> None:
         """Raise :class:`ConfigError` for values of the wrong type, out of range, or settings
@@ -338,17 +386,25 @@ class TrainConfig:
             self.latent_dim, self.hidden_sizes, self.activation, self.likelihood, arch,
             self.conv_channels,
         )  # fmt: skip
-        check_prior(self.prior, self.prior_components, self.latent_dim)
-        check_estimator(self.estimator, self.baseline_beta)
-        objective = self.resolved().objective
-        check_objective(objective, self.estimator, self.num_particles, self.jit)
-        check_kl_weight(self.kl_weight, self.kl_warmup, objective, self.estimator)
+        full = self.resolved()
+        check_estimator(full.estimator, self.baseline_beta)
+        space = resolve_latent(full.latent, full.prior, full.categories)
+        check_prior(full.prior, self.prior_components, self.latent_dim, space)
+        objective = full.objective
+        refusal = space.refusal(full.estimator)
+        if refusal and objective not in ("wake-sleep", "rws", "mcem"):  # these take none
+            raise ConfigError(refusal)
+        check_objective(objective, full.estimator, self.num_particles, self.jit)
+        check_temperature(self.temperature, full.estimator)
+        if full.estimator == "enumerate":
+            check_enumerable(self.latent_dim, space.categories)
+        check_kl_weight(self.kl_weight, self.kl_warmup, objective, full.estimator)
         if require_whole(self.mcem_transitions, "mcem_transitions") > MAX_MCEM_TRANSITIONS:
             raise ConfigError(  # each is 10 passes of the decoder, every step: a hang, not a run
                 f"mcem_transitions must be at most {MAX_MCEM_TRANSITIONS}, got "
                 f"{self.mcem_transitions}"
             )
-        refusal = latent_of(self.prior).hmc_refusal("mcem") if objective == "mcem" else None
+        refusal = space.hmc_refusal("mcem") if objective == "mcem" else None
         if refusal:
             raise ConfigError(refusal)
         check_optimizer_settings(

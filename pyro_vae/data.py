@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -68,7 +69,9 @@ __all__ = [
     "resolve_data_dir",
 ]
 
-DATASETS = ("mnist", "fashion-mnist", "frey-faces", "mnist-sample")
+DATASETS = ("mnist", "fashion-mnist", "frey-faces", "mnist-sample", "binarized-mnist")
+BINARIZED_FILE = Path("BinarizedMNIST") / "binarized_mnist.npz"
+_BINARIZED_SPLITS = {"x_train": 50_000, "x_valid": 10_000, "x_test": 10_000}
 BINARIZATIONS = ("dynamic", "static", "none")
 
 # The test set is binarized once with this seed, whatever the training seed, so that every
@@ -192,6 +195,42 @@ def _load_frey(root: Path, download: bool) -> ImageData:
     )
 
 
+def _load_binarized(root: Path) -> ImageData:
+    """Binarized MNIST, the fixed binarization of Salakhutdinov & Murray (2008) with its split
+    of 50,000 / 10,000 / 10,000 images ("static MNIST" of the NVIL, VIMCO, Concrete, REBAR and
+    ARM papers), from ``BinarizedMNIST/binarized_mnist.npz`` under the data root: ``x_train``,
+    ``x_valid``, ``x_test`` ``(N, 784)`` in ``{0, 1}``. Not downloaded: put the file there."""
+    name, path = "binarized-mnist", root / BINARIZED_FILE
+    if not _lexists(path, name):
+        raise _not_found(name, path, "it is not downloaded; put binarized_mnist.npz there")
+    _check_regular_file(path, name)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [key for key in _BINARIZED_SPLITS if key not in arrays.files]
+            if missing:
+                raise _damaged(name, path, f"it has no {', '.join(missing)}")
+            splits = {key: arrays[key] for key in _BINARIZED_SPLITS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise _damaged(name, path, f"not a readable .npz file ({_first_line(e)})") from None
+    for key, count in _BINARIZED_SPLITS.items():
+        images = splits[key]
+        if images.ndim != 2 or images.shape[1] != 784 or len(images) != count:
+            raise _damaged(name, path, f"{key} has shape {images.shape}; expected ({count}, 784)")
+        if not np.isin(images, (0, 1)).all():
+            raise _damaged(name, path, f"{key} holds values other than 0 and 1")
+    as_tensor = {key: torch.from_numpy(images.astype(np.float32)) for key, images in splits.items()}
+    return ImageData(
+        name=name,
+        train_images=as_tensor["x_train"],
+        train_labels=None,
+        test_images=as_tensor["x_test"],
+        test_labels=None,
+        image_shape=(28, 28),
+        source=f"{path} (Salakhutdinov & Murray's fixed binarization)",
+        valid_images=as_tensor["x_valid"],
+    )
+
+
 def _load_sample() -> ImageData:
     with resources.files("pyro_vae").joinpath("_bundled", SAMPLE_FILE).open("rb") as f:
         arrays = np.load(f)
@@ -309,6 +348,8 @@ def load_dataset(
     root = resolve_data_dir(data_dir)
     if name == "frey-faces":
         return _load_frey(root, download)
+    if name == "binarized-mnist":
+        return _load_binarized(root)
     return load_idx(name, root, download)
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import pyro
 import pyro.distributions as dist
 import pyro.infer as infer
 import torch
@@ -54,7 +53,10 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 from torch.distributions.kl import register_kl
 
+from pyro_vae.checks import is_real
 from pyro_vae.errors import ConfigError
+from pyro_vae.estimators import RELAXED
+from pyro_vae.traces import in_particles, masked_log_prob
 
 __all__ = [
     "ARM",
@@ -68,7 +70,6 @@ __all__ = [
 
 #: the most codes ``enumerate`` sums over (each is one pass of the decoder an image a step)
 MAX_ENUMERATED = 4096
-_PARTICLES = "num_particles_vectorized"
 
 
 class BernoulliCode(dist.Independent):
@@ -157,16 +158,6 @@ def check_enumerable(latent_dim: int, categories: int | None) -> None:
 # Traces: the latent site of the guide, and the model's log densities at given codes
 
 
-def _in_particles(fn, size: int):
-    """``fn`` run inside a particle plate of ``size`` at dim -2 (one plate of data inside)."""
-
-    def wrapped(*args, **kwargs):
-        with pyro.plate(_PARTICLES, size, dim=-2):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
 def _latent_site(trace) -> dict:
     sites = [site for site in trace.nodes.values()
              if site["type"] == "sample" and not site["is_observed"]
@@ -179,18 +170,14 @@ def _latent_site(trace) -> dict:
 
 def _log_prob(site: dict, value: torch.Tensor | None = None) -> torch.Tensor:
     """A site's log density (at ``value``, else its own), masked, unscaled."""
-    value = site["value"] if value is None else value
-    log_prob = site["fn"].log_prob(value, *site["args"], **site["kwargs"])
-    if site["mask"] is not None:
-        log_prob = log_prob.masked_fill(~site["mask"], 0.0)
-    return log_prob
+    return masked_log_prob(site if value is None else {**site, "value": value})
 
 
 def _model_at(model, name: str, z: torch.Tensor, args, kwargs):
     """The model's trace with its latent site ``name`` held at codes ``z`` ``(P, B, ...)``:
     ``(log p(x|z), log p(z), the latent site, the observed site's scale)``, the first two
     ``(P, B)``. The latent site's value is set, not sampled: its density is taken here."""
-    run = _in_particles(poutine.condition(model, data={name: z}), z.shape[0])
+    run = in_particles(poutine.condition(model, data={name: z}), z.shape[0])
     trace = poutine.trace(run).get_trace(*args, **kwargs)
     observed = [site for site in trace.nodes.values()
                 if site["type"] == "sample" and site["is_observed"] and site["name"] != name
@@ -213,7 +200,7 @@ class _CodeELBO(infer.ELBO):
         super().__init__(num_particles=int(num_particles), max_plate_nesting=1)
 
     def _guide(self, guide, args, kwargs, particles: int | None = None) -> dict:
-        run = guide if particles is None else _in_particles(guide, particles)
+        run = guide if particles is None else in_particles(guide, particles)
         return _latent_site(poutine.trace(run).get_trace(*args, **kwargs))
 
     def _log_weights(self, model, guide, args, kwargs):
@@ -438,6 +425,20 @@ def check_discrete_estimator(objective: str, estimator: str, num_particles: int,
         raise ConfigError(f"estimator {estimator!r} takes K = 1 (-K 1)")
     if jit:
         raise ConfigError(f"estimator {estimator!r} has no JIT-compiled form; drop --jit")
+
+
+def check_temperature(temperature: float | None, estimator: str) -> None:
+    """Raise :class:`ConfigError` for a temperature that is not a positive number, or one given
+    to an estimator that relaxes nothing."""
+    if temperature is None:
+        return
+    if estimator not in RELAXED:
+        raise ConfigError(
+            f"a temperature is for the relaxed estimators ({' and '.join(RELAXED)}), not "
+            f"estimator {estimator!r}"
+        )
+    if not is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"the temperature must be a positive number, got {temperature!r}")
 
 
 def discrete_elbo(estimator: str, num_particles: int = 1, temperature: float = 1.0) -> infer.ELBO:

@@ -56,6 +56,7 @@ from pyro_vae.sphere import PowerSpherical
 __all__ = [
     "CONTINUOUS_ESTIMATORS",
     "DISCRETE_ESTIMATORS",
+    "RELAXED",
     "ESTIMATORS",
     "ScoreFunctionNormal",
     "ScoreFunctionPowerSpherical",
@@ -78,6 +79,8 @@ DISCRETE_ESTIMATORS = (
     "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "reinforce-loo", "vimco", "arm",
     "disarm", "gumbel", "straight-through", "enumerate",
 )  # fmt: skip
+#: the estimators that relax a discrete latent (biased, with a temperature)
+RELAXED = ("gumbel", "straight-through")
 #: the discrete estimators written as ELBO classes of pyro_vae.discrete, with the draws they take
 DRAWS = {"reinforce-loo": "K >= 2", "vimco": "K >= 2", "arm": "one antithetic pair",
          "disarm": "one antithetic pair", "gumbel": "K = 1", "straight-through": "K = 1",

@@ -31,6 +31,9 @@ class ImageData:
     image_shape: tuple[int, ...]
     source: str
     class_names: tuple[str, ...] | None = None  # label i is class_names[i]
+    # the data set's own validation images (V, D), used in place of a random share of the
+    # training images (binarized MNIST's 10,000); None for the others
+    valid_images: torch.Tensor | None = None
 
     @property
     def data_dim(self) -> int:

@@ -151,8 +151,9 @@ class LatentSpace:
         """``(z, E_q[z])``: one draw of the guide and its mean, for the evaluation."""
         raise NotImplementedError
 
-    def manifold(self, num_per_axis: int) -> tuple[torch.Tensor, int, str]:
-        """``(z, columns, title)`` of the learned 2-D manifold's picture."""
+    def manifold(self, num_per_axis: int) -> tuple[torch.Tensor, int, str] | None:
+        """``(z, columns, title)`` of the learned 2-D manifold's picture (``None``: a discrete
+        latent has no manifold)."""
         n = num_per_axis
         u = (torch.arange(n, dtype=torch.float32) + 0.5) / n
         coords = torch.distributions.Normal(0.0, 1.0).icdf(u)  # (n,)
@@ -392,4 +393,7 @@ def guide_distribution(
         if latent not in LATENT_SPACES:
             raise ConfigError(f"unknown latent space {latent!r}; choose one of {LATENT_SPACES}")
         latent = LATENT_SPACES[latent]
+    refusal = latent.refusal(estimator)
+    if refusal:
+        raise ConfigError(refusal)
     return latent.guide(loc, scale, estimator)

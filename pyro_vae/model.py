@@ -31,10 +31,10 @@ from pyro import poutine
 from torch import nn
 from torch.distributions.utils import broadcast_all
 
-from pyro_vae.checks import is_whole, require_choice, require_whole
+from pyro_vae.checks import is_whole
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import baseline_options, check_estimator
-from pyro_vae.latents import LATENTS, LatentSpace, latent_space
+from pyro_vae.latents import LatentSpace
 from pyro_vae.networks import (
     Baseline,
     ConvDecoder,
@@ -43,26 +43,9 @@ from pyro_vae.networks import (
     Encoder,
     check_network_settings,
 )
-from pyro_vae.priors import DEFAULT_PRIOR, Prior, check_prior, latent_of, make_prior
+from pyro_vae.priors import DEFAULT_PRIOR, Prior, check_prior, make_prior, resolve_latent
 
 __all__ = ["VAE", "IndependentBernoulli", "bernoulli_log_density", "image_shape_chw"]
-
-
-def resolve_latent(
-    latent: str | None, prior: str | None, categories: int | None, checked: bool = False
-) -> LatentSpace:
-    """The latent space of a VAE: ``latent`` by name, else its prior's (``None`` for both: the
-    Gaussian); ``categories``, ``C`` of a categorical latent, is refused for any other."""
-    if not checked:
-        if latent is not None:
-            require_choice(latent, "latent", LATENTS)
-        if categories is not None:
-            if latent != "categorical":
-                raise ConfigError("categories are for a categorical latent (--latent categorical)")
-            require_whole(categories, "categories")
-    if latent is None:
-        return latent_of(prior) if prior is not None else latent_space("gaussian")
-    return latent_space(latent, categories)
 
 
 def image_shape_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:

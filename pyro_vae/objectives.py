@@ -48,8 +48,9 @@ from pyro.poutine.util import site_is_subsample
 from pyro_vae.checks import is_whole, require_flag, require_positive
 from pyro_vae.discrete import check_discrete_estimator, discrete_elbo
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import DRAWS, is_reparameterized, uses_baseline
+from pyro_vae.estimators import DRAWS, RELAXED, is_reparameterized, uses_baseline
 from pyro_vae.meanfield import MeanFieldELBO
+from pyro_vae.traces import masked_log_prob, observed_sites, sample_sites
 
 __all__ = [
     "OBJECTIVES",
@@ -195,9 +196,9 @@ class ReweightedWakeSleep(infer.ELBO):
         model_trace = poutine.trace(
             poutine.replay(self._vectorized_num_particles(model), trace=guide_trace)
         ).get_trace(*args, **kwargs)
-        observed = _observed_sites(model_trace)
-        log_p = sum(_masked_log_prob(site) for site in _sample_sites(model_trace))
-        log_q = sum(_masked_log_prob(site) for site in _sample_sites(guide_trace))
+        observed = observed_sites(model_trace)
+        log_p = sum(masked_log_prob(site) for site in sample_sites(model_trace))
+        log_q = sum(masked_log_prob(site) for site in sample_sites(guide_trace))
         shape = (self.num_particles, -1)
         return log_p.reshape(shape), log_q.reshape(shape), model_trace.nodes[observed[0]]["scale"]
 
@@ -333,8 +334,8 @@ class MonteCarloEM(infer.ELBO):
         """``(log p(x_b, z_b) for each image b, scale)``: the model run with its latent sites
         set to ``z``; the sum over the sites of each image's log densities."""
         trace = poutine.trace(poutine.condition(model, data=z)).get_trace(*args, **kwargs)
-        observed = _observed_sites(trace, conditioned=z)
-        total = sum(_masked_log_prob(site) for site in _sample_sites(trace))
+        observed = observed_sites(trace, conditioned=z)
+        total = sum(masked_log_prob(site) for site in sample_sites(trace))
         return total, trace.nodes[observed[0]]["scale"]
 
     def _log_step_size(self) -> torch.Tensor:
@@ -399,7 +400,7 @@ class MonteCarloEM(infer.ELBO):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         draw = self._latents(guide_trace)
         log_p, scale = self.log_joint(model, draw, *args, **kwargs)
-        log_q = sum(_masked_log_prob(site) for site in _sample_sites(guide_trace))
+        log_q = sum(masked_log_prob(site) for site in sample_sites(guide_trace))
         return (scale * (log_p - log_q)).sum(), guide_trace, draw
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -436,31 +437,6 @@ def _add_gradients(params: list, grads) -> None:
     for param, grad in zip(params, grads, strict=True):
         if grad is not None:
             param.grad = grad if param.grad is None else param.grad + grad
-
-
-def _sample_sites(trace) -> list[dict]:
-    return [site for site in trace.nodes.values()
-            if site["type"] == "sample" and not site_is_subsample(site)]  # fmt: skip
-
-
-def _observed_sites(trace, conditioned=()) -> list[str]:
-    """The names of the observed sites, less the ones ``conditioned`` on latent values."""
-    observed = [name for name, site in trace.nodes.items()
-                if site["type"] == "sample" and site["is_observed"]
-                and name not in conditioned]  # fmt: skip
-    if len(observed) != 1:
-        raise ConfigError(
-            f"this objective needs a model with one observed site (the images), found {observed}"
-        )
-    return observed
-
-
-def _masked_log_prob(site: dict) -> torch.Tensor:
-    """A site's log density, unscaled (the weights are log-mean-exp'd), masked."""
-    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    if site["mask"] is not None:
-        log_prob = log_prob.masked_fill(~site["mask"], 0.0)
-    return log_prob
 
 
 def check_objective(
@@ -541,10 +517,11 @@ def check_kl_weight(
             f"{what} needs objective 'elbo-analytic-kl' or 'elbo': the importance-weighted "
             "bound has no KL term to weight"
         )
-    if not is_reparameterized(estimator):
+    if not is_reparameterized(estimator) and estimator not in RELAXED:
         raise ConfigError(
-            f"{what} needs estimator 'reparam' or 'stl': Pyro's score-function surrogate would "
-            f"scale the whole learning signal of estimator {estimator!r} by the weight"
+            f"{what} needs estimator 'reparam', 'stl', 'gumbel' or 'straight-through': the "
+            f"score-function surrogate would scale the whole learning signal of estimator "
+            f"{estimator!r} by the weight"
         )
 
 

@@ -127,8 +127,11 @@ def manifold_figure(vae: VAE, image_shape: tuple[int, ...], num_per_axis: int = 
     """
     if vae.latent_dim != 2:
         raise ConfigError(f"the manifold plot needs a 2-D latent space, not {vae.latent_dim}-D")
+    manifold = vae.latent.manifold(num_per_axis)
+    if manifold is None:
+        raise ConfigError(f"a {vae.latent.name} latent takes finitely many values: no manifold")
     device = next(vae.parameters()).device
-    z, columns, title = vae.latent.manifold(num_per_axis)
+    z, columns, title = manifold
     return image_grid(vae.decode(z.to(device)), image_shape, columns, title=title)
 
 
@@ -148,12 +151,15 @@ def latent_scatter_figure(
     """
     pairs = [vae.encode(x) for x in images.split(1000)]
     loc = torch.cat([p[0] for p in pairs]).cpu()  # (N, Z)
-    own = vae.latent.scatter(loc, torch.cat([p[1] for p in pairs]).cpu())
+    second = None if pairs[0][1] is None else torch.cat([p[1] for p in pairs]).cpu()
+    own = vae.latent.scatter(loc, second)
+    loc = vae.latent.point(loc)  # a discrete latent's probabilities
+    dim = loc.shape[-1]
     if own is not None:  # the latent space's own coordinates (angles on the sphere)
         points, xlabel, ylabel, title = own.points, own.xlabel, own.ylabel, own.title
-    elif vae.latent_dim == 2:
+    elif dim == 2:
         points, xlabel, ylabel, title = loc, "z1", "z2", "guide means, 2-D latent space"
-    elif vae.latent_dim == 1:  # a strip a class (or one strip), spread a little to be seen
+    elif dim == 1:  # a strip a class (or one strip), spread a little to be seen
         row = labels.cpu().double() if labels is not None else torch.zeros(len(loc))
         spread = torch.rand(len(loc), generator=torch.Generator().manual_seed(0)) - 0.5
         points = torch.stack([loc[:, 0].double(), row + 0.6 * spread], dim=-1)
@@ -165,7 +171,7 @@ def latent_scatter_figure(
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         points = centred @ v[:2].T
         xlabel, ylabel = "principal component 1", "principal component 2"
-        title = f"guide means, PCA of the {vae.latent_dim}-D latent space"
+        title = f"guide means, PCA of the {dim}-D latent space"
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot()
     if labels is None:
@@ -195,7 +201,7 @@ def interpolation_figure(
     """
     rows = []
     for a, b in pairs:
-        loc = vae.encode(torch.stack([a, b]))[0]  # (2, Z)
+        loc = vae.latent.point(vae.encode(torch.stack([a, b]))[0])  # (2, Z): the guide's means
         t = torch.linspace(0, 1, steps, device=loc.device).unsqueeze(1)
         z = vae.latent.interpolate((1 - t) * loc[0] + t * loc[1])  # great circles on a sphere
         decoded = vae.decode(z)  # (steps, D)

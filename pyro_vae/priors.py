@@ -43,10 +43,10 @@ from torch import nn
 from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
-from pyro_vae.checks import is_whole, require_choice
+from pyro_vae.checks import is_whole, require_choice, require_whole
 from pyro_vae.discrete import BernoulliCode, CategoricalCode
 from pyro_vae.errors import ConfigError
-from pyro_vae.latents import BERNOULLI, GAUSSIAN, SPHERE, LatentSpace, latent_space
+from pyro_vae.latents import BERNOULLI, GAUSSIAN, LATENTS, SPHERE, LatentSpace, latent_space
 from pyro_vae.memory import binding_limit, format_bytes
 from pyro_vae.sphere import HypersphericalUniform
 
@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_PRIOR",
     "DISCRETE_PRIORS",
     "PRIORS",
+    "PRIOR_SPACES",
     "BernoulliPrior",
     "CategoricalPrior",
     "GaussianMixturePrior",
@@ -68,15 +69,18 @@ __all__ = [
     "has_closed_form_kl",
     "latent_of",
     "make_prior",
+    "resolve_latent",
 ]
 
 PRIORS = ("normal", "mixture", "vamp", "hyperspherical")  # on a continuous latent
 DISCRETE_PRIORS = ("bernoulli", "categorical", "uniform")  # on a discrete one
 ALL_PRIORS = PRIORS + DISCRETE_PRIORS
 #: the prior a latent space has when none is named
-# the space each prior is on, where it has one of its own (uniform: either discrete space)
-_OWN_SPACE = {"hyperspherical": "sphere", "bernoulli": "bernoulli", "categorical": "categorical",
-              "uniform": None}  # fmt: skip
+#: the space each prior is on, where it has one of its own (``uniform`` is on either discrete one)
+PRIOR_SPACES = {
+    "normal": "gaussian", "mixture": "gaussian", "vamp": "gaussian", "hyperspherical": "sphere",
+    "bernoulli": "bernoulli", "categorical": "categorical",
+}  # fmt: skip
 DEFAULT_PRIOR = {"gaussian": "normal", "sphere": "hyperspherical", "bernoulli": "bernoulli",
                  "categorical": "uniform"}  # fmt: skip
 # K when none is given: 10 Gaussians; 500 pseudo-inputs, Tomczak & Welling's choice for MNIST
@@ -111,7 +115,7 @@ def latent_of(prior: str, latent: LatentSpace | None = None) -> LatentSpace:
     """The latent space a prior is a distribution on (:mod:`pyro_vae.latents`): ``latent``,
     if the prior is one of its own (``uniform`` is a prior of both discrete spaces)."""
     require_choice(prior, "prior", ALL_PRIORS)
-    own = _OWN_SPACE.get(prior, "gaussian")
+    own = PRIOR_SPACES.get(prior)
     if latent is None:
         if own is None:
             raise ConfigError("prior 'uniform' needs a discrete latent: --latent bernoulli or "
@@ -127,8 +131,25 @@ def latent_of(prior: str, latent: LatentSpace | None = None) -> LatentSpace:
 
 
 def _fits(prior: str, latent: LatentSpace) -> bool:
-    own = _OWN_SPACE.get(prior, "gaussian")
+    own = PRIOR_SPACES.get(prior)
     return latent.discrete if own is None else own == latent.name
+
+
+def resolve_latent(
+    latent: str | None, prior: str | None, categories: int | None, checked: bool = False
+) -> LatentSpace:
+    """The latent space of a VAE: ``latent`` by name, else its prior's (``None`` for both: the
+    Gaussian); ``categories``, ``C`` of a categorical latent, is refused for any other."""
+    if not checked:
+        if latent is not None:
+            require_choice(latent, "latent", LATENTS)
+        if categories is not None:
+            if latent != "categorical":
+                raise ConfigError("categories are for a categorical latent (--latent categorical)")
+            require_whole(categories, "categories")
+    if latent is None:
+        return latent_of(prior) if prior is not None else latent_space("gaussian")
+    return latent_space(latent, categories)
 
 
 def has_closed_form_kl(prior: str) -> bool:

@@ -31,7 +31,8 @@ def data_fingerprint(data: ImageData) -> str:
     a run records: the same name can hold other images later (an image folder with files added
     or removed), and a resumed run or its evaluation would then use other splits."""
     digest = hashlib.sha256()
-    for images in (data.train_images, data.test_images):
+    own_valid = () if data.valid_images is None else (data.valid_images,)
+    for images in (data.train_images, data.test_images, *own_valid):
         images = images.detach().cpu().contiguous()
         digest.update(f"{images.dtype} {tuple(images.shape)};".encode())
         digest.update(images.numpy().data)
@@ -66,16 +67,20 @@ def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
     :func:`pyro_vae.data.prepare_images`): training, the estimator study and the CLI's
     ``evaluate``, ``reconstruct`` and ``plot`` all see the same images. The validation images
     are ``config.valid_fraction`` of the training set, drawn with ``config.split_seed``
-    (:func:`pyro_vae.data.split_validation`), before ``train_size`` takes the first images of
-    the rest. Images come flat, ``(N, D)``, for the MLP, and as ``(N, C, H, W)`` for conv and
-    hand-written networks.
+    (:func:`pyro_vae.data.split_validation`), or the data set's own validation set where it has
+    one (binarized MNIST; none with ``valid_fraction`` 0), before ``train_size`` takes the
+    first images of the rest. Images come flat, ``(N, D)``, for the MLP, and as
+    ``(N, C, H, W)`` for conv and hand-written networks.
 
     :param data: images to use instead of loading ``config.dataset``.
     """
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
-    train, valid = split_validation(train, config.valid_fraction, config.split_seed)
+    if data.valid_images is not None:  # the data set's own validation set, if any is asked for
+        valid = data.valid_images[: len(data.valid_images) if config.valid_fraction > 0 else 0]
+    else:
+        train, valid = split_validation(train, config.valid_fraction, config.split_seed)
     valid = as_float(valid)
     if config.binarize == "dynamic":
         valid = binarize_once(valid, VALID_BINARIZATION_SEED)

@@ -401,8 +401,10 @@ def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
     """One optimization step on a batch, returning its summed loss
     (:func:`pyro_vae.distributed.training_step`)."""
     config = run.config
-    elbo = make_elbo(config.objective, config.estimator, config.num_particles, config.jit,
-                     config.mcem_transitions, checked=True)  # fmt: skip
+    elbo = make_elbo(
+        config.objective, config.estimator, config.num_particles, config.jit,
+        config.mcem_transitions, checked=True, temperature=config.temperature,
+    )  # fmt: skip
     return distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
 
 

@@ -18,7 +18,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.data import ImageData
 from pyro_vae.errors import CheckpointError, ConfigError
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.estimators import CONTINUOUS_ESTIMATORS
 from pyro_vae.objectives import MonteCarloEM, make_elbo
 from pyro_vae.train import fit
 
@@ -54,7 +54,7 @@ def test_the_study_takes_no_objective_estimator_or_particles():
     study = {flags[-1] for _, flags, _ in config_arguments(study=True)}
     everything = {flags[-1] for _, flags, _ in config_arguments()}
     left_out = {"--objective", "--estimator", "--num-particles", "--kl-weight", "--kl-warmup",
-                "--mcem-transitions"}  # fmt: skip
+                "--mcem-transitions", "--latent", "--categories", "--temperature"}  # fmt: skip
     assert everything - study == left_out
 
 
@@ -65,7 +65,7 @@ def test_flags_become_the_fields_types():
                                     "learning_rate": 0.01, "jit": True}  # fmt: skip
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", CONTINUOUS_ESTIMATORS)
 def test_the_objective_follows_the_estimator(estimator):
     config = TrainConfig(estimator=estimator)
     assert config.objective is None

@@ -254,3 +254,66 @@ def test_too_many_codes_to_enumerate_is_one_line():
     with pytest.raises(ConfigError, match="10\\^4, more than 4096"):
         check_enumerable(4, 10)
     assert MAX_ENUMERATED == 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# A hand-written PyTorch reference: the same weights and batches, the same steps
+
+
+def _reference_surrogate(nets, x: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Minus the surrogate whose gradient is the estimator's, written out in plain PyTorch,
+    drawing from the global stream in the order the library's traces do."""
+    encoder, decoder, prior_logits = nets
+
+    def log_p(z):  # log p(x, z) per image, (..., B)
+        out = decoder(z)[0]
+        log_lik = (x * F.logsigmoid(out) + (1 - x) * F.logsigmoid(-out)).sum(-1)
+        prior = z * F.logsigmoid(prior_logits) + (1 - z) * F.logsigmoid(-prior_logits)
+        return log_lik + prior.sum(-1)
+
+    def log_q(z, logits):
+        return (z * F.logsigmoid(logits) + (1 - z) * F.logsigmoid(-logits)).sum(-1)
+
+    logits = encoder(x)[0]
+    z = torch.bernoulli(torch.sigmoid(logits.detach()))  # the guide's draw
+    if estimator == "reinforce":  # Williams (1992): f's own score, image by image
+        f = log_p(z) - log_q(z, logits)
+        return -(log_p(z) + f.detach() * log_q(z, logits)).sum()
+    u = torch.rand_like(logits)  # DisARM (Dong et al. 2020), one antithetic pair
+    b = (u < torch.sigmoid(logits)).double()
+    b_tilde = (u > torch.sigmoid(-logits)).double()
+    f = torch.stack([log_p(c) - log_q(c, logits) for c in (b, b_tilde)]).detach()
+    factor = (1 - 2 * b_tilde) * (b != b_tilde).double() * torch.sigmoid(logits.abs())
+    grad = 0.5 * (f[0] - f[1])[:, None] * factor
+    return -((log_p(b) + log_p(b_tilde)) / 2 + (grad.detach() * logits).sum(-1)).sum()
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "disarm"])
+def test_a_hand_written_reference_takes_the_same_steps(estimator):
+    import copy
+
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    torch.manual_seed(3)
+    vae = VAE(12, latent_dim=4, hidden_sizes=(8,), latent="bernoulli", estimator=estimator,
+              activation="tanh").double()  # fmt: skip
+    nets = copy.deepcopy((vae.encoder, vae.decoder, vae.prior.logits))
+    start = [p.detach().clone() for p in vae.parameters()]
+    batches = [torch.bernoulli(torch.full((5, 12), 0.4, dtype=torch.float64)) for _ in range(4)]
+    pyro.clear_param_store()
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 0.01}), make_elbo("elbo", estimator))
+    pyro.set_rng_seed(7)
+    for x in batches:
+        svi.step(x)
+    reference = [*nets[0].parameters(), *nets[1].parameters(), nets[2]]
+    optimizer = torch.optim.Adam(reference, lr=0.01)
+    pyro.set_rng_seed(7)
+    for x in batches:
+        optimizer.zero_grad()
+        _reference_surrogate(nets, x, estimator).backward()
+        optimizer.step()
+    mine = [*vae.encoder.parameters(), *vae.decoder.parameters(), vae.prior.logits]
+    for a, b in zip(mine, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert all(not torch.equal(a, b) for a, b in zip(vae.parameters(), start, strict=True))

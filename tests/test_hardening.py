@@ -790,7 +790,7 @@ def test_evaluate_is_seeded_and_leaves_the_global_rng_alone(loaded):
         pytest.param({"device": "cpux"}, "unknown device", id="device cpux"),
         pytest.param({"dataset": 5}, "unknown dataset", id="dataset int"),
         pytest.param({"jit": "yes"}, "jit must be True or False", id="jit str"),
-        pytest.param({"estimator": None}, "estimator", id="estimator None"),
+        pytest.param({"estimator": 7}, "estimator", id="estimator 7"),
         pytest.param({"train_size": 0.5}, "train_size", id="train size 0.5"),
     ],
 )

@@ -21,18 +21,34 @@ def test_each_prior_names_its_latent_space(prior):
     assert VAE(16, latent_dim=3, hidden_sizes=(8,), prior=prior).latent is expected
 
 
-@pytest.mark.parametrize("space", list(LATENT_SPACES.values()), ids=list(LATENT_SPACES))
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize(
+    "space, estimator",
+    [(space, e) for space in LATENT_SPACES.values() for e in space.estimators],
+    ids=[f"{name}-{e}" for name, space in LATENT_SPACES.items() for e in space.estimators],
+)
 def test_the_guide_is_the_spaces_under_each_estimator(space, estimator):
-    loc = torch.randn(5, 3)
-    second = torch.rand(5, space.second_output_size(3)) + 0.5
+    loc = torch.randn(5, space.code_size(3))
+    second = torch.rand(5, space.second_output_size(3)) + 0.5 if space.second_output else None
     q = guide_distribution(loc, second, estimator, space.name)
     z = q.sample()
-    assert z.shape == (5, 3) and q.log_prob(z).shape == (5,)
-    # the pathwise estimators sample with a path, the score-function ones without
+    shape = (5, 3) if space.categories is None else (5, 3, space.categories)
+    assert z.shape == shape and q.log_prob(z).shape == (5,)
+    # the pathwise estimators sample with a path, the score-function ones without; a
+    # discrete guide has none (its estimators are ELBO classes, pyro_vae.discrete)
     assert q.has_rsample == (estimator in ("reparam", "stl"))
     if space is SPHERE:
         torch.testing.assert_close(z.norm(dim=-1), torch.ones(5))
+    if space.discrete:
+        torch.testing.assert_close(space.decoder_input(z).sum(-1), z.flatten(1).sum(-1))
+
+
+@pytest.mark.parametrize("space", list(LATENT_SPACES.values()), ids=list(LATENT_SPACES))
+def test_an_estimator_of_another_space_is_refused(space):
+    for estimator in ESTIMATORS:
+        if estimator not in space.estimators:
+            with pytest.raises(ConfigError, match=f"estimator '{estimator}'"):
+                guide_distribution(torch.zeros(1, space.code_size(2)), None, estimator,
+                                   space.name)  # fmt: skip
 
 
 def test_an_unknown_latent_space_is_refused():

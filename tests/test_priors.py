@@ -15,7 +15,7 @@ from pyro.infer import Trace_ELBO
 from torch.distributions.kl import _kl_normal_normal, kl_divergence
 
 from pyro_vae import VAE, ConfigError, TrainConfig
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS  # these priors' guides
 from pyro_vae.evaluate import evaluate
 from pyro_vae.latents import guide_distribution
 from pyro_vae.objectives import MeanFieldELBO, make_elbo
