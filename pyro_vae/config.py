@@ -38,7 +38,7 @@ from pyro_vae.discrete import check_enumerable, check_temperature
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.estimators import ESTIMATORS, RELAXED, check_estimator
 from pyro_vae.isolation import check_seed
-from pyro_vae.latents import DEFAULT_CATEGORIES, LATENTS
+from pyro_vae.latents import DEFAULT_CATEGORIES, LATENTS, latent_space
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, check_network_settings
 from pyro_vae.objectives import OBJECTIVES, check_kl_weight, check_objective
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS, check_optimizer_settings
@@ -93,11 +93,6 @@ def default_objective(estimator: str) -> str:
     if estimator == "reparam":
         return "elbo-analytic-kl"
     return "iwae" if estimator == "vimco" else "elbo"
-
-
-#: the estimator a latent space trains with when none is given
-DEFAULT_ESTIMATOR = {"gaussian": "reparam", "sphere": "reparam", "bernoulli": "disarm",
-                     "categorical": "gumbel"}  # fmt: skip
 
 
 def _dataset_argument(value: str) -> str:
@@ -236,7 +231,7 @@ class TrainConfig:
         "--estimator reparam, elbo for the others",
         choices=OBJECTIVES, study=False,
     )  # fmt: skip
-    estimator: str | None = setting(  # None: the latent space's (DEFAULT_ESTIMATOR)
+    estimator: str | None = setting(  # None: the latent space's (LatentSpace.default_estimator)
         None, "objective and optimizer",
         "the gradient estimator (default reparam; for a discrete latent disarm (bernoulli) or "
         "gumbel (categorical))",
@@ -346,7 +341,8 @@ class TrainConfig:
         if estimator is None:
             # the objectives that take no estimator record the default 'reparam'
             takes_none = self.objective in ("wake-sleep", "rws", "mcem")
-            estimator = "reparam" if takes_none else DEFAULT_ESTIMATOR.get(latent, "reparam")
+            own = latent_space(latent).default_estimator if latent in LATENTS else "reparam"
+            estimator = "reparam" if takes_none else own
             filled["estimator"] = estimator
         if self.objective is None and isinstance(estimator, str):
             filled["objective"] = default_objective(estimator)

@@ -151,6 +151,23 @@ def _call(name: str, net: nn.Module, value: torch.Tensor, what: str | None = Non
         raise ConfigError(f"the {name} fails on {on}: {first}") from None
 
 
+def _latent_settings(latent, prior, categories, estimator, baseline_beta, components, latent_dim,
+                     checked: bool) -> tuple[LatentSpace, str, str]:  # fmt: skip
+    """The latent space, prior and estimator of a VAE, the defaults of each filled in from the
+    others (:meth:`pyro_vae.TrainConfig.resolved` fills a config's the same way), checked
+    unless ``checked``."""
+    space = resolve_latent(latent, prior, categories, checked)
+    prior = DEFAULT_PRIOR[space.name] if prior is None else prior
+    estimator = space.default_estimator if estimator is None else estimator
+    if not checked:
+        check_estimator(estimator, baseline_beta)
+        check_prior(prior, components, latent_dim, space)
+        refusal = space.refusal(estimator)
+        if refusal:
+            raise ConfigError(refusal)
+    return space, prior, estimator
+
+
 def _pair(out: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
     """An encoder's ``(loc, second)``; ``(logits, None)`` for a discrete latent's ``(logits,)``."""
     return (out[0], out[1]) if len(out) > 1 else (out[0], None)
@@ -171,7 +188,8 @@ class VAE(nn.Module):
         nets, the dense layers between the convolutions and the latent code.
     :param activation: ``relu``, ``tanh``, ``softplus`` or ``elu``.
     :param likelihood: ``bernoulli``, ``continuous-bernoulli`` or ``gaussian``.
-    :param estimator: how the guide's sample is differentiated (see :mod:`pyro_vae.estimators`).
+    :param estimator: how the guide's sample is differentiated (see :mod:`pyro_vae.estimators`;
+        default ``reparam``, for a discrete latent ``disarm`` (Bernoulli) or ``gumbel``).
     :param baseline_beta: decay of the ``reinforce-baseline`` running average.
     :param image_shape: ``(H, W)`` or ``(C, H, W)`` instead of ``data_dim``; the MLP sees the
         images flattened, conv nets and a hand-written pair as ``(B, C, H, W)``.
@@ -204,7 +222,7 @@ class VAE(nn.Module):
         hidden_sizes: Sequence[int] = (400,),
         activation: str = "relu",
         likelihood: str = "bernoulli",
-        estimator: str = "reparam",
+        estimator: str | None = None,
         baseline_beta: float = 0.9,
         *,
         image_shape: Sequence[int] | None = None,
@@ -228,14 +246,9 @@ class VAE(nn.Module):
             hidden_sizes = check_network_settings(
                 latent_dim, hidden_sizes, activation, likelihood, arch, conv_channels
             )
-            check_estimator(estimator, baseline_beta)
-        space = resolve_latent(latent, prior, categories, checked)
-        prior = DEFAULT_PRIOR[space.name] if prior is None else prior
-        if not checked:
-            check_prior(prior, prior_components, latent_dim, space)
-            refusal = space.refusal(estimator)
-            if refusal:
-                raise ConfigError(refusal)
+        space, prior, estimator = _latent_settings(latent, prior, categories, estimator,
+                                                   baseline_beta, prior_components, latent_dim,
+                                                   checked)  # fmt: skip
         if image_shape is not None:
             self.image_shape: tuple[int, ...] | None = image_shape_chw(image_shape)
         else:
