@@ -201,6 +201,9 @@ def _cmd_posterior(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     _not_another_run(Path(args.out or args.run_dir), args.run_dir)
     run = load_run(args.run_dir)
+    refusal = run.vae.latent.hmc_refusal("nuts")  # before the data are loaded or a line printed
+    if refusal:
+        raise ConfigError(refusal)
     test, _ = _test_images(run, args.data_dir)
     bad = [i for i in args.index if not 0 <= i < len(test)]
     if bad:

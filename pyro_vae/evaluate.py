@@ -375,7 +375,9 @@ def evaluate(
         reconstruction_nll=-recon.double().mean().item(),
         kl=kl_dims.sum().item(),
         kl_per_dim=kl_dims.tolist() if vae.prior.kl_by_dimension else [],
-        active_units=int((locs.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0,
+        active_units=int((vae.latent.units(locs.var(0)) > ACTIVE_UNIT_THRESHOLD).sum())
+        if n > 1
+        else 0,
     )
     figures = ("test_elbo", "log_likelihood", "reconstruction_nll", "kl")
     bad = [name for name in figures if not math.isfinite(getattr(result, name))]

@@ -114,6 +114,12 @@ class LatentSpace:
         reconstructions, interpolations and the scatter of codes draw)."""
         return code
 
+    def units(self, per_entry: torch.Tensor) -> torch.Tensor:
+        """A statistic of each latent unit (what counts as active), from one of each entry of
+        a code: the same for all but a categorical latent, whose unit is a group of classes
+        (its largest)."""
+        return per_entry
+
     def refusal(self, estimator: str) -> str | None:
         """Why ``estimator`` cannot train this latent, or ``None``."""
         if estimator in self.estimators:
@@ -355,6 +361,9 @@ class Categorical(_Discrete):
 
     def decoder_input(self, z):
         return z.flatten(-2)
+
+    def units(self, per_entry):
+        return self._grouped(per_entry).amax(-1)
 
     def point(self, code):
         return torch.softmax(self._grouped(code), -1).flatten(-2)

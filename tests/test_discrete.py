@@ -165,6 +165,7 @@ def test_vimco_agrees_with_the_exact_gradient_of_the_importance_weighted_bound()
     assert z_scores(estimates(vae, "vimco", 2), elbo_gradient).max() > Z_LIMIT
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("latent", ["bernoulli", "categorical"])
 def test_enumeration_is_the_exact_gradient(latent):
     """Pyro's TraceEnum_ELBO over every code: the exact ELBO and its gradient, to rounding."""
@@ -288,6 +289,7 @@ def _reference_surrogate(nets, x: torch.Tensor, estimator: str) -> torch.Tensor:
     return -((log_p(b) + log_p(b_tilde)) / 2 + (grad.detach() * logits).sum(-1)).sum()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("estimator", ["reinforce", "disarm"])
 def test_a_hand_written_reference_takes_the_same_steps(estimator):
     import copy

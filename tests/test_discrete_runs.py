@@ -163,6 +163,7 @@ def test_binarized_mnist_validates_on_its_own_validation_set():
     assert (len(none.train), len(none.valid)) == (50_000, 0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     "settings",
     [
@@ -202,3 +203,20 @@ def test_the_cli_trains_a_bernoulli_latent_and_draws_its_pictures(tmp_path, caps
     assert not (out / "manifold.png").exists()
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["active_units"] <= 8
+    # no NUTS in a discrete space: one line, and nothing printed before it
+    capsys.readouterr()
+    assert main(["posterior", str(out)]) != 0
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.count("\n") == 1 and "bernoulli latent is discrete" in printed.err
+
+
+def test_a_categorical_latent_counts_its_groups_as_units():
+    result = fit(small(latent="categorical", latent_dim=3, categories=4, epochs=2,
+                       estimator="enumerate"))  # fmt: skip
+    from pyro_vae.evaluate import evaluate
+
+    scores = evaluate(result.vae, result.test_images[:200], num_particles=5)
+    assert 0 <= scores.active_units <= 3
+    per_entry = torch.tensor([0, 0.02, 0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0], dtype=torch.float64)
+    assert result.vae.latent.units(per_entry).tolist() == [0.02, 0.5, 0.0]
