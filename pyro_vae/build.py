@@ -64,6 +64,7 @@ def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
         prior_components=config.prior_components,
         latent=config.latent,
         categories=config.categories,
+        center_input=config.center_input,
         checked=True,
     )
 

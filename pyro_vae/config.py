@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pyro_vae.checks import is_whole, require_choice, require_whole
+from pyro_vae.checks import is_whole, require_choice, require_flag, require_whole
 from pyro_vae.data import (
     BINARIZATIONS,
     DATASETS,
@@ -193,10 +193,16 @@ class TrainConfig:
     hidden_sizes: tuple[int, ...] = setting(  # dense layers (after the convolutions for conv)
         (400,), "model",
         "encoder widths, mirrored in the decoder; for conv, the dense layers after the "
-        "convolutions (default {default})",
-        type=int, nargs="+", metavar="H", convert=tuple,
+        "convolutions (default {default}; none: a linear encoder and decoder)",
+        type=int, nargs="*", metavar="H", convert=tuple,
     )  # fmt: skip
-    activation: str = setting("relu", "model", "default {default}", choices=tuple(ACTIVATIONS))
+    activation: str = setting(
+        "relu", "model", "default {default}; leaky-relu has slope 0.3, as in the ARM papers",
+        choices=tuple(ACTIVATIONS),
+    )  # fmt: skip
+    center_input: bool = setting(  # DisARM's "linear" and "nonlinear" models centre x
+        False, "model", "the encoder sees each image less the training images' mean",
+    )  # fmt: skip
     likelihood: str = setting("bernoulli", "model", "default {default}", choices=LIKELIHOODS)
     # the latent space and its prior p(z) (pyro_vae.latents, pyro_vae.priors)
     latent: str | None = setting(  # None: the prior's space (gaussian for the default prior)
@@ -307,6 +313,16 @@ class TrainConfig:
         "(default 1)",
         type=float, metavar="TAU", study=False,
     )  # fmt: skip
+    temperature_anneal: float | None = setting(  # r of max(min, tau exp(-r step)), Jang et al.
+        None, "objective and optimizer",
+        "anneal the temperature as max(--temperature-min, TAU exp(-RATE step)), Jang et al.'s "
+        "schedule (they use 1e-5 a step, from 1 to 0.5); default: fixed",
+        type=float, metavar="RATE", study=False,
+    )  # fmt: skip
+    temperature_min: float = setting(
+        0.5, "objective and optimizer", "the annealed temperature's floor (default {default})",
+        type=float, metavar="TAU", study=False,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         # Conversions that lose nothing; anything else is left for validate() to name.
@@ -391,7 +407,8 @@ class TrainConfig:
         if refusal and objective not in ("wake-sleep", "rws", "mcem"):  # these take none
             raise ConfigError(refusal)
         check_objective(objective, full.estimator, self.num_particles, self.jit)
-        check_temperature(self.temperature, full.estimator)
+        check_temperature(self.temperature, full.estimator, self.temperature_anneal,
+                          self.temperature_min)  # fmt: skip
         if full.estimator == "enumerate":
             check_enumerable(self.latent_dim, space.categories)
         check_kl_weight(self.kl_weight, self.kl_warmup, objective, full.estimator)
@@ -412,6 +429,7 @@ class TrainConfig:
             self.optimizer,
             self.weight_decay,
         )
+        require_flag(self.center_input, "center_input")
         require_whole(self.epochs, "epochs")
         check_seed(self.seed)
         if here:

@@ -427,18 +427,33 @@ def check_discrete_estimator(objective: str, estimator: str, num_particles: int,
         raise ConfigError(f"estimator {estimator!r} has no JIT-compiled form; drop --jit")
 
 
-def check_temperature(temperature: float | None, estimator: str) -> None:
-    """Raise :class:`ConfigError` for a temperature that is not a positive number, or one given
-    to an estimator that relaxes nothing."""
-    if temperature is None:
-        return
-    if estimator not in RELAXED:
-        raise ConfigError(
-            f"a temperature is for the relaxed estimators ({' and '.join(RELAXED)}), not "
-            f"estimator {estimator!r}"
-        )
-    if not is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"the temperature must be a positive number, got {temperature!r}")
+def check_temperature(
+    temperature: float | None, estimator: str, anneal: float | None = None, floor: float = 0.5
+) -> None:
+    """Raise :class:`ConfigError` for a temperature, annealing rate or floor that is not a
+    positive number, or one given to an estimator that relaxes nothing."""
+    if not is_real(floor) or not math.isfinite(floor) or floor <= 0:
+        raise ConfigError(f"the temperature's floor must be a positive number, got {floor!r}")
+    for value, what in ((temperature, "a temperature"), (anneal, "an annealing rate")):
+        if value is None:
+            continue
+        if estimator not in RELAXED:
+            raise ConfigError(
+                f"{what} is for the relaxed estimators ({' and '.join(RELAXED)}), not "
+                f"estimator {estimator!r}"
+            )
+        if not is_real(value) or not math.isfinite(value) or value <= 0:
+            noun = what.split(" ", 1)[1]
+            raise ConfigError(f"the {noun} must be a positive number, got {value!r}")
+
+
+def temperature_at(start: float, rate: float | None, floor: float, step: int) -> float:
+    """The relaxation's temperature at training step ``step`` (from 1): ``start`` annealed as
+    ``max(floor, start * exp(-rate * step))``, Jang et al.'s schedule (2017, Sec. 4), or
+    ``start`` throughout without a rate."""
+    if not rate:
+        return float(start)
+    return max(float(floor), float(start) * math.exp(-float(rate) * step))
 
 
 def discrete_elbo(estimator: str, num_particles: int = 1, temperature: float = 1.0) -> infer.ELBO:

@@ -37,6 +37,7 @@ from pyro_vae.estimators import baseline_options, check_estimator
 from pyro_vae.latents import LatentSpace
 from pyro_vae.networks import (
     Baseline,
+    CenteredInput,
     ConvDecoder,
     ConvEncoder,
     Decoder,
@@ -205,6 +206,8 @@ class VAE(nn.Module):
         guide's concentration, ``(B, 1)``, rather than a scale ``(B, Z)``.
     :param prior_components: ``K``, the Gaussians of ``mixture`` or the pseudo-inputs of
         ``vamp`` (default 10 and 500).
+    :param center_input: the encoder sees each image less the training images' mean
+        (:class:`~pyro_vae.networks.CenteredInput`), as in the ARM and DisARM experiments.
     :param checked: the settings were checked already (:meth:`pyro_vae.TrainConfig.validate`,
         as :func:`pyro_vae.build.build_vae` does): they are not checked again.
 
@@ -234,6 +237,7 @@ class VAE(nn.Module):
         prior_components: int | None = None,
         latent: str | None = None,
         categories: int | None = None,
+        center_input: bool = False,
         checked: bool = False,
     ) -> None:
         super().__init__()
@@ -279,6 +283,8 @@ class VAE(nn.Module):
         else:
             self.encoder, self.decoder = self._built_in(arch, hidden_sizes, conv_channels,
                                                         activation)  # fmt: skip
+        if center_input:  # the encoder sees x less the training mean (init_output_bias sets it)
+            self.encoder = CenteredInput(self.encoder, self.event_shape)
         # the reinforce-nn-baseline's b(x); registered with Pyro in the guide
         self.baseline = (
             Baseline(self.data_dim, event_dims=len(self.event_shape))
@@ -405,12 +411,15 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
-        """Start the decoder at the data's marginal: output bias ``logit(mean pixel)``.
+        """Start the decoder at the data's marginal: output bias ``logit(mean pixel)``; and
+        centre the encoder's input on ``mean_image`` where it is centred (``center_input``).
 
         With all weights small, ``p(x|z)`` then begins near the per-pixel marginal of the
         training data rather than at 0.5 everywhere, which saves the first epoch from
         learning the background (Burda et al. 2015 initialize their decoders this way).
         """
+        if isinstance(self.encoder, CenteredInput):
+            self.encoder.mean.copy_(mean_image.reshape(self.event_shape))
         init = getattr(self.decoder, "init_output_bias", None)
         if init is not None:  # a hand-written decoder may not have one
             init(torch.logit(mean_image.clamp(1e-3, 1 - 1e-3)).reshape(self.event_shape))

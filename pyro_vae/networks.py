@@ -28,6 +28,7 @@ bias so that it can start at the data's marginal, as the MLP's does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -51,7 +52,9 @@ __all__ = [
     "mlp",
 ]
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU,
+               "leaky-relu": functools.partial(nn.LeakyReLU, 0.3)}  # fmt: skip
+# leaky-relu's slope 0.3: the "nonlinear" model of the ARM and DisARM experiments
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 ARCHITECTURES = ("mlp", "conv")
 KERNEL, STRIDE, PADDING = 4, 2, 1  # each convolution halves the height and width (rounded down)
@@ -163,6 +166,20 @@ class Encoder(nn.Module):
         if self.raw_scale is None:  # a discrete latent: its logits alone
             return (self.loc(h),)
         return self.loc(h), F.softplus(self.raw_scale(h)) + MIN_ENCODER_SCALE  # (..., Z) each
+
+
+class CenteredInput(nn.Module):
+    """A network that sees its input less the training images' mean, ``mean`` (a buffer the
+    VAE sets at the start of training, :meth:`pyro_vae.VAE.init_output_bias`), as the encoders
+    of the ARM and DisARM experiments do (``--center-input``)."""
+
+    def __init__(self, net: nn.Module, event_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.zeros(*event_shape))
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x - self.mean)
 
 
 class Decoder(nn.Module):

@@ -57,6 +57,7 @@ from pyro_vae.data import (
     as_float,
     mean_image,
 )
+from pyro_vae.discrete import temperature_at
 from pyro_vae.distributed import World, rank_seed
 from pyro_vae.errors import (
     CheckpointError,
@@ -405,7 +406,17 @@ def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
         config.objective, config.estimator, config.num_particles, config.jit,
         config.mcem_transitions, checked=True, temperature=config.temperature,
     )  # fmt: skip
-    return distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
+    step = distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
+    if not config.temperature_anneal:
+        return step
+
+    def annealed(x: torch.Tensor) -> float:  # the relaxation's temperature at run.step
+        elbo.temperature = temperature_at(config.temperature, config.temperature_anneal,
+                                          config.temperature_min, run.step)  # fmt: skip
+        return step(x)
+
+    annealed.close = step.close  # the step's resources (a distributed run's) go with it
+    return annealed
 
 
 def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float:

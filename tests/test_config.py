@@ -45,7 +45,7 @@ def test_every_setting_is_a_train_flag_with_help():
 def test_the_flags_help_shows_the_fields_defaults():
     shown = {flags[-1]: keywords["help"] for _, flags, keywords in config_arguments()}
     assert shown["--latent-dim"] == "default 20"
-    assert "(default 400)" in shown["--hidden-sizes"]
+    assert "(default 400;" in shown["--hidden-sizes"]
     assert "(default 32 64)" in shown["--conv-channels"]
     assert "{" not in "".join(shown.values())  # every placeholder filled
 
@@ -54,7 +54,8 @@ def test_the_study_takes_no_objective_estimator_or_particles():
     study = {flags[-1] for _, flags, _ in config_arguments(study=True)}
     everything = {flags[-1] for _, flags, _ in config_arguments()}
     left_out = {"--objective", "--estimator", "--num-particles", "--kl-weight", "--kl-warmup",
-                "--mcem-transitions", "--latent", "--categories", "--temperature"}  # fmt: skip
+                "--mcem-transitions", "--latent", "--categories", "--temperature",
+                "--temperature-anneal", "--temperature-min"}  # fmt: skip
     assert everything - study == left_out
 
 

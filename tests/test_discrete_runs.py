@@ -5,6 +5,7 @@ pictures and a bit-identical resume."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -220,3 +221,73 @@ def test_a_categorical_latent_counts_its_groups_as_units():
     assert 0 <= scores.active_units <= 3
     per_entry = torch.tensor([0, 0.02, 0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0], dtype=torch.float64)
     assert result.vae.latent.units(per_entry).tolist() == [0.02, 0.5, 0.0]
+
+
+def test_the_published_models_settings(tmp_path):
+    """DisARM's "linear" model (no hidden layer) and "nonlinear" one (LeakyReLU(0.3)), with the
+    encoder's input centred on the training images' mean, saved and loaded with the run."""
+    from pyro_vae.data import as_float
+    from pyro_vae.networks import CenteredInput
+    from pyro_vae.runfolder import load_run
+    from pyro_vae.splits import run_images
+
+    linear = small(latent="bernoulli", hidden_sizes=(), center_input=True)
+    result = fit(linear, tmp_path / "linear")
+    encoder = result.vae.encoder
+    assert isinstance(encoder, CenteredInput)
+    assert [type(m).__name__ for m in encoder.net.modules()] == ["Encoder", "Sequential",
+                                                                 "Linear"]  # fmt: skip
+    train = as_float(run_images(result.config).train)  # uint8 grey levels as stored, to [0, 1]
+    torch.testing.assert_close(encoder.mean, train.mean(0), rtol=1e-5, atol=1e-6)
+    loaded = load_run(tmp_path / "linear")
+    torch.testing.assert_close(loaded.vae.encoder.mean, encoder.mean, rtol=0, atol=0)
+    x = result.test_images[:5]
+    assert torch.equal(loaded.vae.encode(x)[0], result.vae.encode(x)[0])
+    nonlinear = fit(small(latent="bernoulli", hidden_sizes=(8, 8), activation="leaky-relu"))
+    slopes = [m.negative_slope for m in nonlinear.vae.modules()
+              if isinstance(m, torch.nn.LeakyReLU)]  # fmt: skip
+    assert slopes == [0.3] * 4  # two layers in the encoder, two in the decoder
+
+
+def test_hidden_sizes_may_be_none_from_the_command_line():
+    from pyro_vae.cli import build_parser
+    from pyro_vae.config import given_settings
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    args = sub.choices["train"].parse_args(["--hidden-sizes", "--center-input"])
+    assert given_settings(args) == {"hidden_sizes": (), "center_input": True}
+
+
+def test_the_temperature_anneals_on_jang_et_als_schedule(monkeypatch):
+    from pyro_vae.discrete import RelaxedELBO, temperature_at
+
+    assert temperature_at(1.0, None, 0.5, 10**6) == 1.0
+    assert temperature_at(1.0, 1e-5, 0.5, 1000) == pytest.approx(math.exp(-0.01))
+    assert temperature_at(1.0, 1e-5, 0.5, 10**6) == 0.5
+    seen = []
+    original = RelaxedELBO._relaxed
+
+    def recording(self, fn):
+        seen.append(self.temperature)
+        return original(self, fn)
+
+    monkeypatch.setattr(RelaxedELBO, "_relaxed", recording)
+    fit(small(latent="bernoulli", estimator="gumbel", temperature_anneal=0.2,
+              temperature_min=0.6, epochs=2))  # fmt: skip
+    steps = 2 * 256 // 64  # train_size 256 in batches of 64, two epochs
+    assert seen == [temperature_at(1.0, 0.2, 0.6, s) for s in range(1, len(seen) + 1)]
+    assert len(seen) == steps and seen[-1] == 0.6 and seen[0] < 1.0
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(estimator="disarm", temperature_anneal=1e-5), "an annealing rate is for"),
+        (dict(estimator="gumbel", temperature_anneal=-1.0), "annealing rate must be a positive"),
+        (dict(estimator="gumbel", temperature_min=0), "floor must be a positive"),
+        (dict(center_input="yes"), "center_input must be True or False"),
+    ],
+)
+def test_refused_annealing_and_centring(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(latent="bernoulli", **settings).validate(here=False)
