@@ -46,6 +46,8 @@ def gradient_samples(
     num_samples: int = 500,
     warmup: int = 200,
     baseline_learning_rate: float = 1e-2,
+    num_particles: int = 1,
+    temperature: float = 1.0,
 ) -> GradientSamples:
     """Draw ``num_samples`` single-sample ELBO gradients for ``x`` at ``vae``'s parameters.
 
@@ -57,13 +59,18 @@ def gradient_samples(
     learns (the decaying average, or the baseline network with Adam at
     ``baseline_learning_rate``), so that it is measured with a baseline fitted to these
     parameters rather than an untrained one.
+
+    For a discrete latent, the estimators of :mod:`pyro_vae.discrete` take ``num_particles``
+    draws (``K`` of ``reinforce-loo`` and ``vimco``; VIMCO's estimates are of the
+    ``K``-sample bound's gradient) and the relaxations' ``temperature``.
     """
     check_estimator(estimator)
     vae = copy.deepcopy(vae)
     vae.estimator = estimator
     if estimator == "reinforce-nn-baseline" and vae.baseline is None:
         vae.baseline = Baseline(vae.data_dim, event_dims=len(vae.event_shape)).to(x.device)
-    elbo = make_elbo("elbo", estimator)
+    objective = "iwae" if estimator == "vimco" else "elbo"
+    elbo = make_elbo(objective, estimator, num_particles, temperature=temperature)
     networks = [vae.encoder, vae.decoder]
     with isolated(params="fresh", rng="continue"):
         if uses_baseline(estimator):

@@ -4,6 +4,8 @@ The benchmarks themselves take minutes to hours and are not run here; these test
 the hand-written references compute what pyro_vae computes, so the tables compare like with like.
 """
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -318,3 +320,19 @@ def test_speed_kernels_times_the_four_kernels(capsys):
     ]  # fmt: skip
     assert all(float(row.split(" | ")[1].rstrip(" |")) >= 0 for row in rows)
     assert "log1p / log: " in out and "bernoulli_log_density / binary_cross_entropy" in out
+
+
+def test_the_discrete_estimator_study_quick_run_writes_its_report(tmp_path, capsys):
+    import discrete_estimators
+
+    assert discrete_estimators.main(["--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "discrete_estimators.json").read_text())
+    for latent, estimators in discrete_estimators.ESTIMATORS.items():
+        rows = report["latents"][latent]["stages"]["trained"]["rows"]
+        assert list(rows) == estimators
+        assert all(math.isfinite(r["total_variance"]) and r["total_variance"] > 0
+                   for r in rows.values())  # fmt: skip
+        # the score function without a control variate is the noisiest of them
+        assert max(rows, key=lambda e: rows[e]["total_variance"]) == "reinforce"
+    assert (tmp_path / "discrete_estimators.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| `disarm` |" in capsys.readouterr().out

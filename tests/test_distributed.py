@@ -54,6 +54,11 @@ CASES = {
     "wake-sleep": ["--objective", "wake-sleep"],
     "rws": ["--objective", "rws", "-K", "3"],
     "mcem": ["--objective", "mcem"],
+    # discrete latents: their estimators' draws (DisARM's uniforms, VIMCO's K codes, the
+    # Gumbel noise) come from each rank's stream like the Gaussian ones'
+    "disarm": ["--latent", "bernoulli", "--estimator", "disarm"],
+    "vimco": ["--latent", "bernoulli", "--estimator", "vimco", "-K", "3"],
+    "categorical-gumbel": ["--latent", "categorical", "--categories", "3"],
 }
 
 
