@@ -14,8 +14,10 @@ the SNR of the mean gradient vector, the median SNR of the parameters, and the r
 of the mean against a reference, the mean of ``--reference`` estimates of an unbiased estimator
 (DisARM for Bernoulli, leave-one-out REINFORCE with ``K = 2`` for categorical). An unbiased
 estimator's relative error is noise, and shrinks with more estimates; the relaxations' is
-their bias, and does not. VIMCO estimates the gradient of another objective (the ``K``-sample
-bound), so its error against the ELBO's gradient is not a bias of the ELBO. The cost is the
+their bias, and does not: each row gives beside it the error that noise alone would give an
+unbiased estimator, ``sqrt(tr S / N + tr S_ref / N_ref) / |reference|``. VIMCO estimates the
+gradient of another objective (the ``K``-sample bound), so its error against the ELBO's
+gradient is not a bias of the ELBO. The cost is the
 time an estimate takes, against REINFORCE's, measured in the same run.
 
 "After training" is the same model after ``--train-epochs`` epochs of ``pyro_vae.fit`` with the
@@ -95,6 +97,7 @@ def study(latent: str, args) -> dict:
             ref = gradient_samples(model, x, REFERENCE[latent], args.reference,
                                    num_particles=DRAWS.get(REFERENCE[latent], 1))  # fmt: skip
         reference = ref.encoder.double().mean(0)
+        ref_variance = ref.encoder.double().var(0).sum().item()
         rows = {}
         for estimator in ESTIMATORS[latent]:
             with isolated(args.seed + 1):
@@ -102,13 +105,18 @@ def study(latent: str, args) -> dict:
                                            num_particles=DRAWS.get(estimator, 1))  # fmt: skip
             row = gradient_statistics(samples.encoder, reference)
             row["seconds_per_estimate"] = samples.seconds_per_estimate
+            # what an unbiased estimator's relative error would be from noise alone: its mean's
+            # and the reference's, sqrt(tr S / N + tr S_ref / N_ref) / |reference|
+            noise = row["total_variance"] / args.estimates + ref_variance / args.reference
+            row["noise_floor"] = math.sqrt(noise) / reference.norm().item()
             rows[estimator] = row
             note = f"variance {row['total_variance']:.4g}, rel. error {row['relative_error']:.3f}"
             print(f"{latent} {stage} {estimator}: {note}", file=sys.stderr, flush=True)
         base = rows["reinforce"]["seconds_per_estimate"]
         for row in rows.values():
             row["cost_vs_reinforce"] = row["seconds_per_estimate"] / base
-        stages[stage] = {"reference_estimates": args.reference, "rows": rows}
+        stages[stage] = {"reference_estimates": args.reference,
+                         "reference_total_variance": ref_variance, "rows": rows}  # fmt: skip
     return {"config": config.resolved().to_dict(), "train_seconds": train_seconds, "stages": stages}
 
 
@@ -121,13 +129,17 @@ def table(results: dict) -> str:
                   "| estimator | variance (init) | SNR (init) | rel. error (init) | variance "
                   "(trained) | SNR (trained) | rel. error (trained) | cost |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        # rel. error: the mean against the reference, and (in brackets) what noise alone
+        # would give an unbiased estimator; a bias shows as an error well above it
         init, trained = (result["stages"][s]["rows"] for s in ("init", "trained"))
         for estimator in init:
             a, b = init[estimator], trained[estimator]
             lines.append(
                 f"| `{estimator}` | {a['total_variance']:.3g} | {a['snr']:.3f} | "
-                f"{a['relative_error']:.3f} | {b['total_variance']:.3g} | {b['snr']:.3f} | "
-                f"{b['relative_error']:.3f} | {b['cost_vs_reinforce']:.2f} |"
+                f"{a['relative_error']:.2f} ({a['noise_floor']:.2f}) | "
+                f"{b['total_variance']:.3g} | {b['snr']:.3f} | "
+                f"{b['relative_error']:.2f} ({b['noise_floor']:.2f}) | "
+                f"{b['cost_vs_reinforce']:.2f} |"
             )
     return "\n".join(lines)
 
@@ -151,8 +163,12 @@ def figure(results: dict, path: Path) -> None:
         ax.set_yticks([k + 0.2 for k in range(len(names))], names)
         ax.invert_yaxis()
         ax.set_xlabel("log10 total variance of the encoder gradient")
-        ax.set_title(f"{latent} latent: encoder-gradient variance per estimator")
+        config = results["latents"][latent]["config"]
+        size = f"{config['latent_dim']} x {config['categories']}" if config["categories"] else (
+            f"{config['latent_dim']} units")  # fmt: skip
+        ax.set_title(f"{latent} latent ({size})")
         ax.legend(loc="lower right", fontsize="small")
+    fig.suptitle("variance of the encoder gradient per estimator, one batch of 50 images")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -336,3 +336,25 @@ def test_the_discrete_estimator_study_quick_run_writes_its_report(tmp_path, caps
         assert max(rows, key=lambda e: rows[e]["total_variance"]) == "reinforce"
     assert (tmp_path / "discrete_estimators.png").read_bytes()[:4] == b"\x89PNG"
     assert "| `disarm` |" in capsys.readouterr().out
+
+
+def test_the_discrete_speed_benchmark_times_every_side(capsys):
+    import discrete_speed
+
+    assert discrete_speed.main(["--quick", "--steps", "3", "--estimators", "reinforce",
+                                "disarm", "vimco"]) == 0  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["reinforce", "disarm", "vimco"]
+    for row in rows:  # milliseconds and ratios, all positive numbers
+        assert all(float(cell) > 0 for cell in row.split("|")[2:-1])
+
+
+def test_the_docs_show_the_discrete_estimator_study_of_its_json(tmp_path, capsys):
+    """docs/discrete.md's table is what ``--from-json`` prints for the recorded run."""
+    import discrete_estimators
+
+    recorded = BENCHMARKS / "results" / "discrete_estimators.json"
+    assert discrete_estimators.main(["--from-json", str(recorded), "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    docs = (BENCHMARKS.parent / "docs" / "discrete.md").read_text()
+    assert len(rows) == 16 and all(row in docs for row in rows)
