@@ -25,6 +25,7 @@ from pyro_vae.data import (
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError
 from pyro_vae.evaluate import evaluate
 from pyro_vae.plots import (
+    codes_figure,
     interpolation_figure,
     latent_scatter_figure,
     manifold_figure,
@@ -221,7 +222,7 @@ def write_plots(
     vae, history, image_shape, test_images, test_labels, out_dir: Path, class_names=None
 ) -> None:
     """Every picture of a run: samples, reconstructions, latent scatter, interpolations,
-    training curves, and the manifold for a 2-D latent space."""
+    training curves, the manifold for a 2-D latent space, the codes of a discrete one."""
     _save(samples_figure(vae, image_shape), out_dir / "samples.png")
     originals = test_images[:32]
     _save(
@@ -239,6 +240,8 @@ def write_plots(
         _save(metrics_figure(history), out_dir / "training_curves.png")
     if vae.latent_dim == 2 and not vae.latent.discrete:
         _save(manifold_figure(vae, image_shape), out_dir / "manifold.png")
+    if vae.latent.discrete:
+        _save(codes_figure(vae, test_images, test_labels, class_names), out_dir / "codes.png")
 
 
 def _config_settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict:

@@ -199,7 +199,12 @@ def _load_binarized(root: Path) -> ImageData:
     """Binarized MNIST, the fixed binarization of Salakhutdinov & Murray (2008) with its split
     of 50,000 / 10,000 / 10,000 images ("static MNIST" of the NVIL, VIMCO, Concrete, REBAR and
     ARM papers), from ``BinarizedMNIST/binarized_mnist.npz`` under the data root: ``x_train``,
-    ``x_valid``, ``x_test`` ``(N, 784)`` in ``{0, 1}``. Not downloaded: put the file there."""
+    ``x_valid``, ``x_test`` ``(N, 784)`` in ``{0, 1}``. Not downloaded: put the file there.
+
+    The test images are shuffled with a fixed seed: the file holds them sorted by digit. The
+    file's ``y_train``/``y_test`` are not read: they are not the digits of its images (every
+    "class" has the data's mean grey level, 0.13, where MNIST's ones have 0.08), so the set has
+    no labels here."""
     name, path = "binarized-mnist", root / BINARIZED_FILE
     if not _lexists(path, name):
         raise _not_found(name, path, "it is not downloaded; put binarized_mnist.npz there")
@@ -219,10 +224,14 @@ def _load_binarized(root: Path) -> ImageData:
         if not np.isin(images, (0, 1)).all():
             raise _damaged(name, path, f"{key} holds values other than 0 and 1")
     as_tensor = {key: torch.from_numpy(images.astype(np.float32)) for key, images in splits.items()}
+    # The test images come sorted by digit (the first thousand are zeros): a fixed shuffle, so
+    # that the first N of them (--eval-images N, the pictures) are a fair sample of all ten
+    order = torch.randperm(len(as_tensor["x_test"]), generator=torch.Generator().manual_seed(0))
+    as_tensor["x_test"] = as_tensor["x_test"][order]
     return ImageData(
         name=name,
         train_images=as_tensor["x_train"],
-        train_labels=None,
+        train_labels=None,  # the file's y_* arrays are not these images' digits (see above)
         test_images=as_tensor["x_test"],
         test_labels=None,
         image_shape=(28, 28),

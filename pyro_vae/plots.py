@@ -19,6 +19,7 @@ __all__ = [
     "gradient_variance_figure",
     "image_grid",
     "interpolation_figure",
+    "codes_figure",
     "latent_scatter_figure",
     "manifold_figure",
     "metrics_figure",
@@ -186,6 +187,47 @@ def latent_scatter_figure(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def codes_figure(
+    vae: VAE,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    class_names: tuple[str, ...] | None = None,
+    per_class: int = 10,
+) -> Figure:
+    """The codes of test images, for a discrete latent: one row an image, one column a unit (or
+    a class of a group), the guide's probability ``q(z_u = 1 | x)`` as a grey level, the rows
+    grouped by class (``per_class`` images of each, the first of each class in ``images``).
+
+    A unit that is the same in every row carries nothing about the image; columns that differ
+    between the blocks of rows are what the code says about the class."""
+    if labels is None:
+        chosen, blocks = torch.arange(min(len(images), 10 * per_class)), []
+    else:
+        chosen, blocks = [], []
+        for c in labels.unique().tolist():
+            rows = (labels == c).nonzero().flatten()[:per_class]
+            blocks.append((len(chosen), c))
+            chosen += rows.tolist()
+        chosen = torch.tensor(chosen)
+    probs = vae.latent.point(vae.encode(images[chosen])[0]).cpu().numpy()  # (N, code)
+    fig = Figure(figsize=(min(14, 3 + probs.shape[1] / 20), 1.5 + len(chosen) / 16))
+    ax = fig.add_subplot()
+    shown = ax.imshow(probs, cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for start, c in blocks:
+        if start:
+            ax.axhline(start - 0.5, color="tab:red", linewidth=0.8)
+        name = class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+        ax.text(-0.01, start + 0.5, name, transform=ax.get_yaxis_transform(), ha="right",
+                va="top", fontsize="small")  # fmt: skip
+    ax.set_yticks([])
+    groups = f"group x class ({vae.latent_dim} groups of {vae.latent.categories})"
+    ax.set_xlabel("latent unit" if vae.latent.categories is None else groups)
+    ax.set_title(f"codes of test images by class: q(z = 1 | x), {vae.latent.name} latent")
+    fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.01)
     fig.tight_layout()
     return fig
 

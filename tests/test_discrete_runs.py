@@ -117,6 +117,11 @@ def test_binarized_mnist_is_the_fixed_binarization_with_its_own_split():
     assert data.train_images.mean().item() == pytest.approx(0.130562, abs=1e-6)
     assert data.valid_images.mean().item() == pytest.approx(0.131127, abs=1e-6)
     assert data.test_images.mean().item() == pytest.approx(0.132512, abs=1e-6)
+    # the file's test images come sorted by digit (its second thousand is mostly ones, mean
+    # grey level 0.08): shuffled on load, any thousand of them is near the mean
+    for block in data.test_images.split(1000):
+        assert block.mean().item() == pytest.approx(0.1325, abs=0.006)
+    assert data.train_labels is None and data.test_labels is None  # the file's do not match
 
 
 def _write_binarized(root, **arrays):
@@ -199,7 +204,7 @@ def test_the_cli_trains_a_bernoulli_latent_and_draws_its_pictures(tmp_path, caps
                  "--out", str(out)])  # fmt: skip
     assert code == 0
     for picture in ("samples.png", "reconstructions.png", "latent_scatter.png",
-                    "interpolation.png"):  # fmt: skip
+                    "interpolation.png", "codes.png"):  # fmt: skip
         assert (out / picture).stat().st_size > 1000
     assert not (out / "manifold.png").exists()
     evaluation = json.loads((out / "evaluation.json").read_text())
@@ -291,3 +296,20 @@ def test_the_temperature_anneals_on_jang_et_als_schedule(monkeypatch):
 def test_refused_annealing_and_centring(settings, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(latent="bernoulli", **settings).validate(here=False)
+
+
+def test_the_codes_picture_holds_each_classs_rows():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pyro_vae.plots import codes_figure
+
+    result = fit(small(latent="categorical", latent_dim=3, categories=4))
+    labels = torch.arange(30) % 3  # three classes, ten images of each
+    fig = codes_figure(result.vae, result.test_images[:30], labels, ("a", "b", "c"), per_class=4)
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.shape == (12, 12)  # four of each class; 3 groups x 4 classes of columns
+    names = [text.get_text() for text in fig.axes[0].texts]
+    assert names == ["a", "b", "c"]
+    probs = result.vae.latent.point(result.vae.encode(result.test_images[:30][labels == 1][:4])[0])
+    torch.testing.assert_close(torch.as_tensor(shown[4:8]), probs)
