@@ -4,7 +4,8 @@ the same networks and batches.
 The model is the "nonlinear" one of the ARM and DisARM experiments (784-200-200, 200 Bernoulli
 units, LeakyReLU(0.3), mirrored decoder), the same initial weights on every side, batches of 50
 binarized-MNIST images, Adam at 1e-4. Two hand-written steps, written out in plain PyTorch as
-``tests/test_discrete.py`` checks them (they take the same steps as pyro_vae's, to 1e-10):
+the reference in ``tests/test_discrete.py`` is (which takes pyro_vae's steps to 1e-10), except
+that DisARM's pair goes through the decoder in one pass and no unused code is drawn:
 
 ``hand REINFORCE``
     one draw an image, the surrogate ``log p(x, z) + stop(f) log q(z|x)``;
