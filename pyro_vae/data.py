@@ -207,7 +207,8 @@ def _load_binarized(root: Path) -> ImageData:
     no labels here."""
     name, path = "binarized-mnist", root / BINARIZED_FILE
     if not _lexists(path, name):
-        raise _not_found(name, path, "it is not downloaded; put binarized_mnist.npz there")
+        why = "pyro_vae has no source to fetch it from; docs/discrete.md says where it comes from"
+        raise _not_found(name, path, why)
     _check_regular_file(path, name)
     try:
         with np.load(path, allow_pickle=False) as arrays:
