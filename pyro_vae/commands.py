@@ -31,6 +31,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS
+from pyro_vae.estimators import ESTIMATORS as ALL_ESTIMATORS
 from pyro_vae.isolation import check_seed
 from pyro_vae.plots import (
     reconstructions_figure,
@@ -237,9 +238,9 @@ _STUDY_REFUSES = {
     "estimator": "compare-estimators takes --estimators (a list), not --estimator",
     "resume": "compare-estimators cannot resume a study; start a new one with another --out",
     "objective": "compare-estimators trains every estimator with objective elbo, K = 1 (the "
-    "score-function estimators need it); drop --objective",
+    "score-function estimators need it; reinforce-loo and vimco take 2 draws); drop --objective",
     "num_particles": "compare-estimators trains every estimator with objective elbo, K = 1 (the "
-    "score-function estimators need it); drop -K",
+    "score-function estimators need it; reinforce-loo and vimco take 2 draws); drop -K",
     "eval_particles": "compare-estimators makes no final evaluation; drop --eval-particles",
     "eval_images": "compare-estimators makes no final evaluation; drop --eval-images",
     "no_plots": "compare-estimators always writes its two figures; drop --no-plots",
@@ -252,25 +253,26 @@ def _add_compare_estimators_parser(sub: argparse._SubParsersAction) -> None:
         help="gradient variance and training per estimator",
         description="On one model, one minibatch and the same parameters, draw "
         "many gradient estimates per estimator (at initialization and after "
-        "chosen epochs of a reparam run); then train one model per estimator "
-        "with the same seed and budget, objective elbo, K = 1. Writes CSV/JSON tables and "
-        "figures into a new folder.",
+        "chosen epochs of a run with the latent's own estimator: reparam, or disarm and "
+        "gumbel for the discrete latents); then train one model per estimator "
+        "with the same seed and budget, objective elbo, K = 1 (2 draws for reinforce-loo and "
+        "vimco). Writes CSV/JSON tables and figures into a new folder.",
     )
     add_config_arguments(p, study=True)
     p.add_argument(
         "--estimators",
         nargs="+",
-        choices=ESTIMATORS,
-        default=list(ESTIMATORS),
-        help="estimators to compare (default all)",
+        choices=ALL_ESTIMATORS,
+        help="estimators to compare (default: all of the latent's that sample: "
+        f"{', '.join(ESTIMATORS)} for a continuous latent)",
     )
     p.add_argument(
         "--gradient-epochs",
         type=int,
         nargs="+",
         default=[0],
-        help="measure gradients after these epochs of the reparam run, each from 0 (at "
-        "initialization; the default) to --epochs",
+        help="measure gradients after these epochs of the run with the latent's own estimator, "
+        "each from 0 (at initialization; the default) to --epochs",
     )
     p.add_argument(
         "--num-estimates",
@@ -282,37 +284,37 @@ def _add_compare_estimators_parser(sub: argparse._SubParsersAction) -> None:
         "--reference-estimates",
         type=int,
         default=1000,
-        help="reparam estimates behind the reference mean (default 1000)",
+        help="estimates behind the reference mean (default 1000): reparam's, or for a "
+        "discrete latent disarm's (bernoulli) or reinforce-loo's (categorical); a code of at "
+        "most 4096 values is summed over exactly instead",
     )
     p.add_argument("--out", default="estimator-study", help="a new folder (estimator-study)")
     _add_shared(p, "no_progress")
     # refused with a reason (see _STUDY_REFUSES), hidden from --help
     hidden = argparse.SUPPRESS
-    p.add_argument("--estimator", help=hidden)
-    p.add_argument("--resume", help=hidden)
-    p.add_argument("--objective", help=hidden)
+    for flag in ("--estimator", "--resume", "--objective", "--eval-particles", "--eval-images"):
+        p.add_argument(flag, help=hidden)
     _add_shared(p, "num_particles", help=hidden)
-    p.add_argument("--eval-particles", help=hidden)
-    p.add_argument("--eval-images", help=hidden)
     p.add_argument("--no-plots", action="store_true", help=hidden)
     p.set_defaults(func=_cmd_compare_estimators)
 
 
 def _cmd_compare_estimators(args: argparse.Namespace) -> int:
-    from pyro_vae.compare import compare_estimators
+    from pyro_vae.compare import check_study, compare_estimators
 
     for dest, message in _STUDY_REFUSES.items():
         if getattr(args, dest, None) not in (None, False):
             raise ConfigError(message)
     config = TrainConfig(**_config_settings(args, {"objective": "elbo"}))
-    config.validate()
+    check_study(config, args.estimators)  # before the folder is made
     _check_count(args.num_estimates, "--num-estimates", low=2)
     _check_count(args.reference_estimates, "--reference-estimates", low=2)
     bad = [e for e in args.gradient_epochs if not 0 <= e <= config.epochs]
     if bad:
         raise ConfigError(
             f"--gradient-epochs {' '.join(map(str, bad))} outside 0..{config.epochs} (--epochs): "
-            "gradients are measured at initialization (0) or after an epoch of the reparam run"
+            "gradients are measured at initialization (0) or after an epoch of the run with the "
+            "latent's own estimator"
         )
     out_dir = Path(args.out)
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -327,16 +329,28 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
             args.reference_estimates,
             progress=not args.no_progress,
         )
+    _print_study(result, args.reference_estimates)
+    print(f"tables and figures in {out_dir}")
+    return 0
+
+
+def _print_study(result, reference_estimates: int) -> None:
+    """The study's gradient rows and each estimator's last held-out ELBO, on stdout."""
+    own = next(k for k in result.gradients[0] if k.startswith("variance_ratio_to_"))
     print(
         f"{'stage':<10} {'estimator':<22} {'network':<8} {'variance':>10} "
-        f"{'/ reparam':>10} {'SNR':>7} {'cosine':>7} {'ms':>7}"
+        f"{'/ ' + own.rsplit('_', 1)[1]:>10} {'SNR':>7} {'cosine':>7} {'ms':>7}"
     )
     for r in result.gradients:
         print(
             f"{r['stage']:<10} {r['estimator']:<22} {r['network']:<8} "
-            f"{r['total_variance']:10.3g} {r['variance_ratio_to_reparam']:10.3g} "
+            f"{r['total_variance']:10.3g} {r[own]:10.3g} "
             f"{r['snr']:7.3f} {r['cosine']:7.3f} {1000 * r['seconds_per_estimate']:7.1f}"
         )
+    reference = result.gradients[0]["reference"]
+    exact = reference == "enumerate"
+    against = f"the mean of {reference_estimates} {reference} estimates"
+    print(f"cosine: of the mean against {'the exact gradient (enumerate)' if exact else against}")
     for estimator, history in result.training.items():
         last = history[-1]
         print(
@@ -344,5 +358,3 @@ def _cmd_compare_estimators(args: argparse.Namespace) -> int:
             f"{last['step']} steps, "
             f"{last['seconds']:.0f} s"
         )
-    print(f"tables and figures in {out_dir}")
-    return 0

@@ -4,12 +4,21 @@
 
 1. Gradients. On one fixed minibatch (the first ``batch_size`` training images, binarized
    once) it draws ``num_samples`` gradient estimates per estimator at the same parameters,
-   at initialization and after chosen epochs of a ``reparam`` training run, and reports for
-   the encoder and the decoder separately the total variance, its ratio to ``reparam``, the
-   signal-to-noise ratio, the agreement of the mean with a ``reparam`` reference of
-   ``reference_samples`` estimates, and the time per estimate.
+   at initialization and after chosen epochs of a training run with the latent's own
+   estimator (``reparam``; ``disarm`` for a Bernoulli latent, ``gumbel`` for a categorical
+   one), and reports for the encoder and the decoder separately the total variance, its
+   ratio to that estimator's, the signal-to-noise ratio, the agreement of the mean with a
+   reference, and the time per estimate.
 2. Training. It trains one model per estimator with the same seed and budget and records the
-   test ELBO against steps and against seconds.
+   held-out ELBO against steps and against seconds.
+
+The reference is the mean of ``reference_samples`` estimates of an unbiased estimator:
+``reparam``'s for a continuous latent; for a discrete one the exact gradient, summed over
+every code (``enumerate``), where the code has at most
+:data:`pyro_vae.discrete.MAX_ENUMERATED` values, else ``disarm``'s (Bernoulli) or
+``reinforce-loo``'s with two draws (categorical). The relaxations' distance from it is their
+bias. The estimators that need several draws an image (``reinforce-loo``, ``vimco``) take two,
+as many decoder passes as DisARM's pair; VIMCO's estimates are of its two-sample bound.
 
 Everything is written to ``out_dir``: ``gradients.csv``/``.json``, ``training.csv``,
 ``variance.png``, ``training_curves.png``, and one run folder per estimator under ``runs/``.
@@ -20,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,18 +41,31 @@ from pyro_vae.build import build_vae
 from pyro_vae.checkpoint import atomic_write, atomic_write_bytes, write_json
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, as_float, binarize_once, mean_image
+from pyro_vae.discrete import MAX_ENUMERATED
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS
-from pyro_vae.estimators import check_estimator
+from pyro_vae.estimators import RELAXED, check_estimator
 from pyro_vae.gradients import gradient_samples, gradient_statistics
 from pyro_vae.isolation import isolated
+from pyro_vae.latents import LatentSpace
 from pyro_vae.model import VAE
 from pyro_vae.plots import gradient_variance_figure, training_curves_figure
+from pyro_vae.priors import resolve_latent
 from pyro_vae.runfolder import LOCK_FILE
 from pyro_vae.splits import run_images
 from pyro_vae.train import fit
 
-__all__ = ["EstimatorComparison", "compare_estimators", "compare_gradients"]
+__all__ = [
+    "EstimatorComparison",
+    "check_study",
+    "compare_estimators",
+    "compare_gradients",
+    "study_estimators",
+]
+
+#: draws an image of the estimators that need several: the fewest, as many decoder passes as
+#: DisARM's antithetic pair
+DRAWS = {"reinforce-loo": 2, "vimco": 2}
 
 
 @dataclass
@@ -61,17 +84,28 @@ def compare_gradients(
     reference_samples: int = 1000,
     baseline_learning_rate: float = 1e-2,
     baseline_warmup: int = 200,
+    temperature: float = 1.0,
 ) -> list[dict]:
     """Gradient statistics of each estimator at ``vae``'s parameters on the batch ``x``; a
-    baseline first learns for ``baseline_warmup`` steps (:func:`gradient_samples`)."""
-    reference = gradient_samples(vae, x, "reparam", reference_samples)
-    samples = {
-        e: gradient_samples(vae, x, e, num_samples, baseline_warmup, baseline_learning_rate)
-        for e in dict.fromkeys(["reparam", *estimators])
-    }
+    baseline first learns for ``baseline_warmup`` steps (:func:`gradient_samples`). The
+    variance ratio is to the latent's own estimator's (``variance_ratio_to_reparam`` for a
+    continuous latent, ``variance_ratio_to_disarm`` or ``_to_gumbel`` for a discrete one);
+    the relaxations draw at ``temperature``."""
+    space = vae.latent
+    own = space.default_estimator
+    reference_estimator = _reference(space, vae.latent_dim)
+    draws = reference_samples if reference_estimator != "enumerate" else 2  # exact: no noise
+
+    def draw(estimator: str, n: int, warmup: int = 0) -> object:
+        k = DRAWS.get(estimator, 1)
+        return gradient_samples(vae, x, estimator, n, warmup, baseline_learning_rate, k,
+                                temperature)  # fmt: skip
+
+    reference = draw(reference_estimator, draws)
+    samples = {e: draw(e, num_samples, baseline_warmup) for e in dict.fromkeys([own, *estimators])}
     rows = []
     for part in ("encoder", "decoder"):
-        reparam_variance = gradient_statistics(getattr(samples["reparam"], part))["total_variance"]
+        own_variance = gradient_statistics(getattr(samples[own], part))["total_variance"]
         for estimator in estimators:
             stats = gradient_statistics(
                 getattr(samples[estimator], part), getattr(reference, part).mean(0)
@@ -81,11 +115,39 @@ def compare_gradients(
                     "estimator": estimator,
                     "network": part,
                     **stats,
-                    "variance_ratio_to_reparam": stats["total_variance"] / reparam_variance,
+                    f"variance_ratio_to_{own}": stats["total_variance"] / own_variance,
                     "seconds_per_estimate": samples[estimator].seconds_per_estimate,
+                    "reference": reference_estimator,
                 }
             )
     return rows
+
+
+def _reference(space: LatentSpace, latent_dim: int) -> str:
+    """The estimator whose mean is the study's reference gradient (see the module's text)."""
+    if not space.discrete:
+        return "reparam"
+    if latent_dim * math.log2(space.categories or 2) <= math.log2(MAX_ENUMERATED):
+        return "enumerate"
+    return "disarm" if "disarm" in space.estimators else "reinforce-loo"
+
+
+def study_estimators(space: LatentSpace, latent_dim: int) -> tuple[str, ...]:
+    """The estimators the study compares by default: all of the latent's that sample
+    (``enumerate``, where the code is small enough, is the reference, not a row)."""
+    return tuple(e for e in space.estimators if e != "enumerate")
+
+
+def _estimator_config(config: TrainConfig, estimator: str) -> TrainConfig:
+    """The study's config for one estimator: its objective and draws, and the temperature
+    only where it relaxes."""
+    relaxed = estimator in RELAXED
+    return dataclasses.replace(
+        config, estimator=estimator, objective="iwae" if estimator == "vimco" else "elbo",
+        num_particles=DRAWS.get(estimator, 1),
+        temperature=config.temperature if relaxed else None,
+        temperature_anneal=config.temperature_anneal if relaxed else None,
+    )  # fmt: skip
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -100,7 +162,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def compare_estimators(
     config: TrainConfig,
     out_dir: str | Path,
-    estimators: Sequence[str] = ESTIMATORS,
+    estimators: Sequence[str] | None = None,
     gradient_epochs: Sequence[int] = (0,),
     num_samples: int = 200,
     reference_samples: int = 1000,
@@ -111,30 +173,24 @@ def compare_estimators(
     """Run the whole study (see the module docstring) and write its tables and figures.
 
     :param config: the settings every estimator trains with: objective ``elbo`` with one
-        particle, the only objective all estimators support (``config.estimator`` is ignored).
-    :param gradient_epochs: measure gradients after these epochs of the reparam run, each
-        from 0 (at initialization) to ``config.epochs``.
+        particle, the only objective all estimators support (``config.estimator`` is ignored;
+        ``reinforce-loo`` and ``vimco`` take two draws, and VIMCO its bound). A temperature
+        goes to the relaxations alone.
+    :param estimators: those to compare; by default all of the latent space's that sample
+        (:func:`study_estimators`).
+    :param gradient_epochs: measure gradients after these epochs of the run with the latent's
+        own estimator (``reparam``, ``disarm``, ``gumbel``), each from 0 (at initialization)
+        to ``config.epochs``.
     :param progress: a line on stderr as each stage starts (the gradients of a stage, an
         estimator's training) and the training runs' lines an epoch (and bars, on a terminal).
     :param baseline_warmup: steps in which a baseline learns at the measured parameters
         before its estimates are drawn (:func:`pyro_vae.gradients.gradient_samples`).
-    :raises ConfigError: another objective or ``K``, no estimator, an unknown one, gradient
-        epochs out of range, fewer than two estimates.
+    :raises ConfigError: another objective or ``K``, no estimator, an unknown one or one the
+        latent space refuses, gradient epochs out of range, fewer than two estimates.
     :raises OutputError: ``out_dir`` is a file, or a folder that already holds files (another
         study's or a run's, which the study's tables and figures would replace).
     """
-    if not estimators:
-        raise ConfigError("no estimators to compare")
-    for estimator in estimators:
-        check_estimator(estimator)
-    if config.objective not in (None, "elbo") or config.num_particles != 1:
-        raise ConfigError(
-            "the estimator study trains every estimator with objective 'elbo' and K = 1 (the "
-            f"score-function estimators need it), got {config.objective!r} with K = "
-            f"{config.num_particles}"
-        )
-    config = dataclasses.replace(config, objective="elbo", estimator="reparam")
-    config.validate()
+    config, estimators, temperature = check_study(config, estimators)
     bad = [e for e in gradient_epochs if not 0 <= e <= config.epochs]
     if not gradient_epochs or bad:
         raise ConfigError(
@@ -154,14 +210,50 @@ def compare_estimators(
         raise ConfigError(f"the baseline warm-up cannot be negative, got {baseline_warmup}")
     with isolated(config.seed):
         return _study(
-            config, Path(out_dir), estimators, gradient_epochs, num_samples, reference_samples,
-            data, progress, baseline_warmup,
+            config, Path(out_dir), estimators, gradient_epochs, num_samples,
+            reference_samples, data, progress, baseline_warmup, temperature,
         )  # fmt: skip
+
+
+def check_study(
+    config: TrainConfig, estimators: Sequence[str] | None = None
+) -> tuple[TrainConfig, list[str], float]:
+    """Check the study's settings: its config (that of the latent's own estimator's run), its
+    estimators (by default :func:`study_estimators`) and the relaxations' temperature.
+
+    :raises ConfigError: another objective or ``K``, no estimator, an unknown one or one the
+        latent space refuses, a temperature and no relaxed estimator.
+    """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"compare_estimators takes a TrainConfig, got {type(config).__name__}")
+    if config.objective not in (None, "elbo") or config.num_particles != 1:
+        raise ConfigError(
+            "the estimator study trains every estimator with objective 'elbo' and K = 1 (the "
+            f"score-function estimators need it), got {config.objective!r} with K = "
+            f"{config.num_particles}"
+        )
+    full = dataclasses.replace(config, estimator=None, objective=None).resolved()
+    space = resolve_latent(full.latent, full.prior, full.categories)
+    if estimators is None:
+        estimators = study_estimators(space, config.latent_dim)
+    if isinstance(estimators, str) or not estimators:
+        raise ConfigError(f"estimators must be a list of estimators' names, got {estimators!r}")
+    for estimator in estimators:
+        check_estimator(estimator)
+        _estimator_config(config, estimator).validate()  # refused by this latent, say
+    relaxed = [e for e in estimators if e in RELAXED]
+    if (config.temperature is not None or config.temperature_anneal) and not relaxed:
+        raise ConfigError(f"a temperature is for the relaxed estimators ({' and '.join(RELAXED)}),"
+                          f" and the study compares neither")  # fmt: skip
+    temperature = 1.0 if config.temperature is None else config.temperature  # the gradients'
+    config = _estimator_config(config, space.default_estimator)
+    config.validate()
+    return config, list(estimators), temperature
 
 
 def _study(
     config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data, progress,
-    baseline_warmup,
+    baseline_warmup, temperature,
 ):  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     images = run_images(dataclasses.replace(config, train_size=None), data)
@@ -179,36 +271,36 @@ def _study(
         say(f"gradients at {stage}: {num_samples} estimates of each of {len(estimators)} "
             f"estimators, {reference_samples} of the reference")  # fmt: skip
         rows = compare_gradients(vae, batch, estimators, num_samples, reference_samples,
-                                 config.baseline_learning_rate, baseline_warmup)  # fmt: skip
+                                 config.baseline_learning_rate, baseline_warmup,
+                                 temperature)  # fmt: skip
         return [{"stage": stage, **row} for row in rows]
 
     initial = build_vae(config, data.image_shape).to(config.device)
     initial.init_output_bias(mean_image(train).to(config.device))
     gradients = study("init", initial) if 0 in gradient_epochs else []
 
-    # the reparam run, stopped at each gradient epoch to measure, then resumed
+    # the run of the latent's own estimator (config's), stopped at each gradient epoch to
+    # measure, then resumed
     training: dict[str, list[dict]] = {}
     runs = out_dir / "runs"
-    reparam_config = dataclasses.replace(config, estimator="reparam")
+    own = config.estimator
     done = 0
     for epoch in sorted(e for e in set(gradient_epochs) if 0 < e < config.epochs):
-        say(f"training reparam to epoch {epoch}")
-        staged = dataclasses.replace(reparam_config, epochs=epoch)
-        result = fit(staged, runs / "reparam", data, resume=done > 0, progress=progress)
+        say(f"training {own} to epoch {epoch}")
+        staged = dataclasses.replace(config, epochs=epoch)
+        result = fit(staged, runs / own, data, resume=done > 0, progress=progress)
         gradients += study(f"epoch {epoch}", result.vae)
         done = epoch
-    say(f"training reparam to epoch {config.epochs}")
-    result = fit(reparam_config, runs / "reparam", data, done > 0, progress)
+    say(f"training {own} to epoch {config.epochs}")
+    result = fit(config, runs / own, data, done > 0, progress)
     if config.epochs in gradient_epochs:
         gradients += study(f"epoch {config.epochs}", result.vae)
-    training["reparam"] = result.history
+    training[own] = result.history
     for estimator in estimators:
-        if estimator != "reparam":
+        if estimator != own:
             say(f"training {estimator}, {config.epochs} epochs")
-            estimator_config = dataclasses.replace(config, estimator=estimator)
-            training[estimator] = fit(
-                estimator_config, runs / estimator, data, progress=progress
-            ).history
+            settings = _estimator_config(config, estimator)
+            training[estimator] = fit(settings, runs / estimator, data, progress=progress).history
 
     _write_study(out_dir, config, gradients, training)
     return EstimatorComparison(gradients, training)

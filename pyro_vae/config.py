@@ -210,11 +210,11 @@ class TrainConfig:
         "the latent space (default: the prior's; gaussian): sphere, or discrete codes of "
         "--latent-dim binary units (bernoulli) or --latent-dim groups of --categories classes "
         "(categorical), trained with the discrete estimators",
-        choices=LATENTS, study=False,
+        choices=LATENTS,
     )  # fmt: skip
     categories: int | None = setting(  # C of a categorical latent
         None, "model", "classes of each group of a categorical latent (default 10)", type=int,
-        metavar="C", study=False,
+        metavar="C",
     )  # fmt: skip
     prior: str | None = setting(  # None: the latent space's own (DEFAULT_PRIOR)
         None, "model",
@@ -311,17 +311,17 @@ class TrainConfig:
         None, "objective and optimizer",
         "of the Gumbel-softmax relaxation, for estimators gumbel and straight-through "
         "(default 1)",
-        type=float, metavar="TAU", study=False,
+        type=float, metavar="TAU",
     )  # fmt: skip
     temperature_anneal: float | None = setting(  # r of max(min, tau exp(-r step)), Jang et al.
         None, "objective and optimizer",
         "anneal the temperature as max(--temperature-min, TAU exp(-RATE step)), Jang et al.'s "
         "schedule (they use 1e-5 a step, from 1 to 0.5); default: fixed",
-        type=float, metavar="RATE", study=False,
+        type=float, metavar="RATE",
     )  # fmt: skip
     temperature_min: float = setting(
         0.5, "objective and optimizer", "the annealed temperature's floor (default {default})",
-        type=float, metavar="TAU", study=False,
+        type=float, metavar="TAU",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -253,10 +253,8 @@ class VAE(nn.Module):
         space, prior, estimator = _latent_settings(latent, prior, categories, estimator,
                                                    baseline_beta, prior_components, latent_dim,
                                                    checked)  # fmt: skip
-        if image_shape is not None:
-            self.image_shape: tuple[int, ...] | None = image_shape_chw(image_shape)
-        else:
-            self.image_shape = None
+        shape = image_shape_chw(image_shape) if image_shape is not None else None
+        self.image_shape: tuple[int, ...] | None = shape
         self.data_dim = int(data_dim) if data_dim is not None else math.prod(self.image_shape)
         if custom or arch == "conv":
             if self.image_shape is None:

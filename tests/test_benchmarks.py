@@ -358,3 +358,51 @@ def test_the_docs_show_the_discrete_estimator_study_of_its_json(tmp_path, capsys
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
     docs = (BENCHMARKS.parent / "docs" / "discrete.md").read_text()
     assert len(rows) == 16 and all(row in docs for row in rows)
+
+
+def test_the_discrete_table_quick_run_trains_scores_and_times_its_runs(tmp_path, capsys):
+    import discrete_table
+
+    names = ["categorical-nonlinear-gumbel", "bernoulli-linear-reinforce"]  # the table's order
+    assert discrete_table.main(["--quick", "--out", str(tmp_path), "--only", *names]) == 0
+    report = json.loads((tmp_path / "discrete_table.json").read_text())
+    assert [run["name"] for run in report["runs"]] == names
+    for run in report["runs"]:
+        test = run["test"]
+        assert [h["step"] for h in run["history"]] == [10, 20] and run["step_ms"] > 0
+        # the K-sample estimate is log mean exp of the weights whose mean of logs is the ELBO
+        assert test["num_particles"] == 10 and test["log_likelihood"] >= test["test_elbo"]
+    assert (tmp_path / "discrete_table.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["gumbel", "reinforce"]  # by group
+    # a second call keeps the finished runs: nothing is trained again
+    metrics = tmp_path / "runs" / names[0] / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    assert discrete_table.main(["--quick", "--out", str(tmp_path), "--only", names[0],
+                                "--no-timing"]) == 0  # fmt: skip
+    assert metrics.stat().st_mtime_ns == before
+
+
+def test_the_discrete_tables_runs_are_the_published_settings():
+    """Every full-size run's flags make a valid config of the paper's model."""
+    import discrete_table
+
+    from pyro_vae.cli import build_parser
+    from pyro_vae.config import TrainConfig, given_settings
+
+    runs = discrete_table.runs(quick=False)
+    assert len(runs) == 2 * 8 + 3 and len({run["name"] for run in runs}) == len(runs)
+    for run in runs:
+        args = build_parser().parse_args(["train", *run["flags"], "--out", "x"])
+        config = TrainConfig(**given_settings(args)).resolved()
+        config.validate(here=False)
+        assert (config.dataset, config.batch_size, config.learning_rate) == (
+            "binarized-mnist", 50, 1e-4)  # fmt: skip
+        assert config.center_input and config.estimator == run["estimator"]
+        linear = run["model"] == "linear"
+        assert config.hidden_sizes == (() if linear else (200, 200))
+        assert config.num_particles == (2 if run["estimator"] in ("reinforce-loo", "vimco") else 1)
+        relaxed = run["estimator"] in ("gumbel", "straight-through")
+        assert (config.temperature_anneal == 1e-5) == relaxed
+        size = (200, None) if run["latent"] == "bernoulli" else (20, 10)
+        assert (config.latent_dim, config.categories) == size
