@@ -264,7 +264,8 @@ def _add_compare_estimators_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         choices=ALL_ESTIMATORS,
         help="estimators to compare (default: all of the latent's that sample: "
-        f"{', '.join(ESTIMATORS)} for a continuous latent)",
+        f"{', '.join(ESTIMATORS)} for a continuous latent; for a discrete one, all of its "
+        "estimators but enumerate, which gives the reference where the code is small enough)",
     )
     p.add_argument(
         "--gradient-epochs",
@@ -342,10 +343,11 @@ def _print_study(result, reference_estimates: int) -> None:
         f"{'/ ' + own.rsplit('_', 1)[1]:>10} {'SNR':>7} {'cosine':>7} {'ms':>7}"
     )
     for r in result.gradients:
+        snr = f"{r['snr']:7.3f}" if r["snr"] < 1000 else f"{r['snr']:7.1e}"  # exact: no noise
         print(
             f"{r['stage']:<10} {r['estimator']:<22} {r['network']:<8} "
             f"{r['total_variance']:10.3g} {r[own]:10.3g} "
-            f"{r['snr']:7.3f} {r['cosine']:7.3f} {1000 * r['seconds_per_estimate']:7.1f}"
+            f"{snr} {r['cosine']:7.3f} {1000 * r['seconds_per_estimate']:7.1f}"
         )
     reference = result.gradients[0]["reference"]
     exact = reference == "enumerate"

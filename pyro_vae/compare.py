@@ -44,7 +44,7 @@ from pyro_vae.data import ImageData, as_float, binarize_once, mean_image
 from pyro_vae.discrete import MAX_ENUMERATED
 from pyro_vae.errors import ConfigError, OutputError
 from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS
-from pyro_vae.estimators import RELAXED, check_estimator
+from pyro_vae.estimators import RELAXED, check_estimator, uses_baseline
 from pyro_vae.gradients import gradient_samples, gradient_statistics
 from pyro_vae.isolation import isolated
 from pyro_vae.latents import LatentSpace
@@ -118,6 +118,7 @@ def compare_gradients(
                     f"variance_ratio_to_{own}": stats["total_variance"] / own_variance,
                     "seconds_per_estimate": samples[estimator].seconds_per_estimate,
                     "reference": reference_estimator,
+                    "temperature": temperature if estimator in RELAXED else None,
                 }
             )
     return rows
@@ -190,16 +191,18 @@ def compare_estimators(
     :raises OutputError: ``out_dir`` is a file, or a folder that already holds files (another
         study's or a run's, which the study's tables and figures would replace).
     """
-    config, estimators, temperature = check_study(config, estimators)
-    bad = [e for e in gradient_epochs if not 0 <= e <= config.epochs]
-    if not gradient_epochs or bad:
-        raise ConfigError(
-            f"gradient epochs {list(gradient_epochs)} must be given, each from 0 to "
-            f"{config.epochs} (the epochs of the run)"
-        )
+    own, estimators, temperature = check_study(config, estimators)
+    if not isinstance(gradient_epochs, (list, tuple, range)):
+        raise ConfigError(f"gradient epochs must be a list of epochs, got {gradient_epochs!r}")
     counts = (num_samples, reference_samples, baseline_warmup, *gradient_epochs)
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
         raise ConfigError(f"numbers of estimates and gradient epochs must be whole, got {counts}")
+    bad = [e for e in gradient_epochs if not 0 <= e <= own.epochs]
+    if not gradient_epochs or bad:
+        raise ConfigError(
+            f"gradient epochs {list(gradient_epochs)} must be given, each from 0 to "
+            f"{own.epochs} (the epochs of the run)"
+        )
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise OutputError(f"cannot use {out_dir} as a folder: a file of that name exists")
     if Path(out_dir).is_dir() and any(p.name != LOCK_FILE for p in Path(out_dir).iterdir()):
@@ -208,9 +211,12 @@ def compare_estimators(
         raise ConfigError("the numbers of gradient estimates must be at least 2")
     if baseline_warmup < 0:
         raise ConfigError(f"the baseline warm-up cannot be negative, got {baseline_warmup}")
+    settings = {
+        e: _estimator_config(config, e) for e in dict.fromkeys([own.estimator, *estimators])
+    }
     with isolated(config.seed):
         return _study(
-            config, Path(out_dir), estimators, gradient_epochs, num_samples,
+            settings, Path(out_dir), estimators, gradient_epochs, num_samples,
             reference_samples, data, progress, baseline_warmup, temperature,
         )  # fmt: skip
 
@@ -236,28 +242,35 @@ def check_study(
     space = resolve_latent(full.latent, full.prior, full.categories)
     if estimators is None:
         estimators = study_estimators(space, config.latent_dim)
-    if isinstance(estimators, str) or not estimators:
+    if isinstance(estimators, (str, bytes)) or not hasattr(estimators, "__iter__"):
         raise ConfigError(f"estimators must be a list of estimators' names, got {estimators!r}")
+    estimators = list(dict.fromkeys(estimators))  # an iterator read once; each name once
+    if not estimators:
+        raise ConfigError("estimators must be a list of estimators' names, got none")
     for estimator in estimators:
         check_estimator(estimator)
         _estimator_config(config, estimator).validate()  # refused by this latent, say
-    relaxed = [e for e in estimators if e in RELAXED]
+    own = space.default_estimator  # trained and measured too: the variances' yardstick
+    relaxed = [e for e in (own, *estimators) if e in RELAXED]
     if (config.temperature is not None or config.temperature_anneal) and not relaxed:
         raise ConfigError(f"a temperature is for the relaxed estimators ({' and '.join(RELAXED)}),"
                           f" and the study compares neither")  # fmt: skip
     temperature = 1.0 if config.temperature is None else config.temperature  # the gradients'
-    config = _estimator_config(config, space.default_estimator)
-    config.validate()
-    return config, list(estimators), temperature
+    own_config = _estimator_config(config, own)
+    own_config.validate()
+    return own_config, estimators, temperature
 
 
 def _study(
-    config, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data, progress,
-    baseline_warmup, temperature,
+    settings, out_dir, estimators, gradient_epochs, num_samples, reference_samples, data,
+    progress, baseline_warmup, temperature,
 ):  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
+    own = next(iter(settings))  # the latent's own estimator: its run is staged
+    config = settings[own]
     images = run_images(dataclasses.replace(config, train_size=None), data)
     data, train = images.data, images.train
+    _check_batches(settings, len(run_images(config, data).train))
+    out_dir.mkdir(parents=True, exist_ok=True)
     batch = as_float(train[: config.batch_size])
     if config.binarize == "dynamic":
         batch = binarize_once(batch, config.seed)
@@ -283,7 +296,6 @@ def _study(
     # measure, then resumed
     training: dict[str, list[dict]] = {}
     runs = out_dir / "runs"
-    own = config.estimator
     done = 0
     for epoch in sorted(e for e in set(gradient_epochs) if 0 < e < config.epochs):
         say(f"training {own} to epoch {epoch}")
@@ -299,11 +311,21 @@ def _study(
     for estimator in estimators:
         if estimator != own:
             say(f"training {estimator}, {config.epochs} epochs")
-            settings = _estimator_config(config, estimator)
-            training[estimator] = fit(settings, runs / estimator, data, progress=progress).history
+            its = settings[estimator]
+            training[estimator] = fit(its, runs / estimator, data, progress=progress).history
 
     _write_study(out_dir, config, gradients, training)
     return EstimatorComparison(gradients, training)
+
+
+def _check_batches(settings: dict[str, TrainConfig], images: int) -> None:
+    """Refuse, before anything is written, a study one of whose runs would have no batch."""
+    for estimator, config in settings.items():
+        whole = uses_baseline(estimator)  # a baseline's batches are all full: the last is dropped
+        if images < config.batch_size and (whole or images == 0):
+            raise ConfigError(f"estimator {estimator!r} trains on full batches only, and there "
+                              f"are fewer training images ({images}) than one batch of "
+                              f"{config.batch_size}")  # fmt: skip
 
 
 def _write_study(out_dir: Path, config, gradients: list[dict], training: dict) -> None:

@@ -445,6 +445,13 @@ def check_temperature(
         if not is_real(value) or not math.isfinite(value) or value <= 0:
             noun = what.split(" ", 1)[1]
             raise ConfigError(f"the {noun} must be a positive number, got {value!r}")
+    start = 1.0 if temperature is None else temperature
+    if anneal is not None and floor >= start:
+        raise ConfigError(
+            f"the annealed temperature starts at {start:g}, not above its floor {floor:g}: it "
+            "would stay at the floor from the first step; lower --temperature-min or drop "
+            "--temperature-anneal"
+        )
 
 
 def temperature_at(start: float, rate: float | None, floor: float, step: int) -> float:

@@ -363,7 +363,7 @@ def test_the_docs_show_the_discrete_estimator_study_of_its_json(tmp_path, capsys
 def test_the_discrete_table_quick_run_trains_scores_and_times_its_runs(tmp_path, capsys):
     import discrete_table
 
-    names = ["categorical-nonlinear-gumbel", "bernoulli-linear-reinforce"]  # the table's order
+    names = ["categorical-linear-gumbel", "bernoulli-linear-reinforce"]  # the table's order
     assert discrete_table.main(["--quick", "--out", str(tmp_path), "--only", *names]) == 0
     report = json.loads((tmp_path / "discrete_table.json").read_text())
     assert [run["name"] for run in report["runs"]] == names

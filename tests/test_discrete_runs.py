@@ -290,6 +290,14 @@ def test_the_temperature_anneals_on_jang_et_als_schedule(monkeypatch):
         (dict(estimator="disarm", temperature_anneal=1e-5), "an annealing rate is for"),
         (dict(estimator="gumbel", temperature_anneal=-1.0), "annealing rate must be a positive"),
         (dict(estimator="gumbel", temperature_min=0), "floor must be a positive"),
+        (
+            dict(estimator="gumbel", temperature=0.3, temperature_anneal=1e-5),
+            "starts at 0.3, not above its floor 0.5",
+        ),
+        (
+            dict(estimator="gumbel", temperature_anneal=1e-5, temperature_min=1.0),
+            "starts at 1, not above its floor 1",
+        ),
         (dict(center_input="yes"), "center_input must be True or False"),
     ],
 )

@@ -112,3 +112,54 @@ def test_the_reference_is_the_exact_gradient_an_unbiased_estimator_agrees_with()
     assert error <= 5 * noise, (error, noise)
     assert encoder["reinforce"]["total_variance"] > 100 * encoder["disarm"]["total_variance"]
     assert {r["reference"] for r in rows} == {"enumerate"}
+
+
+def test_the_relaxations_train_at_the_temperature_asked_for_and_each_estimator_once(
+    tmp_path, capsys
+):
+    """A Bernoulli study (its own estimator DisARM takes no temperature) hands the temperature
+    and its annealing to the relaxed runs; an estimator named twice is compared once."""
+    out = tmp_path / "study"
+    argv = [*STUDY, "--latent", "bernoulli", "--latent-dim", "3", "--estimators", "gumbel",
+            "gumbel", "reinforce", "--temperature", "0.7", "--temperature-anneal", "0.01",
+            "--temperature-min", "0.3", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    gumbel = json.loads((out / "runs" / "gumbel" / "config.json").read_text())
+    assert (gumbel["temperature"], gumbel["temperature_anneal"]) == (0.7, 0.01)
+    assert gumbel["temperature_min"] == 0.3
+    rows = json.loads((out / "gradients.json").read_text())
+    assert [r["estimator"] for r in rows] == ["gumbel", "reinforce"] * 2  # encoder, decoder
+    assert [r["temperature"] for r in rows] == [0.7, None] * 2
+
+
+def test_a_categorical_studys_own_gumbel_run_takes_the_temperature(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = [*STUDY, "--latent", "categorical", "--latent-dim", "2", "--categories", "3",
+            "--estimators", "reinforce", "--temperature", "0.5", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0  # gumbel, the variances' yardstick, is trained and measured
+    assert json.loads((out / "runs" / "gumbel" / "config.json").read_text())["temperature"] == 0.5
+
+
+def test_a_study_whose_run_would_have_no_batch_is_refused_before_it_starts(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = [*STUDY, "--train-size", "16", "--latent", "bernoulli", "--latent-dim", "3",
+            "--estimators", "reinforce-baseline", "--out", str(out)]  # fmt: skip
+    assert "fewer training images (16) than one batch of 32" in cli_fails(argv, capsys)
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("epochs", [None, 0, ["0"], (0.5,)])
+def test_the_api_refuses_gradient_epochs_that_are_not_a_list_of_epochs(epochs, tmp_path):
+    config = TrainConfig(dataset="mnist-sample", latent="bernoulli", latent_dim=3, epochs=1)
+    with pytest.raises(ConfigError, match="gradient epochs"):
+        compare_estimators(config, tmp_path / "study", gradient_epochs=epochs)
+    assert not (tmp_path / "study").exists()
+
+
+def test_the_api_takes_its_estimators_from_an_iterator(tmp_path):
+    config = TrainConfig(dataset="mnist-sample", train_size=64, batch_size=32, hidden_sizes=(8,),
+                         latent="bernoulli", latent_dim=3, epochs=1)  # fmt: skip
+    result = compare_estimators(config, tmp_path / "study", iter(["reinforce"]), num_samples=3,
+                                reference_samples=3)  # fmt: skip
+    assert {r["estimator"] for r in result.gradients} == {"reinforce"}
+    assert set(result.training) == {"disarm", "reinforce"}
