@@ -20,9 +20,10 @@ estimators.
 
 Every run is a ``pyro-vae train`` of its own, in ``OUT/runs/NAME``, ``--jobs`` of them at once
 with one thread each; a run that was stopped resumes from its checkpoint, a finished one is kept.
-At the end each run is scored by ``pyro-vae train``'s own evaluation: the test ELBO and the
-importance-sampled ``log p(x)`` with ``K = --eval-particles`` (100) draws of the guide an image,
-on all 10,000 test images. The report, ``OUT/discrete_table.json``, holds every run's curve
+At the end each run is scored by ``pyro-vae train``'s own evaluation (or ``pyro-vae
+evaluate``, for a run scored otherwise before): the test ELBO and the importance-sampled
+``log p(x)`` with ``K = --eval-particles`` (100) draws of the guide an image, on all 10,000
+test images. The report, ``OUT/discrete_table.json``, holds every run's curve
 (training and validation ELBO against steps and seconds) and its test figures; the figure,
 ``OUT/discrete_table.png``, the curves against steps and against time.
 
@@ -98,25 +99,35 @@ def runs(quick: bool) -> list[dict]:
     return out
 
 
-def train(run: dict, args, folder: Path) -> dict:
-    """Train (or resume, or keep) one run in its own process, one thread; its record."""
-    run_dir = folder / run["name"]
+def _run(command: list[str], args, log: Path, name: str) -> None:
+    """``pyro-vae COMMAND`` in a process of its own, one thread, its output into ``log``."""
+    command = [sys.executable, "-m", "pyro_vae", *command]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with open(log, "a") as out:
+        started = time.perf_counter()
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise SystemExit(f"{name} failed (exit {code}); see {log}")
+    seconds = time.perf_counter() - started
+    print(f"{name}: {command[3]} {seconds:.0f} s", file=sys.stderr, flush=True)
+
+
+def train(run: dict, args, folder: Path, test_images: int) -> dict:
+    """Train (or resume, or keep) one run, and score it on every test image; its record."""
+    run_dir, log = folder / run["name"], folder / f"{run['name']}.log"
     done = run_dir / "evaluation.json"
     if not done.exists():
         where = ["--resume", str(run_dir)] if (run_dir / "checkpoint.pt").exists() else [
             "--out", str(run_dir)]  # fmt: skip
-        command = [sys.executable, "-m", "pyro_vae", "train", *run["flags"], *where,
-                   "--epochs", str(args.epochs), "--eval-particles", str(args.eval_particles),
-                   "--no-plots", "--no-progress"]  # fmt: skip
-        if args.data_dir:
-            command += ["--data-dir", args.data_dir]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        with open(folder / f"{run['name']}.log", "a") as log:
-            started = time.perf_counter()
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        if code != 0:
-            raise SystemExit(f"{run['name']} failed (exit {code}); see {folder / run['name']}.log")
-        print(f"{run['name']}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        _run(["train", *run["flags"], *where, "--epochs", str(args.epochs), "--eval-particles",
+              str(args.eval_particles), "--eval-images", "0", "--no-plots", "--no-progress"],
+             args, log, run["name"])  # fmt: skip
+    scored = json.loads(done.read_text())
+    if (scored["num_images"], scored["num_particles"]) != (test_images, args.eval_particles):
+        _run(["evaluate", str(run_dir), "-K", str(args.eval_particles), "--num-images", "0"],
+             args, log, run["name"])  # fmt: skip
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evaluation = json.loads(done.read_text())
     keep = ("num_images", "num_particles", "test_elbo", "test_elbo_stderr", "log_likelihood",
@@ -259,8 +270,12 @@ def main(argv=None) -> int:
         folder = out / "runs"
         folder.mkdir(exist_ok=True)
         started = time.perf_counter()
+        from pyro_vae import load_dataset
+
+        dataset = "mnist-sample" if args.quick else "binarized-mnist"
+        test_images = len(load_dataset(dataset, args.data_dir).test_images)
         with ThreadPoolExecutor(args.jobs) as pool:
-            records = list(pool.map(lambda r: train(r, args, folder), todo))
+            records = list(pool.map(lambda r: train(r, args, folder, test_images), todo))
         for run, record in zip(todo, records, strict=True):  # one at a time: nothing else runs
             if not args.no_timing:
                 record["step_ms"] = step_cost(run, args, folder)
