@@ -406,3 +406,16 @@ def test_the_discrete_tables_runs_are_the_published_settings():
         assert (config.temperature_anneal == 1e-5) == relaxed
         size = (200, None) if run["latent"] == "bernoulli" else (20, 10)
         assert (config.latent_dim, config.categories) == size
+
+
+def test_the_docs_show_the_discrete_table_of_its_json(tmp_path, capsys):
+    """docs/discrete.md's published table is what ``--from-json`` prints for the recorded runs."""
+    import discrete_table
+
+    recorded = BENCHMARKS / "results" / "discrete_table.json"
+    assert discrete_table.main(["--from-json", str(recorded), "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    docs = (BENCHMARKS.parent / "docs" / "discrete.md").read_text()
+    assert len(rows) == 2 * 8 + 3 and all(row in docs for row in rows)
+    report = json.loads(recorded.read_text())
+    assert all(run["history"][-1]["step"] == 80000 for run in report["runs"])
