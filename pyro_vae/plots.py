@@ -236,7 +236,8 @@ def interpolation_figure(
     vae: VAE, pairs: torch.Tensor, image_shape: tuple[int, ...], steps: int = 10
 ) -> Figure:
     """Decoded means along straight lines between the guide means of pairs of test images
-    (along great circles, for a hyperspherical latent).
+    (along great circles, for a hyperspherical latent; for a discrete one, between the guide's
+    probabilities, points inside the cube of codes rather than codes).
 
     ``pairs`` is ``(P, 2, *vae.event_shape)``; each row of the figure goes from the first image
     of a pair (left, original) to the second (right, original) through ``steps`` latent points.
@@ -248,9 +249,10 @@ def interpolation_figure(
         z = vae.latent.interpolate((1 - t) * loc[0] + t * loc[1])  # great circles on a sphere
         decoded = vae.decode(z)  # (steps, D)
         rows.append(torch.cat([a[None], decoded, b[None]]).cpu())
+    path = "between the guide's probabilities" if vae.latent.discrete else "in latent space"
     return image_grid(
         torch.cat(rows), image_shape, steps + 2,
-        title="interpolation in latent space (originals at both ends)",
+        title=f"interpolation {path} (originals at both ends)",
     )  # fmt: skip
 
 

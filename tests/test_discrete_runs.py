@@ -321,3 +321,21 @@ def test_the_codes_picture_holds_each_classs_rows():
     assert names == ["a", "b", "c"]
     probs = result.vae.latent.point(result.vae.encode(result.test_images[:30][labels == 1][:4])[0])
     torch.testing.assert_close(torch.as_tensor(shown[4:8]), probs)
+
+
+def test_the_interpolation_of_a_discrete_latent_says_it_is_between_probabilities():
+    """The points between two codes' probabilities are not codes: the title says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pyro_vae.model import VAE
+    from pyro_vae.plots import interpolation_figure
+
+    x = torch.rand(2, 16)
+    titles = {}
+    for latent in ("bernoulli", "gaussian"):
+        vae = VAE(16, latent_dim=3, hidden_sizes=(4,), latent=latent)
+        fig = interpolation_figure(vae, x.reshape(1, 2, 16), (4, 4), steps=3)
+        titles[latent] = fig.axes[0].get_title()
+    assert titles["bernoulli"].startswith("interpolation between the guide's probabilities")
+    assert titles["gaussian"].startswith("interpolation in latent space")
