@@ -219,6 +219,24 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict) -> str:
+    """The budget of the whole table, and where each curve was at a quarter, half, three
+    quarters and the end of its steps (validation -ELBO)."""
+    alone = [run["step_ms"] * run["history"][-1]["step"] / 60000 for run in results["runs"]
+             if run.get("step_ms")]  # fmt: skip
+    own = sum(run["history"][-1]["seconds"] for run in results["runs"]) / 60
+    budget = (f"\nbudget: {sum(alone):.0f} minutes of one core at the step costs measured alone "
+              f"({len(alone)} runs), {sum(alone) / 2:.0f} on two; the runs' own clocks add up "
+              f"to {own:.0f} minutes")  # fmt: skip
+    lines = [budget, "validation -ELBO at 1/4, 1/2, 3/4 and all of the steps:"]
+    for run in results["runs"]:
+        history = run["history"]
+        marks = [history[max(0, len(history) * k // 4 - 1)] for k in (1, 2, 3, 4)]
+        points = ", ".join(f"{-h['valid_elbo']:.2f} ({h['step']})" for h in marks)
+        lines.append(f"  {run['name']}: {points}")
+    return "\n".join(lines)
+
+
 def figure(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -292,6 +310,7 @@ def main(argv=None) -> int:
         (out / "discrete_table.json").write_text(json.dumps(results, indent=1) + "\n")
     figure(results, out / "discrete_table.png")
     print(table(results))
+    print(summary(results))
     return 0
 
 

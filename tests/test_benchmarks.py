@@ -373,8 +373,11 @@ def test_the_discrete_table_quick_run_trains_scores_and_times_its_runs(tmp_path,
         # the K-sample estimate is log mean exp of the weights whose mean of logs is the ELBO
         assert test["num_particles"] == 10 and test["log_likelihood"] >= test["test_elbo"]
     assert (tmp_path / "discrete_table.png").read_bytes()[:4] == b"\x89PNG"
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == ["gumbel", "reinforce"]  # by group
+    assert "(2 runs), " in printed  # the budget, of the two runs timed alone
+    assert f"  {names[0]}: " in printed  # its curve at a quarter, half, ... of its steps
     # a second call keeps the finished runs: nothing is trained again
     metrics = tmp_path / "runs" / names[0] / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
