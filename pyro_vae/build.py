@@ -12,6 +12,7 @@ import torch
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.m2 import SemiSupervisedVAE
 from pyro_vae.memory import binding_limit
 from pyro_vae.model import VAE, image_shape_chw
 from pyro_vae.networks import conv_sizes
@@ -21,12 +22,16 @@ from pyro_vae.priors import DEFAULT_COMPONENTS
 __all__ = ["build_vae", "check_custom", "check_step_memory", "make_optimizer", "parameter_count"]
 
 
-def parameter_count(config: TrainConfig, image_shape: Sequence[int]) -> int:
-    """Weights and biases of the encoder and decoder (the nn baseline not included)."""
+def parameter_count(
+    config: TrainConfig, image_shape: Sequence[int], classes: int | None = None
+) -> int:
+    """Weights and biases of the encoder and decoder, and M2's classifier (the nn baseline not
+    included)."""
     if not config.checked():
         config.validate(here=False)
+    plain = "enumerate" if config.model == "m2" else "reparam"  # an estimator without networks
     with torch.device("meta"):  # the networks built without memory, on PyTorch's meta device
-        vae = _vae(dataclasses.replace(config, estimator="reparam"), image_shape)
+        vae = _vae(dataclasses.replace(config, estimator=plain), image_shape, classes)
     return sum(p.numel() for p in vae.parameters())
 
 
@@ -45,10 +50,18 @@ def _device_memory(device: str) -> tuple[int, str] | None:
     return None if limit is None else (limit.available, limit.describe())
 
 
-def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
+def _vae(config: TrainConfig, image_shape: Sequence[int], classes: int | None = None) -> VAE:
     """The VAE of a validated config (its settings are not checked again)."""
     config = config.resolved()
     flat = len(image_shape) == 1  # a vector of pixels: the MLP only
+    if config.model == "m2":
+        if classes is None:
+            raise ConfigError("an M2 model is built for a number of classes: give classes")
+        return SemiSupervisedVAE(
+            math.prod(image_shape), config.latent_dim, config.hidden_sizes, config.activation,
+            config.likelihood, config.estimator, config.baseline_beta, classes=classes,
+            checked=True,
+        )  # fmt: skip
     return VAE(
         image_shape[0] if flat else None,
         latent_dim=config.latent_dim,
@@ -69,9 +82,11 @@ def _vae(config: TrainConfig, image_shape: Sequence[int]) -> VAE:
     )
 
 
-def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
+def build_vae(
+    config: TrainConfig, image_shape: int | Sequence[int], classes: int | None = None
+) -> VAE:
     """The VAE a config describes, for images of ``image_shape`` (``(H, W)``, ``(C, H, W)``,
-    or a number of pixels), on the CPU.
+    or a number of pixels), on the CPU; an M2 model (``model="m2"``) for ``classes`` classes.
 
     :raises ConfigError: a setting out of range (a config that has not passed
         :meth:`~pyro_vae.TrainConfig.validate` is checked here), networks that would not fit in
@@ -88,7 +103,7 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
     if isinstance(image_shape, int):
         image_shape = (image_shape,) if config.arch == "mlp" else image_shape_chw(image_shape)
     image_shape = tuple(image_shape)
-    count = parameter_count(config, image_shape)
+    count = parameter_count(config, image_shape, classes)
     needed = 4 * 4 * count  # float32 parameters, their gradients and Adam's two moments
     memory = _device_memory(config.device)
     too_big = ConfigError(
@@ -101,7 +116,7 @@ def build_vae(config: TrainConfig, image_shape: int | Sequence[int]) -> VAE:
     if memory is not None and needed > memory[0]:
         raise too_big
     try:
-        return _vae(config, image_shape)
+        return _vae(config, image_shape, classes)
     except (RuntimeError, MemoryError) as e:
         if isinstance(e, MemoryError) or "alloc" in str(e).lower():
             raise too_big from None

@@ -179,6 +179,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress and _progress(),
             result.history,
             "--eval-images",
+            result.test_labels,
         )
         if not args.no_plots:
             write_plots(result.vae, result.history, result.image_shape, result.test_images,

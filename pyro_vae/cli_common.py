@@ -25,6 +25,7 @@ from pyro_vae.data import (
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError
 from pyro_vae.evaluate import evaluate
 from pyro_vae.plots import (
+    class_by_style_figure,
     codes_figure,
     interpolation_figure,
     latent_scatter_figure,
@@ -115,7 +116,8 @@ def _run_data(run: TrainResult, data_dir: str | None) -> ImageData:
 
 
 def _test_images(run: TrainResult, data_dir: str | None) -> tuple[torch.Tensor, ImageData]:
-    """The run's test images, binarized exactly as during training."""
+    """The run's test images, binarized exactly as during training (their labels are the
+    data's ``test_labels``)."""
     data = _run_data(run, data_dir)
     return run_images(run.config, data).test, data
 
@@ -166,11 +168,22 @@ _NO_ACTIVE_UNITS = (
 
 
 def _evaluate_and_report(
-    vae, config, test, run_dir: Path, num_particles, num_images, progress, history, flag
+    vae,
+    config,
+    test,
+    run_dir: Path,
+    num_particles,
+    num_images,
+    progress,
+    history,
+    flag,
+    labels=None,
 ) -> dict:
     images = test[:num_images] if num_images else test
+    labels = labels[: len(images)] if labels is not None else None  # M2's accuracy
     started = time.perf_counter()
-    scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress)
+    scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress,
+                      labels=labels)  # fmt: skip
     result = scores.to_dict()
     # provenance: what was evaluated, trained how far, by how many processes (batch_size is
     # per process: the global batch is batch_size times processes)
@@ -196,7 +209,11 @@ def _evaluate_and_report(
         f"  KL(q || p)       {result['kl']:9.2f} nats/image\n"
         f"  active units     {result['active_units']} of {vae.latent_dim}"
         + (_NO_ACTIVE_UNITS if result["active_units"] == 0 and result["num_images"] > 1 else "")
-    )
+        + (f"\n  label KL         {result['label_kl']:9.2f} nats/image (KL(q(y|x) || p(y)), "
+           "in the KL above)" if result["label_kl"] is not None else "")
+        + (f"\n  accuracy         {result['accuracy']:9.4f} (the classifier q(y|x))"
+           if result["accuracy"] is not None else "")
+    )  # fmt: skip
     replaced = _replaced_evaluation(run_dir / EVALUATION_FILE, result)
     try:
         write_json(run_dir / EVALUATION_FILE, result)
@@ -233,12 +250,14 @@ def write_plots(
         latent_scatter_figure(vae, test_images, test_labels, class_names),
         out_dir / "latent_scatter.png",
     )
-    if len(test_images) >= 2:
+    if hasattr(vae, "class_by_style"):  # M2: a style is decoded with a class
+        _save(class_by_style_figure(vae, test_images, image_shape), out_dir / "class_by_style.png")
+    elif len(test_images) >= 2:
         pairs = test_images[: 2 * min(6, len(test_images) // 2)].reshape(-1, 2, *vae.event_shape)
         _save(interpolation_figure(vae, pairs, image_shape), out_dir / "interpolation.png")
     if history:
         _save(metrics_figure(history), out_dir / "training_curves.png")
-    if vae.latent_dim == 2 and not vae.latent.discrete:
+    if vae.latent_dim == 2 and not vae.latent.discrete and not hasattr(vae, "class_by_style"):
         _save(manifold_figure(vae, image_shape), out_dir / "manifold.png")
     if vae.latent.discrete:
         _save(codes_figure(vae, test_images, test_labels, class_names), out_dir / "codes.png")

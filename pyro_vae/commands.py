@@ -74,7 +74,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     with locked_folder(args.run_dir):
         run = load_run(args.run_dir, args.device)
-        test, _ = _test_images(run, args.data_dir)
+        test, data = _test_images(run, args.data_dir)
         config = dataclasses.replace(run.config, seed=args.seed)
         _evaluate_and_report(
             run.vae,
@@ -86,6 +86,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             _progress(),
             run.history,
             "--num-images",
+            data.test_labels,
         )
     return 0
 
@@ -202,7 +203,7 @@ def _cmd_posterior(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     _not_another_run(Path(args.out or args.run_dir), args.run_dir)
     run = load_run(args.run_dir)
-    refusal = run.vae.latent.hmc_refusal("nuts")  # before the data are loaded or a line printed
+    refusal = run.vae.hmc_refusal("nuts")  # before the data are loaded or a line printed
     if refusal:
         raise ConfigError(refusal)
     test, _ = _test_images(run, args.data_dir)

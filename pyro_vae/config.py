@@ -39,6 +39,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.estimators import ESTIMATORS, RELAXED, check_estimator
 from pyro_vae.isolation import check_seed
 from pyro_vae.latents import DEFAULT_CATEGORIES, LATENTS, latent_space
+from pyro_vae.m2 import MODELS, check_m2_settings
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS, check_network_settings
 from pyro_vae.objectives import OBJECTIVES, check_kl_weight, check_objective
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS, check_optimizer_settings
@@ -323,6 +324,27 @@ class TrainConfig:
         0.5, "objective and optimizer", "the annealed temperature's floor (default {default})",
         type=float, metavar="TAU",
     )  # fmt: skip
+    # labels in the model (pyro_vae.m2)
+    model: str = setting(
+        "vae", "model",
+        "vae (the default), or m2: Kingma et al.'s (2014) semi-supervised VAE, the label "
+        "observed on --labels training images and a latent on the rest, --estimator the "
+        "label's (default enumerate)",
+        choices=MODELS, study=False,
+    )  # fmt: skip
+    labels: int | None = setting(  # N of M2's labelled training images, class-balanced
+        None, "data", "m2: how many training images keep their label (class-balanced)",
+        type=int, metavar="N", study=False,
+    )  # fmt: skip
+    label_seed: int = setting(  # draws the labelled images; runs of any --seed share them
+        0, "data", "m2: draws the labelled images (default {default})", type=int, study=False
+    )
+    aux_loss: float = setting(  # Kingma et al.'s alpha over N (pyro_vae.m2.aux_scale)
+        0.0, "objective and optimizer",
+        "m2: Kingma et al.'s classification loss, each labelled image's log q(y|x) weighted "
+        "by ALPHA N / N_labelled (default 0: none; they use 0.1)",
+        type=float, metavar="ALPHA", study=False,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         # Conversions that lose nothing; anything else is left for validate() to name.
@@ -358,6 +380,7 @@ class TrainConfig:
             # the objectives that take no estimator record the default 'reparam'
             takes_none = self.objective in ("wake-sleep", "rws", "mcem")
             own = latent_space(latent).default_estimator if latent in LATENTS else "reparam"
+            own = "enumerate" if self.model == "m2" else own  # the label's
             estimator = "reparam" if takes_none else own
             filled["estimator"] = estimator
         if self.objective is None and isinstance(estimator, str):
@@ -403,13 +426,15 @@ class TrainConfig:
         space = resolve_latent(full.latent, full.prior, full.categories)
         check_prior(full.prior, self.prior_components, self.latent_dim, space)
         objective = full.objective
-        refusal = space.refusal(full.estimator)
+        check_m2_settings(full)
+        refusal = space.refusal(full.estimator) if self.model == "vae" else None
         if refusal and objective not in ("wake-sleep", "rws", "mcem"):  # these take none
             raise ConfigError(refusal)
-        check_objective(objective, full.estimator, self.num_particles, self.jit)
+        if self.model == "vae":  # M2's are checked by check_m2_settings
+            check_objective(objective, full.estimator, self.num_particles, self.jit)
         check_temperature(self.temperature, full.estimator, self.temperature_anneal,
                           self.temperature_min)  # fmt: skip
-        if full.estimator == "enumerate":
+        if full.estimator == "enumerate" and self.model == "vae":
             check_enumerable(self.latent_dim, space.categories)
         check_kl_weight(self.kl_weight, self.kl_warmup, objective, full.estimator)
         if require_whole(self.mcem_transitions, "mcem_transitions") > MAX_MCEM_TRANSITIONS:

@@ -476,7 +476,8 @@ def split_validation(
 
 
 class BatchLoader:
-    """Minibatches from an in-memory tensor of images, as float32 in ``[0, 1]``.
+    """Minibatches from an in-memory tensor of images, as float32 in ``[0, 1]``, with their
+    ``labels`` where a semi-supervised model takes them.
 
     8-bit images (``uint8``) are converted batch by batch, so the set stays in memory at a
     quarter of float32's size.
@@ -494,10 +495,12 @@ class BatchLoader:
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> None:
         if binarize not in BINARIZATIONS:
             raise DataError(f"unknown binarization {binarize!r}; choose one of {BINARIZATIONS}")
         self.images = images
+        self.labels = labels
         self.batch_size = batch_size
         self.dynamic = binarize == "dynamic"
         self.seed = seed
@@ -508,9 +511,9 @@ class BatchLoader:
         n = self.images.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
+    def epoch(self, epoch: int) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch, each ``(batch_size, D)`` (the last may be smaller, unless
-        ``drop_last``)."""
+        ``drop_last``); with ``labels``, ``(images, labels)`` pairs, the same images."""
         device = self.images.device
         stream_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
         generator = torch.Generator(device=device).manual_seed(stream_seed)
@@ -521,7 +524,8 @@ class BatchLoader:
             order = torch.arange(n, device=device)
         stop = len(self) * self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            batch = as_float(self.images[order[start : start + self.batch_size]])
+            index = order[start : start + self.batch_size]
+            batch = as_float(self.images[index])
             if self.dynamic:
                 batch = torch.bernoulli(batch, generator=generator)
-            yield batch
+            yield batch if self.labels is None else (batch, self.labels[index])

@@ -455,8 +455,8 @@ class _Loss(nn.Module):
         self.vae = vae
         self.elbo = elbo
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x)
+    def forward(self, x: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, *labels)
 
 
 class DistributedStep:
@@ -482,15 +482,17 @@ class DistributedStep:
         self.ddp = None
         gc.collect()  # DDP's reference cycles
 
-    def __call__(self, x: torch.Tensor) -> float:
+    def __call__(self, x: torch.Tensor, *labels: torch.Tensor) -> float:
+        """One step on this process's images ``x`` (and an M2 model's ``labels``)."""
         with poutine.trace(param_only=True) as capture:
             if self.ddp is not None:
-                loss = self.ddp(x)
+                loss = self.ddp(x, *labels)
                 (loss * self.world.size).backward()  # DDP averages; the sum is wanted
                 loss = loss.detach()
             else:
-                loss = torch.tensor(float(self.elbo.loss_and_grads(self.vae.model,
-                                                                   self.vae.guide, x)))  # fmt: skip
+                vae = self.vae
+                loss = self.elbo.loss_and_grads(vae.model, vae.guide, x, *labels)
+                loss = torch.tensor(float(loss))
         named = sorted(capture.trace.nodes.items(), key=lambda item: item[0])
         params = [site["value"].unconstrained() for _, site in named]
         if self.ddp is None:

@@ -71,3 +71,11 @@ class DistributedError(PyroVAEError):
     """
 
     elsewhere = False
+
+
+def raised_inside_pyro(error: PyroVAEError) -> PyroVAEError:
+    """The error that Pyro's trace messenger re-raised as ``error`` (``type(e)(message +
+    shapes) from e``, once a trace deep): the first in the chain of causes of our own."""
+    while isinstance(error.__cause__, PyroVAEError):
+        error = error.__cause__
+    return error

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from pyro_vae.data import check_support
 from pyro_vae.errors import ConfigError, DataError, NumericalError
 from pyro_vae.isolation import check_seed, isolated
+from pyro_vae.m2 import SemiSupervisedVAE, accuracy
 from pyro_vae.model import VAE
 
 __all__ = [
@@ -269,6 +270,9 @@ class Evaluation:
     kl: float  # KL(q(z|x) || p(z)): closed form, or one sample where none exists
     kl_per_dim: list[float]  # for the normal prior (empty for the others)
     active_units: int  # Burda et al. (2015): Cov_x(E_q[z_u]) > 0.01
+    # M2's: its classifier's accuracy on labelled images, and the label's KL(q(y|x) || p(y))
+    accuracy: float | None = None
+    label_kl: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -283,8 +287,7 @@ def outputs_finite(vae: VAE, x: torch.Tensor) -> bool:
         return False
     try:
         for part in x.split(1000):
-            outputs = [t for t in vae.encode(part) if t is not None]
-            outputs += vae.decoder(vae.latent.point(outputs[0]))
+            outputs = vae.network_outputs(part)
             if not all(torch.isfinite(t).all() for t in outputs):
                 return False
     except Exception:
@@ -313,6 +316,10 @@ def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     whole otherwise), in float64."""
     locs, recon, kls = [], [], []
     for x in images.split(1000):
+        if isinstance(vae, SemiSupervisedVAE):  # the label's KL after the style's
+            loc, log_lik, kl_z, kl_y = vae.evaluation_terms(x)
+            locs.append(loc), recon.append(log_lik), kls.append(torch.cat([kl_z, kl_y[:, None]], 1))
+            continue
         loc, scale = vae.encode(x)
         z, mean = vae.latent.draw_and_mean(loc, scale)
         recon.append(vae.likelihood_distribution(z).log_prob(x))
@@ -324,6 +331,16 @@ def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.cat(locs).double(), torch.cat(recon), torch.cat(kls).double()
 
 
+def _accuracy(vae: VAE, images: torch.Tensor, labels) -> float | None:
+    if labels is None or not isinstance(vae, SemiSupervisedVAE):
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.shape != images.shape[:1] or labels.is_floating_point():
+        raise DataError(f"labels must be {len(images)} class indices, one an image, got "
+                        f"{labels.dtype} {tuple(labels.shape)}")  # fmt: skip
+    return accuracy(vae, images, labels)
+
+
 def evaluate(
     vae: VAE,
     images: torch.Tensor,
@@ -331,6 +348,7 @@ def evaluate(
     batch_size: int = 100,
     seed: int = 0,
     progress: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> Evaluation:
     """Evaluate a VAE on test images ``(N, D)`` already binarized as in training.
 
@@ -338,6 +356,7 @@ def evaluate(
 
     :param num_particles: ``K``, importance samples per image for ``log p(x)`` and the ELBO.
     :param progress: show a progress bar on stderr.
+    :param labels: the images' class indices, for an M2 model's accuracy.
     :raises DataError: images of the wrong type, shape or dtype, none, or outside the
         likelihood's support.
     :raises ConfigError: ``num_particles``, ``batch_size`` or ``seed`` out of range.
@@ -363,6 +382,8 @@ def evaluate(
     finally:
         vae.train(training)
     kl_dims = kls.mean(0)
+    m2 = isinstance(vae, SemiSupervisedVAE)
+    label_kl, kl_dims = (kl_dims[-1].item(), kl_dims[:-1]) if m2 else (None, kl_dims)
     n = len(images)
     result = Evaluation(
         num_images=n,
@@ -373,11 +394,13 @@ def evaluate(
         log_likelihood_stderr=_stderr(log_px),
         nll=-log_px.mean().item(),
         reconstruction_nll=-recon.double().mean().item(),
-        kl=kl_dims.sum().item(),
+        kl=kl_dims.sum().item() + (label_kl or 0.0),
         kl_per_dim=kl_dims.tolist() if vae.prior.kl_by_dimension else [],
         active_units=int((vae.latent.units(locs.var(0)) > ACTIVE_UNIT_THRESHOLD).sum())
         if n > 1
         else 0,
+        accuracy=_accuracy(vae, images, labels),
+        label_kl=label_kl,
     )
     figures = ("test_elbo", "log_likelihood", "reconstruction_nll", "kl")
     bad = [name for name in figures if not math.isfinite(getattr(result, name))]

@@ -509,6 +509,17 @@ class VAE(nn.Module):
         loc, scale = _pair(self._run("encoder", x))
         return self.latent.code(loc), scale
 
+    def hmc_refusal(self, what: str) -> str | None:
+        """Why ``what`` (NUTS, an HMC E-step) cannot run on this model's posterior, or
+        ``None``."""
+        return self.latent.hmc_refusal(what)
+
+    def network_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's outputs on ``x`` and the decoder's at their point (for the check of
+        a divergence, :func:`pyro_vae.evaluate.outputs_finite`)."""
+        outputs = [t for t in self.encode(x) if t is not None]
+        return outputs + list(self.decoder(self.latent.point(outputs[0])))
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean image ``E[x|z]``, ``(..., *event_shape)``, for latents ``(..., Z)``."""

@@ -101,6 +101,19 @@ def samples_figure(
     return image_grid(images, image_shape, title=f"{num_samples} samples from the prior (means)")
 
 
+def class_by_style_figure(
+    vae, images: torch.Tensor, image_shape: tuple[int, ...], rows: int = 8
+) -> Figure:
+    """An M2 model's styles drawn as every class (Kingma et al. 2014, Figure 1 and 5): each
+    row one test image (left) and ``E[x|y, z]`` for ``y = 0, 1, ...`` at its style ``z``, the
+    mean of ``q(z|x, y)`` at the classifier's class."""
+    x = images[:rows]
+    grid = vae.class_by_style(vae.encode(x)[0])  # (C, S, D)
+    cells = torch.cat([x[None].to(grid), grid]).transpose(0, 1).reshape(-1, *grid.shape[2:])
+    return image_grid(cells, image_shape, vae.classes + 1,
+                      title="a test image's style z (left) drawn as each class y")  # fmt: skip
+
+
 def reconstructions_figure(
     originals: torch.Tensor, reconstructions: torch.Tensor, image_shape: tuple[int, ...]
 ) -> Figure:
@@ -275,6 +288,14 @@ def metrics_figure(history: list[dict]) -> Figure:
     ax.set_ylabel("nats per image")
     ax.grid(alpha=0.3)
     ax.legend()
+    accuracy = [key for key in ("valid_accuracy", "test_accuracy") if history and key in history[0]]
+    if accuracy:  # an M2 run's classifier, on a second axis
+        right = ax.twinx()
+        right.plot(epochs, [row[accuracy[0]] for row in history], marker="s", color="C2",
+                   label=accuracy[0].replace("_", " "))  # fmt: skip
+        right.set_ylabel("accuracy")
+        right.set_ylim(0, 1)
+        right.legend(loc="center right")
     fig.tight_layout()
     return fig
 

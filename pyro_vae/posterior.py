@@ -85,7 +85,7 @@ def nuts_posterior(
     :param progress: show Pyro's progress bar (on stderr), one per chain.
     :raises ConfigError: no draws, no chains, or a negative warm-up.
     """
-    refusal = vae.latent.hmc_refusal("nuts")
+    refusal = vae.hmc_refusal("nuts")
     if refusal:
         raise ConfigError(refusal)
     x = _one_image(vae, x)

@@ -384,7 +384,9 @@ def _load_run(run_dir: Path, device: str, vae: VAE | None) -> TrainResult:
     elif vae is not None:
         raise ConfigError(f"the run in {run_dir} has built-in networks; load it without vae")
     else:
-        vae = build_vae(dataclasses.replace(config, device="cpu"), image_shape)
+        classes = state.get("classes")  # an M2 model's
+        vae = build_vae(dataclasses.replace(config, device="cpu"), image_shape,
+                        classes if isinstance(classes, int) else None)  # fmt: skip
     load_model_state(vae, state["model"], path)
     if math.prod(vae.event_shape) != math.prod(image_shape):
         raise CheckpointError(

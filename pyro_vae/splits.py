@@ -58,6 +58,10 @@ class RunImages:
     train: torch.Tensor  # (N, ...) as stored (uint8 for 8-bit data) or binarized once
     valid: torch.Tensor  # (V, ...) float32, binarized once; empty without a validation split
     test: torch.Tensor  # (M, ...) float32, binarized once
+    # each image's class index, split as the images are; None for data without labels (the
+    # validation labels also for a data set's own validation set, which has none)
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
 
 
 def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
@@ -77,10 +81,16 @@ def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
+    train_labels = valid_labels = None
     if data.valid_images is not None:  # the data set's own validation set, if any is asked for
         valid = data.valid_images[: len(data.valid_images) if config.valid_fraction > 0 else 0]
+        train_labels = data.train_labels
     else:
         train, valid = split_validation(train, config.valid_fraction, config.split_seed)
+        if data.train_labels is not None:  # the same draw: it depends on the count and seed
+            train_labels, valid_labels = split_validation(
+                data.train_labels, config.valid_fraction, config.split_seed
+            )
     valid = as_float(valid)
     if config.binarize == "dynamic":
         valid = binarize_once(valid, VALID_BINARIZATION_SEED)
@@ -92,9 +102,10 @@ def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
                 f"of {data.name}{held}; ask for {len(train)} or fewer, or leave it out for all"
             )
         train = train[: config.train_size]
+        train_labels = None if train_labels is None else train_labels[: config.train_size]
     if config.arch != "mlp":
         shape = image_shape_chw(data.image_shape)
         train, valid, test = (t.reshape(-1, *shape) for t in (train, valid, test))
     if train.is_floating_point():  # float64 arrays, say, meet float32 networks
         train = train.to(torch.float32)
-    return RunImages(data, train, valid, test)
+    return RunImages(data, train, valid, test, train_labels, valid_labels)

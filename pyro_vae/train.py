@@ -64,6 +64,7 @@ from pyro_vae.errors import (
     ConfigError,
     OutputError,
     PyroVAEError,
+    raised_inside_pyro,
 )
 from pyro_vae.estimators import uses_baseline
 from pyro_vae.evaluate import importance_sampled_log_likelihood, outputs_finite
@@ -75,6 +76,7 @@ from pyro_vae.isolation import (
     reseed,
     set_rng_state,
 )
+from pyro_vae.m2 import accuracy, aux_scale, label_elbo, run_labels, score_labels
 from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_weight_at, make_elbo
 from pyro_vae.optim import JointOptimizer, lr_factor
@@ -146,6 +148,7 @@ class _Run:
     log: Any = None  # a TensorBoardLog, if one was asked for
     world: World = World()  # this process among those of a distributed run
     fingerprint: str = ""  # of the data set (data_fingerprint)
+    score_labels: torch.Tensor | None = None  # M2's: of the score images, for the accuracy
 
     @property
     def writes(self) -> bool:
@@ -233,7 +236,8 @@ def fit(
         for epoch in range(run.epochs_done, config.epochs):
             train_elbo = _train_epoch(run, step, epoch, progress)
             _check_finite_state(run, epoch)
-            _record(run, train_elbo, _score(run, epoch), progress)
+            right = accuracy(run.vae.eval(), run.score_images, run.score_labels)  # M2's
+            _record(run, train_elbo, _score(run, epoch), progress, right)
             if run_dir is not None:
                 _save(run, store)
     return TrainResult(run.vae.eval(), run.history, config, run.data.image_shape,
@@ -241,13 +245,17 @@ def fit(
                        run.data.class_names, run.fingerprint)  # fmt: skip
 
 
-def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
+def _record(run: _Run, train_elbo: float, score: float, progress: bool,
+            accuracy: float | None = None) -> None:  # fmt: skip
     """Add the epoch's line to the history (and show it). The held-out score is the
-    validation ELBO (``valid_elbo``), or the test ELBO for a run without a validation split."""
+    validation ELBO (``valid_elbo``), or the test ELBO for a run without a validation split;
+    an M2 run's classifier adds its accuracy on the same images."""
     epoch = len(run.history) + 1
-    key = "valid_elbo" if run.config.valid_fraction > 0 else "test_elbo"
+    which = "valid" if run.config.valid_fraction > 0 else "test"
     run.history.append({"epoch": epoch, "step": run.step, "train_elbo": train_elbo,
-                        key: score, "seconds": run.seconds})  # fmt: skip
+                        f"{which}_elbo": score, "seconds": run.seconds})  # fmt: skip
+    if accuracy is not None:
+        run.history[-1][f"{which}_accuracy"] = accuracy
     if run.world.size > 1:  # batch_size is per process: the global batch is this times it
         run.history[-1]["processes"] = run.world.size
     if run.config.kl_weight != 1.0 or run.config.kl_warmup:  # train_elbo is then beta's bound
@@ -256,9 +264,10 @@ def _record(run: _Run, train_elbo: float, score: float, progress: bool) -> None:
         run.log.epoch(run.step, held_out_elbo(run.history[-1])[0], score, run.vae)
     if progress:
         label = held_out_elbo(run.history[-1])[0]
+        shown = "" if accuracy is None else f"  {label} accuracy {accuracy:.4f}"
         print(
             f"epoch {epoch}/{run.config.epochs}  train ELBO {train_elbo:.2f}  "
-            f"{label} ELBO {score:.2f}  ({run.seconds:.0f} s)",
+            f"{label} ELBO {score:.2f}{shown}  ({run.seconds:.0f} s)",
             file=sys.stderr,
         )
 
@@ -309,11 +318,13 @@ def _open_run(
             e.shared = True  # every process has the same images
             raise
     train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
-    vae = _ready_vae(config, vae, images.data, train, run_dir, world)
-    loader = _loader(config, vae, train, world)
+    train_labels, classes = run_labels(config, images)  # M2's; None for the VAE
+    vae = _ready_vae(config, vae, images.data, train, run_dir, world, classes)
+    loader = _loader(config, vae, train, world, train_labels)
     score = valid if config.valid_fraction > 0 else test
     run = _Run(config, run_dir, images.data, train, score, test, vae, make_optimizer(config),
-               loader, [], world=world, fingerprint=data_fingerprint(images.data))  # fmt: skip
+               loader, [], world=world, fingerprint=data_fingerprint(images.data),
+               score_labels=score_labels(config, images))  # fmt: skip
     if checkpoint is None:
         if run.writes:
             write_json(run_dir / CONFIG_FILE, config.to_dict())
@@ -325,11 +336,14 @@ def _open_run(
     return run
 
 
-def _ready_vae(config, vae: VAE | None, data, train, run_dir, world: World) -> VAE:
+def _ready_vae(config, vae: VAE | None, data, train, run_dir, world: World,
+               classes: int | None = None) -> VAE:  # fmt: skip
     """The run's VAE (built from the config, or the user's, checked against the images) on
     its device, its output bias at the data's mean, and room on disk for its checkpoints."""
     if vae is None:
-        vae = build_vae(config, data.image_shape)  # checks the parameters' size
+        vae = build_vae(config, data.image_shape, classes)  # checks the parameters' size
+        if config.model == "m2":
+            vae.aux_scale = aux_scale(config.aux_loss, len(train), config.labels)
         check_step_memory(config, data.image_shape)
     elif vae.event_shape != tuple(train.shape[1:]):
         raise ConfigError(
@@ -343,14 +357,17 @@ def _ready_vae(config, vae: VAE | None, data, train, run_dir, world: World) -> V
     return vae
 
 
-def _loader(config: TrainConfig, vae: VAE, train: torch.Tensor, world: World) -> BatchLoader:
-    """The training batches (every process's slices of each global batch); a hand-written
-    VAE is run on them first, as training will run it: real batches, the last one too."""
+def _loader(config: TrainConfig, vae: VAE, train: torch.Tensor, world: World,
+            labels: torch.Tensor | None = None) -> BatchLoader:  # fmt: skip
+    """The training batches (every process's slices of each global batch), with M2's
+    ``labels``; a hand-written VAE is run on them first, as training will run it: real
+    batches, the last one too."""
     # Pyro's decaying-average baseline keeps one average per batch position: equal batches
     # only; a distributed run's processes take equal slices of every global batch
     drop_last = uses_baseline(config.estimator) or world.size > 1
     global_batch = config.batch_size * world.size
-    loader = BatchLoader(train, global_batch, config.binarize, config.seed, True, drop_last)
+    loader = BatchLoader(train, global_batch, config.binarize, config.seed, True, drop_last,
+                         labels)  # fmt: skip
 
     def enough_images() -> None:  # every process has the same images: rank 0 says so once
         if len(loader) == 0:
@@ -402,10 +419,13 @@ def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
     """One optimization step on a batch, returning its summed loss
     (:func:`pyro_vae.distributed.training_step`)."""
     config = run.config
-    elbo = make_elbo(
-        config.objective, config.estimator, config.num_particles, config.jit,
-        config.mcem_transitions, checked=True, temperature=config.temperature,
-    )  # fmt: skip
+    if config.model == "m2":
+        elbo = label_elbo(config.estimator, config.temperature)
+    else:
+        elbo = make_elbo(
+            config.objective, config.estimator, config.num_particles, config.jit,
+            config.mcem_transitions, checked=True, temperature=config.temperature,
+        )  # fmt: skip
     step = distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
     if not config.temperature_anneal:
         return step
@@ -434,11 +454,15 @@ def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float
         # Pyro warns "Encountered NaN: loss" before the step returns it; the divergence is
         # reported in one line of our own
         warnings.filterwarnings("ignore", message="Encountered (NaN|[+-]inf)")
-        for x in bar:
+        for batch in bar:
             run.step += 1
+            x, *labels = batch if isinstance(batch, tuple) else (batch,)  # M2's labels
             images = x.shape[0]  # the global batch; this process's slice of it:
-            x = x[run.world.rank * config.batch_size :][: config.batch_size]
-            elbo = _step(run, step, x, epoch)
+            mine = slice(
+                run.world.rank * config.batch_size, (run.world.rank + 1) * config.batch_size
+            )
+            x, labels = x[mine], [y[mine] for y in labels]
+            elbo = _step(run, step, x, epoch, *labels)
             total, count = total + elbo, count + images
             if run.log is not None:
                 weighted = run.config.kl_weight != 1.0 or run.config.kl_warmup
@@ -448,19 +472,19 @@ def _train_epoch(run: _Run, step: Callable, epoch: int, progress: bool) -> float
     return total / count
 
 
-def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
-    """One SVI step on batch ``x``: the batch's summed ELBO (summed over the processes of a
-    distributed run), or :class:`TrainingDiverged`."""
+def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int, *labels) -> float:
+    """One SVI step on batch ``x`` (and M2's ``labels``): the batch's summed ELBO (summed over
+    the processes of a distributed run), or :class:`TrainingDiverged`."""
     cause = ""
     try:
         # the data were checked against the likelihood's support up front, so Pyro's
         # per-step validation only costs time (benchmarks/speed.py)
         with pyro.validation_enabled(False), run.vae.weighting_kl(_kl_weight(run)):
-            loss = step(x)
+            loss = step(x, *labels)
     except PyroVAEError as e:
         # one of ours from inside the model or guide (a hand-written network that failed):
         # Pyro's trace re-raised it as a copy with its table of shapes appended; the original
-        original = _raised_inside_pyro(e)
+        original = raised_inside_pyro(e)
         raise original from original.__cause__
     except (ValueError, RuntimeError) as e:
         # NaN parameters can fail inside Pyro or torch (a NaN scale cannot be sampled) before
@@ -476,14 +500,6 @@ def _step(run: _Run, step: Callable, x: torch.Tensor, epoch: int) -> float:
         error.shared = not cause  # the loss was summed over the processes: all see it
         raise error
     return -loss
-
-
-def _raised_inside_pyro(error: PyroVAEError) -> PyroVAEError:
-    """The error that Pyro's trace messenger re-raised as ``error`` (``type(e)(message +
-    shapes) from e``, once a trace deep): the first in the chain of causes of our own."""
-    while isinstance(error.__cause__, PyroVAEError):
-        error = error.__cause__
-    return error
 
 
 def _kl_weight(run: _Run) -> float:
@@ -564,6 +580,8 @@ def _checkpoint_state(run: _Run, store) -> dict:
     }  # fmt: skip
     if ranks is not None:
         state["ranks"] = ranks
+    if run.config.model == "m2":
+        state["classes"] = run.vae.classes
     return state
 
 

@@ -1,0 +1,214 @@
+"""The semi-supervised VAE (M2): its bound against the sum over labels written out, the
+label's estimators against the exact gradient, the relaxed bound and the auxiliary loss term by
+term, the class-balanced draw of labels, and training, resuming and evaluating a run."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import TrainConfig, evaluate, fit, load_run
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.m2 import (
+    LABEL_ESTIMATORS,
+    SemiSupervisedVAE,
+    aux_scale,
+    draw_labelled,
+    label_elbo,
+)
+
+D, Z, C = 12, 3, 3
+
+
+def _setup(estimator="enumerate", aux=0.0, batch=6, label_weight=1.0):
+    """A small M2 and a batch of ``batch`` images, the first ones labelled. The images are drawn
+    apart from the networks (an nn baseline draws weights too), the same for every estimator;
+    ``label_weight`` scales the decoder's weights of the label, to make the label matter."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = SemiSupervisedVAE(D, Z, (8,), "tanh", classes=C, estimator=estimator, aux_scale=aux)
+    with torch.no_grad():
+        vae.decoder.body[0].weight[:, Z:] *= label_weight
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, D, generator=generator).bernoulli(generator=generator)
+    y = torch.full((batch,), -1)
+    y[: batch // 6 + 1] = torch.arange(batch // 6 + 1) % C
+    if batch == 6:
+        y = torch.tensor([1, -1, 0, -1, -1, 2])
+    return vae, x, y
+
+
+def _bound(vae, x, label, z, loc, scale):
+    """``log p(x|y, z) + log p(y) + log p(z) - log q(z|x, y)`` for one-hot ``label``."""
+    log_lik = vae.likelihood_distribution(torch.cat([z, label], -1)).log_prob(x)
+    log_pz = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_qz = dist.Normal(loc, scale).log_prob(z).sum(-1)
+    return log_lik - math.log(C) + log_pz - log_qz
+
+
+def _enumerated_by_hand(vae, x, y):
+    """The batch's ELBO as Kingma et al. write it: ``sum_l L(x, y) + sum_u [sum_y q(y|x)
+    L(x, y) + H(q(y|x))]``, with ``z`` drawn as the guide draws it, for every label at once."""
+    labels = torch.eye(C)[:, None, :].expand(C, len(x), C)  # (C, B, C)
+    loc, scale = vae.encoder(torch.cat([x.expand(C, *x.shape), labels], -1))
+    z = dist.Normal(loc, scale).rsample()  # (C, B, Z): the guide's one draw
+    bounds = _bound(vae, x, labels, z, loc, scale)  # (C, B)
+    log_q = F.log_softmax(vae.classifier(x)[0], -1)  # (B, C)
+    unlabelled = (log_q.exp() * (bounds.T - log_q)).sum(-1)
+    labelled = bounds.T.gather(1, y.clamp(min=0)[:, None])[:, 0]
+    return torch.where(y >= 0, labelled, unlabelled).sum()
+
+
+def test_the_enumerated_bound_is_the_sum_over_labels_written_out():
+    vae, x, y = _setup()
+    pyro.set_rng_seed(3)
+    loss = label_elbo("enumerate").loss(vae.model, vae.guide, x, y)
+    with torch.no_grad():
+        pyro.set_rng_seed(3)
+        expected = _enumerated_by_hand(vae, x, y).item()
+    # float32 sums of ~10 terms of ~10 nats: a few ulps of 100 nats
+    assert loss == pytest.approx(-expected, rel=1e-5)
+    # a labelled image's bound is its label's alone: changing the label changes the loss
+    pyro.set_rng_seed(3)
+    other = label_elbo("enumerate").loss(
+        vae.model, vae.guide, x, torch.tensor([2, -1, 0, -1, -1, 2])
+    )
+    assert other != pytest.approx(loss, rel=1e-6)
+
+
+def test_the_auxiliary_loss_adds_the_weighted_log_q_of_the_labelled_images():
+    vae, x, y = _setup(aux=7.0)
+    pyro.set_rng_seed(5)
+    with_aux = label_elbo("enumerate").loss(vae.model, vae.guide, x, y)
+    vae.aux_scale = 0.0
+    pyro.set_rng_seed(5)
+    without = label_elbo("enumerate").loss(vae.model, vae.guide, x, y)
+    with torch.no_grad():
+        log_q = F.log_softmax(vae.classifier(x)[0], -1)
+        labelled = (y >= 0).nonzero()[:, 0]
+        term = log_q[labelled, y[labelled]].sum().item()
+    assert with_aux - without == pytest.approx(-7.0 * term, rel=1e-4)
+    assert aux_scale(0.1, 50_000, 100) == pytest.approx(50.0)  # Kingma et al.'s alpha = 0.1 N
+    assert aux_scale(2.76, 50_000, 3000) == pytest.approx(46.0)  # Pyro's tutorial's scale
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_the_relaxed_bound_is_the_relaxed_draw_and_the_closed_form_kl(straight_through):
+    estimator = "straight-through" if straight_through else "gumbel"
+    vae, x, y = _setup(estimator)
+    elbo = label_elbo(estimator, temperature=0.7)
+    pyro.set_rng_seed(11)
+    loss = elbo.loss(vae.model, vae.guide, x, y)
+    with torch.no_grad():
+        pyro.set_rng_seed(11)
+        logits = vae.label_logits(x, y)  # the point mass at an observed label
+        cls = (dist.RelaxedOneHotCategoricalStraightThrough if straight_through
+               else dist.RelaxedOneHotCategorical)  # fmt: skip
+        label = cls(torch.tensor(0.7), logits=logits).rsample()
+        loc, scale = vae.encoder(torch.cat([x, label], -1))
+        z = dist.Normal(loc, scale).rsample()
+        log_q = F.log_softmax(logits, -1)
+        kl = (log_q.exp() * (log_q + math.log(C))).sum(-1)  # KL(q(y|x) || uniform)
+        expected = (_bound(vae, x, label, z, loc, scale) + math.log(C) - kl).sum().item()
+    assert loss == pytest.approx(-expected, rel=1e-5)
+    # an observed label's relaxation is its one-hot vector: exp(-1e4) is zero in float32
+    assert torch.equal(label[y >= 0], F.one_hot(y[y >= 0], C).float())
+
+
+def _classifier_gradients(estimator, draws, seed=0):
+    vae, x, y = _setup(estimator, batch=48, label_weight=10.0)
+    elbo = label_elbo(estimator)
+    pyro.set_rng_seed(seed)
+    grads = []
+    for _ in range(draws):
+        elbo.loss_and_grads(vae.model, vae.guide, x, y)
+        grads.append(vae.classifier.loc.bias.grad.clone())
+        for p in vae.parameters():
+            p.grad = None
+    return torch.stack(grads).double()  # (draws, C): of minus the ELBO
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "reinforce-baseline", "reinforce-nn-baseline"])
+def test_the_score_function_estimators_of_the_label_are_unbiased(estimator):
+    # the classifier's output bias: its gradient comes through the 40 unlabelled images' label
+    # alone (a decoder that heeds the label makes it large); the exact sum over labels, noisy
+    # in z only, is the reference
+    exact = _classifier_gradients("enumerate", 200, seed=1)
+    sampled = _classifier_gradients(estimator, 1000, seed=2)
+    diff = sampled.mean(0) - exact.mean(0)
+    se = (sampled.var(0) / len(sampled) + exact.var(0) / len(exact)).sqrt()
+    assert (diff.abs() < 5 * se).all(), (diff, se)
+    # the power to see a bias: an estimator that lost its score term (whose mean would be 0)
+    # would be far outside 5 standard errors
+    assert (exact.mean(0).abs() > 5 * se).any(), (exact.mean(0), se)
+
+
+def test_draw_labelled_is_class_balanced_seeded_and_refuses_what_it_cannot_draw():
+    labels = torch.arange(10).repeat(30)  # 30 images a class
+    drawn = draw_labelled(labels, 25, seed=4, classes=10)
+    kept = drawn[drawn >= 0]
+    assert len(kept) == 25 and torch.equal(kept, labels[drawn >= 0])
+    counts = torch.bincount(kept, minlength=10)
+    assert counts.min() == 2 and counts.max() == 3
+    assert torch.equal(drawn, draw_labelled(labels, 25, seed=4, classes=10))
+    assert not torch.equal(drawn, draw_labelled(labels, 25, seed=5, classes=10))
+    with pytest.raises(DataError, match="more than the 300 training images"):
+        draw_labelled(labels, 301, 0, 10)
+    with pytest.raises(DataError, match="without a labelled image"):
+        draw_labelled(labels, 9, 0, 10)
+    with pytest.raises(DataError, match="class '3' has 0"):
+        draw_labelled(labels[labels != 3], 20, 0, 10)
+
+
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        (dict(model="m2"), "needs --labels"),
+        (dict(labels=100), "add --model m2"),
+        (dict(aux_loss=0.1), "add --model m2"),
+        (dict(model="m2", labels=100, estimator="disarm"), "not one for M2's label"),
+        (dict(model="m2", labels=100, arch="conv"), "arch 'mlp'"),
+        (dict(model="m2", labels=100, aux_loss=float("nan")), "alpha must be"),
+        (dict(model="m2", labels=100, kl_weight=2.0), "kl_weight"),
+        (dict(model="m2", labels=100, temperature=0.5), "relaxed estimators"),
+    ],
+)
+def test_settings_that_m2_cannot_take_are_refused_in_one_line(settings, words):
+    with pytest.raises(ConfigError, match=words) as caught:
+        TrainConfig(**settings).validate()
+    assert "\n" not in str(caught.value)
+
+
+def test_every_label_estimator_takes_a_training_step():
+    for estimator in LABEL_ESTIMATORS:
+        vae, x, y = _setup(estimator)
+        loss = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+                              label_elbo(estimator)).step(x, y)  # fmt: skip
+        assert math.isfinite(loss)
+
+
+M2_RUN = dict(model="m2", dataset="mnist-sample", labels=100, aux_loss=0.1, train_size=2000,
+              latent_dim=10, hidden_sizes=(200,), batch_size=100, epochs=2, seed=3)  # fmt: skip
+
+
+def test_an_m2_run_learns_to_classify_resumes_bit_for_bit_and_loads(tmp_path):
+    config = TrainConfig(**M2_RUN)
+    whole = fit(config, tmp_path / "whole")
+    assert all("valid_accuracy" in row for row in whole.history)
+    fit(TrainConfig(**{**M2_RUN, "epochs": 1}), tmp_path / "half")
+    resumed = fit(config, tmp_path / "half", resume=True)
+    for a, b in zip(
+        whole.vae.state_dict().values(), resumed.vae.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    loaded = load_run(tmp_path / "whole")
+    assert isinstance(loaded.vae, SemiSupervisedVAE) and loaded.vae.classes == 10
+    scores = evaluate(loaded.vae, whole.test_images[:500], 5, labels=whole.test_labels[:500])
+    # 100 labels, 2 epochs of 2000 images: well above chance (0.1) already
+    assert scores.accuracy > 0.4
+    assert scores.label_kl > 0 and scores.kl > scores.label_kl
+    plain = evaluate(loaded.vae, whole.test_images[:50], 5)
+    assert plain.accuracy is None
