@@ -31,6 +31,7 @@ from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.data import BatchLoader, mean_image
 from pyro_vae.distributed import rank_seed
 from pyro_vae.isolation import get_rng_state, isolated, reseed, set_rng_state
+from pyro_vae.m2 import aux_scale, label_elbo, run_labels
 from pyro_vae.objectives import make_elbo
 from pyro_vae.train import TrainConfig, build_vae, make_optimizer, run_images
 
@@ -59,6 +60,9 @@ CASES = {
     "disarm": ["--latent", "bernoulli", "--estimator", "disarm"],
     "vimco": ["--latent", "bernoulli", "--estimator", "vimco", "-K", "3"],
     "categorical-gumbel": ["--latent", "categorical", "--categories", "3"],
+    # M2: each slice's labels go with its images; the label enumerated, and relaxed
+    "m2-enumerate": ["--model", "m2", "--labels", "30", "--aux-loss", "0.5"],
+    "m2-gumbel": ["--model", "m2", "--labels", "30", "--estimator", "gumbel"],
 }
 
 
@@ -94,7 +98,10 @@ def _reference(config: TrainConfig, world: int) -> tuple[dict, dict]:
     config = config.resolved()  # as fit resolves it
     with isolated(config.seed) as store:
         images = run_images(config)
-        vae = build_vae(config, images.data.image_shape)
+        labels, classes = run_labels(config, images)  # M2's; None for the VAE
+        vae = build_vae(config, images.data.image_shape, classes)
+        if classes is not None:
+            vae.aux_scale = aux_scale(config.aux_loss, len(images.train), config.labels)
         vae.init_output_bias(mean_image(images.train))
         streams, baselines = [get_rng_state()], [{} for _ in range(world)]
         for rank in range(1, world):
@@ -103,10 +110,13 @@ def _reference(config: TrainConfig, world: int) -> tuple[dict, dict]:
         optim = make_optimizer(config)
         # one ELBO per slice, as each process has its own: a JIT ELBO compiles (and draws)
         # on its first call
-        elbos = [make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
+        elbos = [label_elbo(config.estimator, config.temperature) if classes else
+                 make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
                  for _ in range(world)]  # fmt: skip
-        loader = BatchLoader(images.train, B * world, config.binarize, config.seed, True, True)
-        for x in loader.epoch(0):
+        loader = BatchLoader(images.train, B * world, config.binarize, config.seed, True, True,
+                             labels)  # fmt: skip
+        for batch in loader.epoch(0):
+            x, *ys = batch if isinstance(batch, tuple) else (batch,)
             with poutine.trace(param_only=True) as capture:
                 for rank in range(world):
                     set_rng_state(streams[rank])
@@ -115,7 +125,10 @@ def _reference(config: TrainConfig, world: int) -> tuple[dict, dict]:
                         del store[name]
                     for name, value in baselines[rank].items():
                         store[name] = value
-                    elbos[rank].loss_and_grads(vae.model, vae.guide, x[rank * B : (rank + 1) * B])
+                    mine = slice(rank * B, (rank + 1) * B)
+                    elbos[rank].loss_and_grads(
+                        vae.model, vae.guide, x[mine], *[y[mine] for y in ys]
+                    )
                     streams[rank] = get_rng_state()
                     baselines[rank] = {k: store[k] for k in store.keys() if k.startswith("__")}
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
@@ -166,7 +179,7 @@ def test_two_processes_equal_one_on_the_global_batch(two_process_runs, case):
     expected, moments = reference(config)
     with isolated(config.seed):  # the weights training starts from
         images = run_images(config)
-        vae = build_vae(config, images.data.image_shape)
+        vae = build_vae(config, images.data.image_shape, run_labels(config, images)[1])
         vae.init_output_bias(mean_image(images.train))
         initial = vae.state_dict()
     assert state["model"].keys() == expected.keys() == initial.keys()

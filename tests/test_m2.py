@@ -2,13 +2,20 @@
 label's estimators against the exact gradient, the relaxed bound and the auxiliary loss term by
 term, the class-balanced draw of labels, and training, resuming and evaluating a run."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pyro_vae import TrainConfig, evaluate, fit, load_run
 from pyro_vae.errors import ConfigError, DataError
@@ -212,3 +219,53 @@ def test_an_m2_run_learns_to_classify_resumes_bit_for_bit_and_loads(tmp_path):
     assert scores.label_kl > 0 and scores.kl > scores.label_kl
     plain = evaluate(loaded.vae, whole.test_images[:50], 5)
     assert plain.accuracy is None
+
+
+def _cli(*args):
+    env = {**os.environ, "PYRO_VAE_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pyro_vae", *map(str, args)],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+
+
+QUICK = ["--epochs", "1", "--hidden-sizes", "16", "--latent-dim", "2", "--no-plots",
+         "--eval-images", "20", "--eval-particles", "2", "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--dataset", "mnist-sample", "--train-size", "300", "--labels", "301"],
+         "--labels 301 is more than the 300 training images"),
+        (["--dataset", "mnist-sample", "--labels", "5"], "leaves a class without a labelled"),
+        (["--dataset", "frey-faces", "--labels", "10"], "has no labels"),
+    ],
+)  # fmt: skip
+def test_labels_the_data_cannot_give_are_one_line_and_write_nothing(tmp_path, flags, words):
+    if (
+        "frey-faces" in flags
+        and not (Path(os.environ.get("PYRO_VAE_DATA_DIR", "")) / "FreyFace").exists()
+    ):
+        pytest.skip("Frey Face is not here")
+    out = tmp_path / "run"
+    done = _cli("train", "--model", "m2", *flags, *QUICK, "--out", out)
+    assert done.returncode != 0
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not out.exists()
+
+
+def test_an_image_folder_s_classes_are_m2_s_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for c, name in enumerate(("circle", "square", "wave")):
+            for i in range(count):
+                pixels = rng.integers(0, 256, (8, 6), dtype=np.uint8) // (c + 1)
+                path = tmp_path / "shapes" / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    out = tmp_path / "run"
+    done = _cli("train", "--model", "m2", "--dataset", tmp_path / "shapes", "--labels", "6",
+                "--batch-size", "8", "--likelihood", "continuous-bernoulli", *QUICK,
+                "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "evaluation.json").read_text())
+    assert 0 <= result["accuracy"] <= 1 and load_run(out).vae.classes == 3
