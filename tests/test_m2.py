@@ -69,6 +69,7 @@ def _enumerated_by_hand(vae, x, y):
     return torch.where(y >= 0, labelled, unlabelled).sum()
 
 
+@pytest.mark.numerics
 def test_the_enumerated_bound_is_the_sum_over_labels_written_out():
     vae, x, y = _setup()
     pyro.set_rng_seed(3)
@@ -76,8 +77,10 @@ def test_the_enumerated_bound_is_the_sum_over_labels_written_out():
     with torch.no_grad():
         pyro.set_rng_seed(3)
         expected = _enumerated_by_hand(vae, x, y).item()
-    # float32 sums of ~10 terms of ~10 nats: a few ulps of 100 nats
-    assert loss == pytest.approx(-expected, rel=1e-5)
+    # the same float32 terms summed in another order: about 40 terms of at most ~10 nats, each
+    # sum off by at most n u sum|terms| = 40 * 6e-8 * 400 = 1e-3 nats (Higham 2002, eq. 3.5)
+    # in the worst case, of a total near 60 nats: 2e-5 relative
+    assert loss == pytest.approx(-expected, rel=2e-5)
     # a labelled image's bound is its label's alone: changing the label changes the loss
     pyro.set_rng_seed(3)
     other = label_elbo("enumerate").loss(
@@ -86,6 +89,7 @@ def test_the_enumerated_bound_is_the_sum_over_labels_written_out():
     assert other != pytest.approx(loss, rel=1e-6)
 
 
+@pytest.mark.numerics
 def test_the_auxiliary_loss_adds_the_weighted_log_q_of_the_labelled_images():
     vae, x, y = _setup(aux=7.0)
     pyro.set_rng_seed(5)
@@ -97,11 +101,13 @@ def test_the_auxiliary_loss_adds_the_weighted_log_q_of_the_labelled_images():
         log_q = F.log_softmax(vae.classifier(x)[0], -1)
         labelled = (y >= 0).nonzero()[:, 0]
         term = log_q[labelled, y[labelled]].sum().item()
-    assert with_aux - without == pytest.approx(-7.0 * term, rel=1e-4)
+    # two totals near 60 nats, each within 1e-3 nats (as above), differ by 7 |sum log q| ~ 20
+    assert with_aux - without == pytest.approx(-7.0 * term, abs=2e-3)
     assert aux_scale(0.1, 50_000, 100) == pytest.approx(50.0)  # Kingma et al.'s alpha = 0.1 N
     assert aux_scale(2.76, 50_000, 3000) == pytest.approx(46.0)  # Pyro's tutorial's scale
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("straight_through", [False, True])
 def test_the_relaxed_bound_is_the_relaxed_draw_and_the_closed_form_kl(straight_through):
     estimator = "straight-through" if straight_through else "gumbel"
@@ -120,7 +126,7 @@ def test_the_relaxed_bound_is_the_relaxed_draw_and_the_closed_form_kl(straight_t
         log_q = F.log_softmax(logits, -1)
         kl = (log_q.exp() * (log_q + math.log(C))).sum(-1)  # KL(q(y|x) || uniform)
         expected = (_bound(vae, x, label, z, loc, scale) + math.log(C) - kl).sum().item()
-    assert loss == pytest.approx(-expected, rel=1e-5)
+    assert loss == pytest.approx(-expected, rel=2e-5)  # the sum's rounding, as above
     # an observed label's relaxation is its one-hot vector: exp(-1e4) is zero in float32
     assert torch.equal(label[y >= 0], F.one_hot(y[y >= 0], C).float())
 
@@ -201,6 +207,7 @@ M2_RUN = dict(model="m2", dataset="mnist-sample", labels=100, aux_loss=0.1, trai
               latent_dim=10, hidden_sizes=(200,), batch_size=100, epochs=2, seed=3)  # fmt: skip
 
 
+@pytest.mark.numerics
 def test_an_m2_run_learns_to_classify_resumes_bit_for_bit_and_loads(tmp_path):
     config = TrainConfig(**M2_RUN)
     whole = fit(config, tmp_path / "whole")
