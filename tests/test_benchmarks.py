@@ -422,3 +422,51 @@ def test_the_docs_show_the_discrete_table_of_its_json(tmp_path, capsys):
     assert len(rows) == 2 * 8 + 3 and all(row in docs for row in rows)
     report = json.loads(recorded.read_text())
     assert all(run["history"][-1]["step"] == 80000 for run in report["runs"])
+
+
+def test_the_m2_table_quick_run_trains_every_row_and_keeps_finished_runs(tmp_path, capsys):
+    import m2_table
+
+    argv = ["--quick", "--out", str(tmp_path), "--labels", "100", "--draws", "1", "--epochs", "1"]
+    report = m2_table.main(argv)
+    assert sorted(r["row"] for r in report["results"]) == sorted(r[0] for r in m2_table.ROWS)
+    for result in report["results"]:
+        assert 0 <= result["test_accuracy"] <= 1 and result["ms_per_step"] > 0
+        # 1500 images, batches of 200: the baselines drop the last, smaller one
+        steps = 7 if result["estimator"] == "reinforce-nn-baseline" else 8
+        assert len(result["valid_accuracy"]) == 1 and result["steps"] == steps
+    assert len(report["classifier"]["100"]) == 1
+    assert (tmp_path / "m2_table.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(m2_table.ROWS) + 1  # the head, the rows, the classifier
+    metrics = tmp_path / "runs" / "sampled-100-0" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    m2_table.main(argv)
+    assert metrics.stat().st_mtime_ns == before  # a finished run is not trained again
+
+
+def test_the_m2_tables_runs_are_the_tutorials_settings():
+    """Every full-size run's flags make a valid config of the tutorial's model, its auxiliary
+    loss the tutorial's scale of 46."""
+    import argparse
+
+    import m2_table
+
+    from pyro_vae.cli import build_parser
+    from pyro_vae.config import TrainConfig, given_settings
+    from pyro_vae.m2 import aux_scale
+
+    args = argparse.Namespace(quick=False, epochs=5, data_dir=None)
+    runs = m2_table.runs(False, 2, m2_table.LABELS)
+    assert len(runs) == 2 * 4 * len(m2_table.ROWS) == len({run["name"] for run in runs})
+    for run in runs:
+        command = m2_table.train_command(run, args, Path("out"))
+        parsed = build_parser().parse_args(command[command.index("train") :])
+        config = TrainConfig(**given_settings(parsed)).resolved()
+        config.validate(here=False)
+        assert (config.model, config.latent_dim, config.hidden_sizes, config.batch_size) == (
+            "m2", 50, (500,), 200)  # fmt: skip
+        assert config.estimator == run["estimator"] and config.labels == run["labels"]
+        assert round(config.valid_fraction * 60_000) == 10_000
+        scale = aux_scale(config.aux_loss, 50_000, config.labels)
+        assert scale == (pytest.approx(46.0) if run["aux"] else 0.0)
