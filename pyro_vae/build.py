@@ -57,10 +57,12 @@ def _vae(config: TrainConfig, image_shape: Sequence[int], classes: int | None = 
     if config.model == "m2":
         if classes is None:
             raise ConfigError("an M2 model is built for a number of classes: give classes")
+        conv = config.arch == "conv"
         return SemiSupervisedVAE(
-            math.prod(image_shape), config.latent_dim, config.hidden_sizes, config.activation,
-            config.likelihood, config.estimator, config.baseline_beta, classes=classes,
-            checked=True,
+            None if conv else math.prod(image_shape), config.latent_dim, config.hidden_sizes,
+            config.activation, config.likelihood, config.estimator, config.baseline_beta,
+            classes=classes, image_shape=image_shape if conv else None, arch=config.arch,
+            conv_channels=config.conv_channels, checked=True,
         )  # fmt: skip
     return VAE(
         image_shape[0] if flat else None,

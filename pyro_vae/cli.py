@@ -165,9 +165,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 0
         last = result.history[-1]
         which, score = held_out_elbo(last)
+        right = last.get(f"{which[:5]}_accuracy")  # an M2 run's classifier
+        shown = "" if right is None else f", {which} accuracy {right:.4f}"
         print(
             f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}, "
-            f"{which} ELBO {score:.2f} nats/image, {last['seconds']:.0f} s of training"
+            f"{which} ELBO {score:.2f} nats/image{shown}, {last['seconds']:.0f} s of training"
         )
         _evaluate_and_report(
             result.vae,
@@ -216,6 +218,9 @@ def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, P
         distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir))
         saved = distributed.from_main(world, lambda: TrainConfig.from_dict(
             load_checkpoint(run_dir / CHECKPOINT_FILE)["config"]))  # fmt: skip
+        if given.get("model", saved.model) != saved.model:  # before its settings are checked
+            raise CheckpointError(f"{run_dir} is a run of model {saved.model!r}; resume it "
+                                  "without --model, or start a new run folder")  # fmt: skip
         config = dataclasses.replace(saved, **given)
     else:
         config = TrainConfig(**given)

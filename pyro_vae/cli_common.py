@@ -24,6 +24,7 @@ from pyro_vae.data import (
 )
 from pyro_vae.errors import CheckpointError, ConfigError, OutputError
 from pyro_vae.evaluate import evaluate
+from pyro_vae.m2 import SemiSupervisedVAE
 from pyro_vae.plots import (
     class_by_style_figure,
     codes_figure,
@@ -180,7 +181,8 @@ def _evaluate_and_report(
     labels=None,
 ) -> dict:
     images = test[:num_images] if num_images else test
-    labels = labels[: len(images)] if labels is not None else None  # M2's accuracy
+    m2 = isinstance(vae, SemiSupervisedVAE)  # the test labels score its classifier
+    labels = labels[: len(images)] if labels is not None and m2 else None
     started = time.perf_counter()
     scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress,
                       labels=labels)  # fmt: skip

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from pyro_vae.data import check_support
 from pyro_vae.errors import ConfigError, DataError, NumericalError
 from pyro_vae.isolation import check_seed, isolated
-from pyro_vae.m2 import SemiSupervisedVAE, accuracy
+from pyro_vae.labels import accuracy, check_labels
+from pyro_vae.m2 import SemiSupervisedVAE
 from pyro_vae.model import VAE
 
 __all__ = [
@@ -332,13 +333,15 @@ def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _accuracy(vae: VAE, images: torch.Tensor, labels) -> float | None:
-    if labels is None or not isinstance(vae, SemiSupervisedVAE):
+    if labels is None:
         return None
-    labels = torch.as_tensor(labels)
-    if labels.shape != images.shape[:1] or labels.is_floating_point():
-        raise DataError(f"labels must be {len(images)} class indices, one an image, got "
-                        f"{labels.dtype} {tuple(labels.shape)}")  # fmt: skip
-    return accuracy(vae, images, labels)
+    if not isinstance(vae, SemiSupervisedVAE):
+        raise ConfigError("labels are for an M2 model's accuracy; this VAE has no classifier")
+    labels = check_labels(labels, len(images), "the labels")
+    if len(labels) and int(labels.max()) >= vae.classes:
+        raise DataError(f"the labels go up to {int(labels.max())}; the model has "
+                        f"{vae.classes} classes")  # fmt: skip
+    return accuracy(vae, images, labels.to(images.device))
 
 
 def evaluate(

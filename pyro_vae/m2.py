@@ -56,7 +56,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.infer as infer
@@ -65,14 +64,25 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import is_validation_enabled
+from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_vae.checks import is_real, is_whole, require_choice, require_whole
+from pyro_vae.checks import is_real, require_choice, require_whole
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.estimators import RELAXED, baseline_options
 from pyro_vae.isolation import check_seed
+from pyro_vae.labels import check_classes
 from pyro_vae.model import VAE
-from pyro_vae.networks import Baseline, Decoder, Encoder
+from pyro_vae.networks import (
+    MIN_ENCODER_SCALE,
+    Baseline,
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+    mlp,
+)
 from pyro_vae.traces import sample_sites
 
 __all__ = [
@@ -80,13 +90,9 @@ __all__ = [
     "MODELS",
     "RelaxedLabelELBO",
     "SemiSupervisedVAE",
-    "accuracy",
     "aux_scale",
     "check_aux_loss",
-    "draw_labelled",
     "label_elbo",
-    "run_labels",
-    "score_labels",
 ]
 
 #: the estimators of M2's label, which is a categorical latent where it is not observed
@@ -96,8 +102,6 @@ LABEL_ESTIMATORS = (
 )  # fmt: skip
 #: the models ``--model`` chooses: the VAE, and M2
 MODELS = ("vae", "m2")
-#: the class index of an unlabelled image
-UNLABELLED = -1
 # the logits of the point mass at an observed label, at the other labels: exp(-1e4) is 0 in
 # float32 (and float64), so they weigh nothing, while the logits stay finite (no 0 * inf)
 _ELSEWHERE = -1e4
@@ -110,11 +114,39 @@ def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a.expand(*shape, a.shape[-1]), b.expand(*shape, b.shape[-1])], dim=-1)
 
 
+class LabelledEncoder(Encoder):
+    """``q(z|x, y)`` for flat images: the MLP of :class:`pyro_vae.networks.Encoder` on
+    ``[x, onehot(y)]``."""
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return super().forward(_joined(x, label))
+
+
+class LabelledConvEncoder(ConvEncoder):
+    """``q(z|x, y)`` for images ``(B, C, H, W)``: :class:`pyro_vae.networks.ConvEncoder`'s
+    convolutions see ``x`` alone, once; the label joins their features before the dense
+    layers (so an enumerated label costs the dense layers ``C`` times, not the convolutions)."""
+
+    def __init__(self, image_shape, latent_dim, classes, conv_channels, hidden_sizes, activation):
+        super().__init__(image_shape, latent_dim, conv_channels, hidden_sizes, activation)
+        flat = self.body[0].in_features if hidden_sizes else self.loc.in_features
+        self.body = mlp([flat + classes, *hidden_sizes], activation)
+        width = hidden_sizes[-1] if hidden_sizes else flat + classes
+        self.loc = nn.Linear(width, latent_dim)
+        self.raw_scale = nn.Linear(width, latent_dim)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.body(_joined(self.convs(x).flatten(1), label))  # (..., B, H')
+        return self.loc(h), F.softplus(self.raw_scale(h)) + MIN_ENCODER_SCALE
+
+
 class SemiSupervisedVAE(VAE):
     """M2: the model ``p(y) p(z) p(x|y, z)`` and guide ``q(y|x) q(z|x, y)`` (see the module
-    docstring), with MLP networks: the classifier ``x -> logits``, the encoder
-    ``[x, onehot(y)] -> (loc, scale)`` and the decoder ``[z, onehot(y)] ->`` the likelihood's
-    parameters, each with ``hidden_sizes`` (the decoder's mirrored).
+    docstring), with MLP or conv networks: the classifier ``x -> logits``, the encoder
+    ``(x, onehot(y)) -> (loc, scale)`` and the decoder ``[z, onehot(y)] ->`` the likelihood's
+    parameters, each with ``hidden_sizes`` (the decoder's mirrored); for conv, stride-2
+    convolutions of ``conv_channels`` before the dense layers (the label joins the encoder's
+    after its convolutions) and transposed ones after the decoder's.
 
     :param classes: ``C``, the number of classes.
     :param estimator: the label's gradient estimator, one of :data:`LABEL_ESTIMATORS`.
@@ -139,27 +171,50 @@ class SemiSupervisedVAE(VAE):
         *,
         classes: int = 10,
         image_shape: Sequence[int] | None = None,
+        arch: str = "mlp",
+        conv_channels: Sequence[int] = (32, 64),
         aux_scale: float = 0.0,
         checked: bool = False,
     ) -> None:
         if not checked:
-            _check_classes(classes)
+            check_classes(classes)
             check_label_estimator(estimator)
             if not (is_real(aux_scale) and math.isfinite(aux_scale) and aux_scale >= 0):
                 raise ConfigError(f"aux_scale must be a number >= 0, got {aux_scale!r}")
         self.classes = int(classes)  # read by _built_in, which VAE.__init__ calls
+        if arch not in ("mlp", "conv"):
+            raise ConfigError(f"an M2 model has mlp or conv networks, not {arch!r}")
         super().__init__(data_dim, latent_dim, hidden_sizes, activation, likelihood, "reparam",
-                         baseline_beta, image_shape=image_shape, checked=checked)  # fmt: skip
+                         baseline_beta, image_shape=image_shape, arch=arch,
+                         conv_channels=conv_channels, checked=checked)  # fmt: skip
         self.estimator = estimator  # the label's; z is reparameterized
         self.aux_scale = float(aux_scale)
-        self.classifier = Encoder(self.data_dim, self.classes, hidden_sizes, activation, 0)
+        if arch == "conv":
+            self.classifier = ConvEncoder(self.image_shape, self.classes, conv_channels,
+                                          hidden_sizes, activation, 0)  # fmt: skip
+        else:
+            self.classifier = Encoder(self.data_dim, self.classes, hidden_sizes, activation, 0)
         if estimator == "reinforce-nn-baseline":
-            self.baseline = Baseline(self.data_dim)
+            self.baseline = Baseline(self.data_dim, event_dims=len(self.event_shape))
 
     def _built_in(self, arch, hidden_sizes, conv_channels, activation):
         c, z = self.classes, self.latent_dim
+        if arch == "conv":
+            return (
+                LabelledConvEncoder(
+                    self.image_shape, z, c, conv_channels, hidden_sizes, activation
+                ),  # fmt: skip
+                ConvDecoder(
+                    self.image_shape,
+                    z + c,
+                    conv_channels,
+                    hidden_sizes,
+                    activation,
+                    self.likelihood,
+                ),  # fmt: skip
+            )
         return (
-            Encoder(self.data_dim + c, z, hidden_sizes, activation),
+            LabelledEncoder(self.data_dim + c, z, hidden_sizes, activation),
             Decoder(self.data_dim, z + c, hidden_sizes, activation, self.likelihood),
         )
 
@@ -170,6 +225,7 @@ class SemiSupervisedVAE(VAE):
         auxiliary loss, also the labelled images' weighted ``log q(y|x)``."""
         pyro.module("decoder", self.decoder)
         batch = x.shape[0]
+        self._check_batch_labels(x, y)
         with pyro.plate("data", batch):
             z = pyro.sample("z", self.prior.batch_distribution((batch,), self.encoder))
             uniform = x.new_zeros(batch, self.classes)
@@ -186,14 +242,29 @@ class SemiSupervisedVAE(VAE):
         one."""
         pyro.module("encoder", self.encoder)
         pyro.module("classifier", self.classifier)
+        self._check_batch_labels(x, y)
         if self.baseline is not None:
             pyro.module("baseline", self.baseline)
         with pyro.plate("data", x.shape[0]):
             logits = self.label_logits(x, y)
             label = pyro.sample("y", dist.OneHotCategorical(logits=logits),
                                 infer=self._label_options(x))  # fmt: skip
-            loc, scale = self._run("encoder", _joined(x, label))
+            loc, scale = self.encoder(x, label)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def _check_batch_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """While Pyro validates (not in training, where it is off): ``y`` holds a class index
+        or ``-1`` for each image."""
+        if y is None or not is_validation_enabled():
+            return
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+            raise DataError(f"M2's labels are whole class indices (-1: unlabelled), got {y!r}")
+        if tuple(y.shape) != (x.shape[0],):
+            raise DataError(f"M2 takes one label an image: {x.shape[0]} images, labels of "
+                            f"shape {tuple(y.shape)}")  # fmt: skip
+        if len(y) and (int(y.min()) < -1 or int(y.max()) >= self.classes):
+            raise DataError(f"M2's labels are -1 (unlabelled) or 0..{self.classes - 1}, got "
+                            f"{int(y.min())}..{int(y.max())}")  # fmt: skip
 
     def _label_options(self, x: torch.Tensor) -> dict:
         if self.estimator == "enumerate":
@@ -224,7 +295,7 @@ class SemiSupervisedVAE(VAE):
         """``q(z|x, y)``'s ``(loc, scale)``, at the classifier's class where ``y`` is not
         given."""
         y = self.classify(x) if y is None else y
-        return self._run("encoder", _joined(x, self._onehot(y, x)))
+        return self.encoder(x, self._onehot(y, x))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -262,7 +333,7 @@ class SemiSupervisedVAE(VAE):
         check)."""
         logits = self._run("classifier", x)[0]
         y = self._onehot(logits.argmax(-1), x)
-        loc, scale = self._run("encoder", _joined(x, y))
+        loc, scale = self.encoder(x, y)
         return [logits, loc, scale, *self._run("decoder", _joined(loc, y))]
 
     @torch.no_grad()
@@ -272,17 +343,12 @@ class SemiSupervisedVAE(VAE):
         logits = self._run("classifier", x)[0]
         q_y = dist.OneHotCategorical(logits=logits)
         y = q_y.sample()
-        loc, scale = self._run("encoder", _joined(x, y))
+        loc, scale = self.encoder(x, y)
         z = loc + scale * torch.randn_like(scale)
         recon = self.likelihood_distribution(_joined(z, y)).log_prob(x)
         kl_z = 0.5 * (loc.square() + scale.square() - 1) - scale.log()
         uniform = dist.OneHotCategorical(logits=torch.zeros_like(logits))
         return loc, recon, kl_z, kl_divergence(q_y, uniform)
-
-
-def _check_classes(classes) -> None:
-    if not (is_whole(classes) and classes >= 2):
-        raise ConfigError(f"an M2 model needs 2 or more classes, got {classes!r}")
 
 
 def check_label_estimator(estimator) -> None:
@@ -306,18 +372,22 @@ def check_m2_settings(config) -> None:
     given to the plain VAE."""
     require_choice(config.model, "model", MODELS)
     if config.model == "vae":
-        for name, flag, unset in (("labels", "--labels", None), ("aux_loss", "--aux-loss", 0)):
+        for name, flag, unset in (("labels", "--labels", None), ("aux_loss", "--aux-loss", 0),
+                                  ("label_seed", "--label-seed", 0)):  # fmt: skip
             if getattr(config, name) != unset:
                 raise ConfigError(f"{flag} is for the semi-supervised model: add --model m2")
         return
     check_label_estimator(config.estimator)
+    if config.arch == "custom":
+        raise ConfigError("model m2 builds its own networks (--arch mlp or conv), not "
+                          "hand-written ones")  # fmt: skip
     if config.labels is None:
         raise ConfigError("model m2 needs --labels N: how many training images keep their label")
     require_whole(config.labels, "labels")
     check_seed(config.label_seed, "label_seed")
     check_aux_loss(config.aux_loss)
     clashes = {
-        "arch": (config.arch, "mlp"), "latent": (config.latent, "gaussian"),
+        "latent": (config.latent, "gaussian"),
         "prior": (config.prior, "normal"), "objective": (config.objective, "elbo"),
         "num_particles": (config.num_particles, 1), "kl_weight": (config.kl_weight, 1.0),
         "kl_warmup": (config.kl_warmup, 0), "jit": (config.jit, False),
@@ -325,8 +395,8 @@ def check_m2_settings(config) -> None:
     for name, (value, own) in clashes.items():
         if value != own:
             raise ConfigError(
-                f"model m2 takes {name} {own!r} (its Gaussian style z, MLP networks and one "
-                f"draw a step), not {value!r}"
+                f"model m2 takes {name} {own!r} (its Gaussian style z and one draw a step), "
+                f"not {value!r}"
             )
 
 
@@ -335,90 +405,6 @@ def aux_scale(alpha: float, num_train: int, num_labelled: int) -> float:
     times the mean over the ``N_l`` labelled images, ``ALPHA * N / N_l``, beside the ELBO's sum
     over the ``N`` training images (their code's ``beta = alpha * n_tot / n_labeled``)."""
     return float(alpha) * num_train / num_labelled if alpha else 0.0
-
-
-# -- labels --------------------------------------------------------------------------------
-
-
-def draw_labelled(
-    labels: torch.Tensor, count: int, seed: int, classes: int, names: Sequence[str] | None = None
-) -> torch.Tensor:
-    """The training labels a semi-supervised run sees: ``count`` images keep their label,
-    class-balanced (``count // C`` a class, one more for ``count % C`` classes chosen at
-    random), drawn with ``seed``; the others get ``-1``.
-
-    :raises DataError: more labels than images, fewer than one a class, or a class with too
-        few images.
-    """
-    n = len(labels)
-    if count > n:
-        raise DataError(f"--labels {count} is more than the {n} training images")
-    if count < classes:
-        raise DataError(
-            f"--labels {count} leaves a class without a labelled image: a class-balanced draw "
-            f"needs at least one a class, {classes}"
-        )
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x4D32]))
-    per_class = np.full(classes, count // classes)
-    per_class[rng.permutation(classes)[: count % classes]] += 1
-    held = labels.cpu().numpy()
-    chosen = []
-    for c in range(classes):
-        members = np.flatnonzero(held == c)
-        if len(members) < per_class[c]:
-            name = names[c] if names is not None and c < len(names) else str(c)
-            raise DataError(
-                f"class {name!r} has {len(members)} training image(s), fewer than the "
-                f"{per_class[c]} labelled ones a class-balanced draw of {count} asks for"
-            )
-        chosen.append(rng.choice(members, size=per_class[c], replace=False))
-    out = torch.full_like(labels, UNLABELLED)
-    index = torch.from_numpy(np.concatenate(chosen)).to(labels.device)
-    out[index] = labels[index]
-    return out
-
-
-def run_labels(config, images) -> tuple[torch.Tensor | None, int | None]:
-    """An M2 run's training labels (:func:`draw_labelled`: a class index where observed, else
-    ``-1``) and its number of classes, for the run's images (a
-    :class:`pyro_vae.splits.RunImages`); ``(None, None)`` for the VAE.
-
-    :raises DataError: data without labels, or labels the draw cannot make.
-    """
-    if config.model != "m2":
-        return None, None
-    data, labels = images.data, images.train_labels
-    if labels is None:
-        raise DataError(
-            f"model m2 learns from labelled images, and {data.name} has no labels (a folder "
-            "of images has them in class sub-folders)"
-        )
-    classes = len(data.class_names) if data.class_names else int(labels.max()) + 1
-    if data.test_labels is not None and len(data.test_labels):
-        classes = max(classes, int(data.test_labels.max()) + 1)
-    names = data.class_names
-    return draw_labelled(labels, config.labels, config.label_seed, classes, names), classes
-
-
-def score_labels(config, images) -> torch.Tensor | None:
-    """The labels of an M2 run's per-epoch score images (validation, else test), for the
-    classifier's accuracy; ``None`` for the VAE or images without labels."""
-    if config.model != "m2":
-        return None
-    return images.valid_labels if config.valid_fraction > 0 else images.data.test_labels
-
-
-@torch.no_grad()
-def accuracy(vae: SemiSupervisedVAE, images: torch.Tensor, labels: torch.Tensor | None):
-    """The share of ``images`` whose most probable class under ``q(y|x)`` is their label
-    (``None`` without labels)."""
-    if labels is None:
-        return None
-    right = sum(
-        (vae.classify(x) == y.to(x.device)).sum().item()
-        for x, y in zip(images.split(1000), labels.split(1000), strict=True)
-    )
-    return right / len(images)
 
 
 # -- the objectives ------------------------------------------------------------------------
@@ -516,5 +502,7 @@ def label_elbo(estimator: str, temperature: float | None = None) -> infer.ELBO:
         return infer.TraceEnum_ELBO(max_plate_nesting=1)
     if estimator in RELAXED:
         t = 1.0 if temperature is None else temperature
+        if isinstance(t, bool) or not is_real(t) or not math.isfinite(t) or t <= 0:
+            raise ConfigError(f"the temperature must be a positive number, got {t!r}")
         return RelaxedLabelELBO(t, straight_through=estimator == "straight-through")
     return infer.TraceGraph_ELBO(max_plate_nesting=1)

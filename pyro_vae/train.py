@@ -76,7 +76,8 @@ from pyro_vae.isolation import (
     reseed,
     set_rng_state,
 )
-from pyro_vae.m2 import accuracy, aux_scale, label_elbo, run_labels, score_labels
+from pyro_vae.labels import accuracy, check_same_labels, label_fingerprint, run_labels, score_labels
+from pyro_vae.m2 import aux_scale, label_elbo
 from pyro_vae.model import VAE
 from pyro_vae.objectives import kl_weight_at, make_elbo
 from pyro_vae.optim import JointOptimizer, lr_factor
@@ -319,6 +320,7 @@ def _open_run(
             raise
     train, valid, test = (t.to(config.device) for t in (images.train, images.valid, images.test))
     train_labels, classes = run_labels(config, images)  # M2's; None for the VAE
+    check_same_labels(checkpoint, train_labels, run_dir)  # a resumed M2 run's
     vae = _ready_vae(config, vae, images.data, train, run_dir, world, classes)
     loader = _loader(config, vae, train, world, train_labels)
     score = valid if config.valid_fraction > 0 else test
@@ -419,21 +421,18 @@ def _stepper(run: _Run) -> Callable[[torch.Tensor], float]:
     """One optimization step on a batch, returning its summed loss
     (:func:`pyro_vae.distributed.training_step`)."""
     config = run.config
-    if config.model == "m2":
-        elbo = label_elbo(config.estimator, config.temperature)
-    else:
-        elbo = make_elbo(
-            config.objective, config.estimator, config.num_particles, config.jit,
-            config.mcem_transitions, checked=True, temperature=config.temperature,
-        )  # fmt: skip
+    t = config.temperature
+    elbo = (label_elbo(config.estimator, t) if config.model == "m2" else
+            make_elbo(config.objective, config.estimator, config.num_particles, config.jit,
+                      config.mcem_transitions, checked=True, temperature=t))  # fmt: skip
     step = distributed.training_step(run.world, run.vae, elbo, run.optim, config.device)
     if not config.temperature_anneal:
         return step
 
-    def annealed(x: torch.Tensor) -> float:  # the relaxation's temperature at run.step
+    def annealed(x: torch.Tensor, *labels: torch.Tensor) -> float:  # the temperature at run.step
         elbo.temperature = temperature_at(config.temperature, config.temperature_anneal,
                                           config.temperature_min, run.step)  # fmt: skip
-        return step(x)
+        return step(x, *labels)
 
     annealed.close = step.close  # the step's resources (a distributed run's) go with it
     return annealed
@@ -582,6 +581,7 @@ def _checkpoint_state(run: _Run, store) -> dict:
         state["ranks"] = ranks
     if run.config.model == "m2":
         state["classes"] = run.vae.classes
+        state["label_fingerprint"] = label_fingerprint(run.loader.labels)
     return state
 
 

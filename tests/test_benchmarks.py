@@ -425,9 +425,12 @@ def test_the_docs_show_the_discrete_table_of_its_json(tmp_path, capsys):
 
 
 def test_the_m2_table_quick_run_trains_every_row_and_keeps_finished_runs(tmp_path, capsys):
+    import argparse
+
     import m2_table
 
-    argv = ["--quick", "--out", str(tmp_path), "--labels", "100", "--draws", "1", "--epochs", "1"]
+    argv = ["--quick", "--out", str(tmp_path), "--labels", "100", "--draws", "1", "--epochs", "1",
+            "--no-timing"]  # fmt: skip
     report = m2_table.main(argv)
     assert sorted(r["row"] for r in report["results"]) == sorted(r[0] for r in m2_table.ROWS)
     for result in report["results"]:
@@ -443,6 +446,8 @@ def test_the_m2_table_quick_run_trains_every_row_and_keeps_finished_runs(tmp_pat
     before = metrics.stat().st_mtime_ns
     m2_table.main(argv)
     assert metrics.stat().st_mtime_ns == before  # a finished run is not trained again
+    args = argparse.Namespace(quick=True, epochs=1, data_dir=None)
+    assert m2_table.step_time("sampled", args, tmp_path) > 0  # a second epoch, timed alone
 
 
 def test_the_m2_tables_runs_are_the_tutorials_settings():

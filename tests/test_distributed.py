@@ -31,7 +31,8 @@ from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.data import BatchLoader, mean_image
 from pyro_vae.distributed import rank_seed
 from pyro_vae.isolation import get_rng_state, isolated, reseed, set_rng_state
-from pyro_vae.m2 import aux_scale, label_elbo, run_labels
+from pyro_vae.labels import run_labels
+from pyro_vae.m2 import aux_scale, label_elbo
 from pyro_vae.objectives import make_elbo
 from pyro_vae.train import TrainConfig, build_vae, make_optimizer, run_images
 

@@ -19,28 +19,25 @@ from PIL import Image
 
 from pyro_vae import TrainConfig, evaluate, fit, load_run
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.m2 import (
-    LABEL_ESTIMATORS,
-    SemiSupervisedVAE,
-    aux_scale,
-    draw_labelled,
-    label_elbo,
-)
+from pyro_vae.labels import draw_labelled
+from pyro_vae.m2 import LABEL_ESTIMATORS, SemiSupervisedVAE, aux_scale, label_elbo
 
 D, Z, C = 12, 3, 3
 
 
-def _setup(estimator="enumerate", aux=0.0, batch=6, label_weight=1.0):
+def _setup(estimator="enumerate", aux=0.0, batch=6, label_weight=1.0, arch="mlp"):
     """A small M2 and a batch of ``batch`` images, the first ones labelled. The images are drawn
     apart from the networks (an nn baseline draws weights too), the same for every estimator;
     ``label_weight`` scales the decoder's weights of the label, to make the label matter."""
     pyro.clear_param_store()
     torch.manual_seed(0)
-    vae = SemiSupervisedVAE(D, Z, (8,), "tanh", classes=C, estimator=estimator, aux_scale=aux)
+    shape = dict(image_shape=(1, 4, 3), arch="conv", conv_channels=(2,)) if arch == "conv" else {}
+    vae = SemiSupervisedVAE(None if shape else D, Z, (8,), "tanh", classes=C,
+                            estimator=estimator, aux_scale=aux, **shape)  # fmt: skip
     with torch.no_grad():
         vae.decoder.body[0].weight[:, Z:] *= label_weight
     generator = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, D, generator=generator).bernoulli(generator=generator)
+    x = torch.rand(batch, *vae.event_shape, generator=generator).bernoulli(generator=generator)
     y = torch.full((batch,), -1)
     y[: batch // 6 + 1] = torch.arange(batch // 6 + 1) % C
     if batch == 6:
@@ -60,7 +57,7 @@ def _enumerated_by_hand(vae, x, y):
     """The batch's ELBO as Kingma et al. write it: ``sum_l L(x, y) + sum_u [sum_y q(y|x)
     L(x, y) + H(q(y|x))]``, with ``z`` drawn as the guide draws it, for every label at once."""
     labels = torch.eye(C)[:, None, :].expand(C, len(x), C)  # (C, B, C)
-    loc, scale = vae.encoder(torch.cat([x.expand(C, *x.shape), labels], -1))
+    loc, scale = vae.encoder(x, labels)
     z = dist.Normal(loc, scale).rsample()  # (C, B, Z): the guide's one draw
     bounds = _bound(vae, x, labels, z, loc, scale)  # (C, B)
     log_q = F.log_softmax(vae.classifier(x)[0], -1)  # (B, C)
@@ -70,8 +67,9 @@ def _enumerated_by_hand(vae, x, y):
 
 
 @pytest.mark.numerics
-def test_the_enumerated_bound_is_the_sum_over_labels_written_out():
-    vae, x, y = _setup()
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_the_enumerated_bound_is_the_sum_over_labels_written_out(arch):
+    vae, x, y = _setup(arch=arch)
     pyro.set_rng_seed(3)
     loss = label_elbo("enumerate").loss(vae.model, vae.guide, x, y)
     with torch.no_grad():
@@ -121,7 +119,7 @@ def test_the_relaxed_bound_is_the_relaxed_draw_and_the_closed_form_kl(straight_t
         cls = (dist.RelaxedOneHotCategoricalStraightThrough if straight_through
                else dist.RelaxedOneHotCategorical)  # fmt: skip
         label = cls(torch.tensor(0.7), logits=logits).rsample()
-        loc, scale = vae.encoder(torch.cat([x, label], -1))
+        loc, scale = vae.encoder(x, label)
         z = dist.Normal(loc, scale).rsample()
         log_q = F.log_softmax(logits, -1)
         kl = (log_q.exp() * (log_q + math.log(C))).sum(-1)  # KL(q(y|x) || uniform)
@@ -183,7 +181,7 @@ def test_draw_labelled_is_class_balanced_seeded_and_refuses_what_it_cannot_draw(
         (dict(labels=100), "add --model m2"),
         (dict(aux_loss=0.1), "add --model m2"),
         (dict(model="m2", labels=100, estimator="disarm"), "not one for M2's label"),
-        (dict(model="m2", labels=100, arch="conv"), "arch 'mlp'"),
+        (dict(model="m2", labels=100, arch="custom"), "its own networks"),
         (dict(model="m2", labels=100, aux_loss=float("nan")), "alpha must be"),
         (dict(model="m2", labels=100, kl_weight=2.0), "kl_weight"),
         (dict(model="m2", labels=100, temperature=0.5), "relaxed estimators"),
@@ -195,9 +193,10 @@ def test_settings_that_m2_cannot_take_are_refused_in_one_line(settings, words):
     assert "\n" not in str(caught.value)
 
 
-def test_every_label_estimator_takes_a_training_step():
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_every_label_estimator_takes_a_training_step(arch):
     for estimator in LABEL_ESTIMATORS:
-        vae, x, y = _setup(estimator)
+        vae, x, y = _setup(estimator, arch=arch)
         loss = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
                               label_elbo(estimator)).step(x, y)  # fmt: skip
         assert math.isfinite(loss)
