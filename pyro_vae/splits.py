@@ -20,7 +20,7 @@ from pyro_vae.data import (
     prepare_images,
     split_validation,
 )
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.model import image_shape_chw
 
 __all__ = ["RunImages", "check_same_data", "data_fingerprint", "run_images"]
@@ -81,6 +81,14 @@ def run_images(config: TrainConfig, data: ImageData | None = None) -> RunImages:
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
     train, test = prepare_images(data, config.binarize, config.likelihood, config.seed)
+    for labels, images, split in (
+        (data.train_labels, train, "train"),
+        (data.test_labels, test, "test"),
+    ):
+        if labels is not None and getattr(labels, "shape", None) != images.shape[:1]:
+            shape = tuple(getattr(labels, "shape", ()))
+            raise DataError(f"{data.name} has {len(images)} {split} images and labels of shape "
+                            f"{shape}: one label an image")  # fmt: skip
     train_labels = valid_labels = None
     if data.valid_images is not None:  # the data set's own validation set, if any is asked for
         valid = data.valid_images[: len(data.valid_images) if config.valid_fraction > 0 else 0]

@@ -2,6 +2,7 @@
 label's estimators against the exact gradient, the relaxed bound and the auxiliary loss term by
 term, the class-balanced draw of labels, and training, resuming and evaluating a run."""
 
+import dataclasses
 import json
 import math
 import os
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pyro_vae import TrainConfig, evaluate, fit, load_run
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae import VAE, TrainConfig, evaluate, fit, load_dataset, load_run
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.labels import draw_labelled
 from pyro_vae.m2 import LABEL_ESTIMATORS, SemiSupervisedVAE, aux_scale, label_elbo
 
@@ -275,3 +276,73 @@ def test_an_image_folder_s_classes_are_m2_s_labels(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "evaluation.json").read_text())
     assert 0 <= result["accuracy"] <= 1 and load_run(out).vae.classes == 3
+
+
+def _sample_with(**changes):
+    data = load_dataset("mnist-sample")
+    return dataclasses.replace(data, **changes)
+
+
+TINY = dict(model="m2", dataset="mnist-sample", labels=20, train_size=300, latent_dim=2,
+            hidden_sizes=(16,), batch_size=50, epochs=1)  # fmt: skip
+
+
+def test_an_annealed_temperature_trains_m2():
+    config = TrainConfig(**TINY, estimator="gumbel", temperature=1.0, temperature_anneal=0.1)
+    assert math.isfinite(fit(config).history[-1]["train_elbo"])
+
+
+def test_a_resume_on_other_labels_of_the_same_images_is_refused(tmp_path):
+    data = load_dataset("mnist-sample")
+    fit(TrainConfig(**TINY), tmp_path / "run", data=data)
+    other = dataclasses.replace(data, train_labels=(data.train_labels + 1) % 10)
+    with pytest.raises(CheckpointError, match="other labels") as caught:
+        fit(TrainConfig(**{**TINY, "epochs": 2}), tmp_path / "run", data=other, resume=True)
+    assert "\n" not in str(caught.value)
+    fit(TrainConfig(**{**TINY, "epochs": 2}), tmp_path / "run", data=data, resume=True)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d.train_labels.float(), "whole class indices"),
+        (lambda d: d.train_labels[:-1], "one label an image"),
+        (lambda d: torch.zeros_like(d.train_labels), "one class"),
+        (lambda d: d.train_labels * 2, "have none"),  # the odd classes are empty
+        (lambda d: d.train_labels - 1, "class indices are 0 or more"),
+    ],
+)
+def test_training_labels_from_python_are_checked_in_one_line(change, words):
+    data = load_dataset("mnist-sample")
+    bad = dataclasses.replace(data, train_labels=change(data))
+    with pytest.raises(DataError, match=words) as caught:
+        fit(TrainConfig(**TINY), data=bad)
+    assert "\n" not in str(caught.value)
+
+
+def test_labels_handed_to_the_model_evaluate_and_label_elbo_are_checked():
+    vae, x, y = _setup()
+    for bad, words in ((torch.tensor([1, -2, 0, -1, -1, 2]), "-1 \\(unlabelled\\) or 0..2"),
+                       (torch.tensor([1, 3, 0, -1, -1, 2]), "or 0..2"),
+                       (y.float(), "whole class indices"),
+                       (y[:3], "one label an image")):  # fmt: skip
+        with pytest.raises(DataError, match=words):
+            label_elbo("enumerate").loss(vae.model, vae.guide, x, bad)
+    with pytest.raises(DataError, match="the model has 3 classes"):
+        evaluate(vae, x, 2, labels=torch.tensor([0, 1, 2, 3, 0, 1]))
+    with pytest.raises(ConfigError, match="no classifier"):
+        evaluate(VAE(D, 2), x, 2, labels=y.clamp(min=0))
+    for t in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="temperature must be a positive"):
+            label_elbo("gumbel", t)
+    with pytest.raises(ConfigError, match="add --model m2"):
+        TrainConfig(label_seed=3).validate()
+
+
+def test_resuming_a_run_as_another_model_says_so(tmp_path):
+    out = tmp_path / "run"
+    assert _cli("train", "--dataset", "mnist-sample", "--train-size", "200", *QUICK,
+                "--out", out).returncode == 0  # fmt: skip
+    done = _cli("train", "--resume", out, "--epochs", "2", "--model", "m2", "--labels", "20")
+    assert done.returncode != 0 and "is a run of model 'vae'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
