@@ -201,7 +201,7 @@ def figure(results: list[dict], path: Path, labels: list[int]) -> None:
     from matplotlib.figure import Figure
 
     shown = [labels[0], labels[-1]] if len(labels) > 1 else labels
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 5))
     for i, count in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1)
         for j, (name, _, _, words) in enumerate(ROWS):
@@ -213,10 +213,12 @@ def figure(results: list[dict], path: Path, labels: list[int]) -> None:
             ax.plot(range(1, len(mean) + 1), mean, marker="o", color=f"C{j}", label=words)
         ax.set_title(f"{count} labels: validation accuracy (mean of draws)")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    fig.axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
 
 

@@ -475,3 +475,34 @@ def test_the_m2_tables_runs_are_the_tutorials_settings():
         assert round(config.valid_fraction * 60_000) == 10_000
         scale = aux_scale(config.aux_loss, 50_000, config.labels)
         assert scale == (pytest.approx(46.0) if run["aux"] else 0.0)
+
+
+def test_the_docs_show_the_m2_table_of_its_json():
+    """docs/labels.md's table holds the recorded runs' mean test accuracies and step times."""
+    import m2_table
+
+    report = json.loads((BENCHMARKS / "results" / "m2_table.json").read_text())
+    docs = (BENCHMARKS.parent / "docs" / "labels.md").read_text()
+    assert report["epochs"] == 5 and report["draws"] == 2
+    rows = {}  # the first table's row of each name (the step times' table comes after)
+    for line in docs.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    words = {"sampled": "sampled (`reinforce`)", "enumerated": "summed out (`enumerate`)",
+             "enumerated+aux": "summed out, auxiliary loss",
+             "sampled+aux": "sampled, auxiliary loss",
+             "nvil+aux": "sampled with NVIL's baselines, auxiliary loss",
+             "gumbel+aux": "Gumbel-softmax ($\\tau = 0.5$), auxiliary loss",
+             "straight-through+aux": "straight-through ($\\tau = 0.5$), auxiliary loss",
+             }  # fmt: skip
+    for name, *_ in m2_table.ROWS:
+        cells = rows[words[name]].split("|")[2:6]
+        for cell, count in zip(cells, report["labels"], strict=True):
+            values = [r["test_accuracy"] for r in report["results"]
+                      if r["row"] == name and r["labels"] == count]  # fmt: skip
+            assert len(values) == 2 and cell.strip() == f"{sum(values) / 2:.4f}"
+    cells = rows["the classifier alone (labelled images only)"].split("|")[2:6]
+    for cell, count in zip(cells, report["labels"], strict=True):
+        assert cell.strip() == f"{sum(report['classifier'][str(count)]) / 2:.4f}"
+    for ms in report["ms_per_step_alone"].values():
+        assert f"| {ms:.1f} |" in docs
