@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from pyro_vae.config import TrainConfig
+from pyro_vae.cvae import ConditionalVAE
 from pyro_vae.errors import ConfigError
 from pyro_vae.m2 import SemiSupervisedVAE
 from pyro_vae.memory import binding_limit
@@ -50,10 +51,23 @@ def _device_memory(device: str) -> tuple[int, str] | None:
     return None if limit is None else (limit.available, limit.describe())
 
 
+def _cvae(config: TrainConfig, image_shape: Sequence[int], classes: int | None) -> VAE:
+    if config.condition == "label" and classes is None:
+        raise ConfigError("a label-conditioned CVAE is built for a number of classes: give "
+                          "classes")  # fmt: skip
+    return ConditionalVAE(
+        config.latent_dim, config.hidden_sizes, config.activation, config.likelihood,
+        condition=config.condition, image_shape=image_shape, classes=classes, arch=config.arch,
+        conv_channels=config.conv_channels, checked=True,
+    )  # fmt: skip
+
+
 def _vae(config: TrainConfig, image_shape: Sequence[int], classes: int | None = None) -> VAE:
     """The VAE of a validated config (its settings are not checked again)."""
     config = config.resolved()
     flat = len(image_shape) == 1  # a vector of pixels: the MLP only
+    if config.model == "cvae":
+        return _cvae(config, (1, 1, *image_shape) if flat else image_shape, classes)
     if config.model == "m2":
         if classes is None:
             raise ConfigError("an M2 model is built for a number of classes: give classes")

@@ -218,9 +218,11 @@ def _train_in_group(args, given, progress, world, stack) -> tuple[TrainResult, P
         distributed.enter_on_main(world, stack, lambda: locked_folder(run_dir))
         saved = distributed.from_main(world, lambda: TrainConfig.from_dict(
             load_checkpoint(run_dir / CHECKPOINT_FILE)["config"]))  # fmt: skip
-        if given.get("model", saved.model) != saved.model:  # before its settings are checked
-            raise CheckpointError(f"{run_dir} is a run of model {saved.model!r}; resume it "
-                                  "without --model, or start a new run folder")  # fmt: skip
+        for name in ("model", "condition"):  # before their settings are checked
+            if given.get(name, getattr(saved, name)) != getattr(saved, name):
+                raise CheckpointError(f"{run_dir} is a run of {name} {getattr(saved, name)!r}; "
+                                      f"resume it without --{name}, or start a new run "
+                                      "folder")  # fmt: skip
         config = dataclasses.replace(saved, **given)
     else:
         config = TrainConfig(**given)

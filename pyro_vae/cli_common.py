@@ -17,6 +17,7 @@ import torch
 
 from pyro_vae.checkpoint import atomic_write, write_json
 from pyro_vae.config import given_settings, read_config_file
+from pyro_vae.cvae import ConditionalVAE
 from pyro_vae.data import (
     DataFallbackWarning,
     ImageData,
@@ -28,6 +29,7 @@ from pyro_vae.m2 import SemiSupervisedVAE
 from pyro_vae.plots import (
     class_by_style_figure,
     codes_figure,
+    completions_figure,
     interpolation_figure,
     latent_scatter_figure,
     manifold_figure,
@@ -181,8 +183,9 @@ def _evaluate_and_report(
     labels=None,
 ) -> dict:
     images = test[:num_images] if num_images else test
-    m2 = isinstance(vae, SemiSupervisedVAE)  # the test labels score its classifier
-    labels = labels[: len(images)] if labels is not None and m2 else None
+    # the test labels score M2's classifier, and are a label-conditioned CVAE's conditions
+    takes = isinstance(vae, SemiSupervisedVAE) or vae.needs_labels
+    labels = labels[: len(images)] if labels is not None and takes else None
     started = time.perf_counter()
     scores = evaluate(vae, images, num_particles, seed=config.seed, progress=progress,
                       labels=labels)  # fmt: skip
@@ -197,6 +200,7 @@ def _evaluate_and_report(
     def pm(key: str) -> str:
         return f" ± {result[key]:.2f}" if result[key] is not None else ""
 
+    cvae = isinstance(vae, ConditionalVAE)
     fewer = ""
     if num_images and num_images > len(test):
         fewer = f" (the test set has {len(test)}, not the {num_images} of {flag})"
@@ -205,7 +209,8 @@ def _evaluate_and_report(
         f"{config.dataset} test set, {result['num_images']} images{fewer}, K = "
         f"{num_particles}:\n"
         f"  test ELBO        {result['test_elbo']:9.2f}{pm('test_elbo_stderr')} nats/image\n"
-        f"  log p(x) (IS)    {result['log_likelihood']:9.2f}{pm('log_likelihood_stderr')} "
+        f"  {'log p(x|c) (IS)' if cvae else 'log p(x) (IS)  '}  {result['log_likelihood']:9.2f}"
+        f"{pm('log_likelihood_stderr')} "
         f"nats/image  (NLL {result['nll']:.2f})\n"
         f"  reconstruction   {result['reconstruction_nll']:9.2f} nats/image (-E_q log p(x|z))\n"
         f"  KL(q || p)       {result['kl']:9.2f} nats/image\n"
@@ -215,6 +220,8 @@ def _evaluate_and_report(
            "in the KL above)" if result["label_kl"] is not None else "")
         + (f"\n  accuracy         {result['accuracy']:9.4f} (the classifier q(y|x))"
            if result["accuracy"] is not None else "")
+        + (f"\n  baseline NN      {result['baseline_nll']:9.2f} nats/image (its cross-entropy "
+           "of the hidden pixels)" if result["baseline_nll"] is not None else "")
     )  # fmt: skip
     replaced = _replaced_evaluation(run_dir / EVALUATION_FILE, result)
     try:
@@ -241,7 +248,15 @@ def write_plots(
     vae, history, image_shape, test_images, test_labels, out_dir: Path, class_names=None
 ) -> None:
     """Every picture of a run: samples, reconstructions, latent scatter, interpolations,
-    training curves, the manifold for a 2-D latent space, the codes of a discrete one."""
+    training curves, the manifold for a 2-D latent space, the codes of a discrete one; a
+    CVAE's samples (a label's) or completions (of quadrants), and its training curves."""
+    if isinstance(vae, ConditionalVAE):
+        picture = (samples_figure(vae, image_shape, 10 * vae.classes) if vae.labelled
+                   else completions_figure(vae, test_images[:10], image_shape))  # fmt: skip
+        _save(picture, out_dir / "samples.png")
+        if history:
+            _save(metrics_figure(history), out_dir / "training_curves.png")
+        return
     _save(samples_figure(vae, image_shape), out_dir / "samples.png")
     originals = test_images[:32]
     _save(

@@ -34,6 +34,7 @@ from pyro_vae.estimators import CONTINUOUS_ESTIMATORS as ESTIMATORS
 from pyro_vae.estimators import ESTIMATORS as ALL_ESTIMATORS
 from pyro_vae.isolation import check_seed
 from pyro_vae.plots import (
+    completions_figure,
     reconstructions_figure,
     samples_figure,
 )
@@ -99,21 +100,48 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
         "format the file name's suffix names).",
     )
     _add_shared(p, "run_dir")
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument(
+        "--num",
+        type=int,
+        help="number of samples (default 64; of a "
+        "quadrant-completion CVAE, the test images completed, default 10)",
+    )
+    p.add_argument(
+        "--condition",
+        type=int,
+        metavar="CLASS",
+        help="an M2 run's or a "
+        "label-conditioned CVAE's: samples of this class (default: every class)",
+    )
     _add_shared(p, "seed")
+    _add_shared(p, "data_dir")
     p.add_argument("--out", help="picture path (default RUN_DIR/samples.png)")
     p.set_defaults(func=_cmd_sample)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    _check_count(args.num, "--num", high=MAX_PICTURES)
+    if args.num is not None:
+        _check_count(args.num, "--num", high=MAX_PICTURES)
     check_seed(args.seed, "--seed")
     out = Path(args.out or Path(args.run_dir) / "samples.png")
     _picture_format(out)
     _not_another_run(out.parent, args.run_dir)
     run = load_run(args.run_dir)
+    classes = getattr(run.vae, "classes", None)
+    if args.condition is not None and not classes:
+        raise ConfigError("--condition CLASS is for a run of model m2, or cvae --condition "
+                          "label; this run's model has no classes")  # fmt: skip
+    if args.condition is not None and not 0 <= args.condition < classes:
+        raise ConfigError(f"--condition is a class, 0..{classes - 1}, not {args.condition}")
+    if getattr(run.vae, "condition", "label") != "label":  # quadrant completion
+        test, _ = _test_images(run, args.data_dir)
+        images = test[: args.num or 10]
+        figure = completions_figure(run.vae, images, run.image_shape, seed=args.seed)
+    else:
+        num = args.num or 64
+        figure = samples_figure(run.vae, run.image_shape, num, args.seed, args.condition)
     with _lock_for_file(out):
-        _save(samples_figure(run.vae, run.image_shape, args.num, args.seed), out)
+        _save(figure, out)
     return 0
 
 

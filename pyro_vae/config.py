@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from pyro_vae.checks import is_whole, require_choice, require_flag, require_whole
+from pyro_vae.cvae import CONDITIONS, check_cvae_settings
 from pyro_vae.data import (
     BINARIZATIONS,
     DATASETS,
@@ -327,10 +328,17 @@ class TrainConfig:
     # labels in the model (pyro_vae.m2)
     model: str = setting(
         "vae", "model",
-        "vae (the default), or m2: Kingma et al.'s (2014) semi-supervised VAE, the label "
+        "vae (the default); m2: Kingma et al.'s (2014) semi-supervised VAE, the label "
         "observed on --labels training images and a latent on the rest, --estimator the "
-        "label's (default enumerate)",
+        "label's (default enumerate); cvae: Sohn et al.'s (2015) conditional VAE, on "
+        "--condition",
         choices=MODELS, study=False,
+    )  # fmt: skip
+    condition: str | None = setting(  # the CVAE's c (pyro_vae.cvae)
+        None, "model",
+        "cvae: what p(x|z, c) p(z|c) is conditioned on: label (the class), or quadrants-1, "
+        "quadrants-2, quadrants-3 (the visible quadrants of the image; the model completes it)",
+        choices=CONDITIONS, study=False,
     )  # fmt: skip
     labels: int | None = setting(  # N of M2's labelled training images, class-balanced
         None, "data", "m2: how many training images keep their label (class-balanced)",
@@ -427,6 +435,7 @@ class TrainConfig:
         check_prior(full.prior, self.prior_components, self.latent_dim, space)
         objective = full.objective
         check_m2_settings(full)
+        check_cvae_settings(full)
         refusal = space.refusal(full.estimator) if self.model == "vae" else None
         if refusal and objective not in ("wake-sleep", "rws", "mcem"):  # these take none
             raise ConfigError(refusal)

@@ -21,6 +21,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from pyro_vae.cvae import ConditionalVAE
 from pyro_vae.data import check_support
 from pyro_vae.errors import ConfigError, DataError, NumericalError
 from pyro_vae.isolation import check_seed, isolated
@@ -74,8 +75,8 @@ def _validation(as_the_caller_has_it: bool):
     return contextlib.nullcontext() if as_the_caller_has_it else pyro.validation_enabled(False)
 
 
-def _guide_trace(guide, x: torch.Tensor, num_particles: int) -> poutine.Trace:
-    return poutine.trace(_vectorized(guide, num_particles)).get_trace(x)
+def _guide_trace(guide, x: torch.Tensor, num_particles: int, *c) -> poutine.Trace:
+    return poutine.trace(_vectorized(guide, num_particles)).get_trace(x, *c)
 
 
 def _particles(guide_trace: poutine.Trace, start: int, count: int) -> poutine.Trace:
@@ -93,26 +94,30 @@ def _particles(guide_trace: poutine.Trace, start: int, count: int) -> poutine.Tr
     return part
 
 
-def _model_log_density(model, part: poutine.Trace, x: torch.Tensor, count: int) -> torch.Tensor:
+def _model_log_density(model, part: poutine.Trace, x: torch.Tensor, count: int, *c) -> torch.Tensor:
     replayed = poutine.replay(_vectorized(model, count), trace=part)
-    return _log_density(poutine.trace(replayed).get_trace(x), (count, x.shape[0]))
+    return _log_density(poutine.trace(replayed).get_trace(x, *c), (count, x.shape[0]))
 
 
-def log_importance_weights(model, guide, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+def log_importance_weights(
+    model, guide, x: torch.Tensor, num_particles: int = 1, conditions: torch.Tensor | None = None
+) -> torch.Tensor:
     """``log w_k = log p(x, z_k) - log q(z_k|x)`` with ``z_k ~ q(z|x)``, shape ``(K, B)``.
 
     Computed from Pyro traces of the given ``model`` and ``guide`` (each taking the batch ``x``
     and holding one ``pyro.plate`` over it), so it works for any such pair. Their mean over ``k``
     estimates the ELBO; ``logsumexp_k - log K`` is the IWAE bound (Burda et al. 2015). Draws
     from the current RNG streams and registers the networks in the current param store: wrap
-    it in :func:`pyro_vae.isolation.isolated` to keep the caller's.
+    it in :func:`pyro_vae.isolation.isolated` to keep the caller's. ``conditions``: a second
+    argument of the model and guide (a label-conditioned CVAE's labels).
     """
     if int(num_particles) < 1:
         raise ConfigError(f"the number of particles K must be at least 1, got {num_particles}")
-    guide_trace = _guide_trace(guide, x, num_particles)
+    c = () if conditions is None else (conditions,)  # a second argument of model and guide
+    guide_trace = _guide_trace(guide, x, num_particles, *c)
     part = _particles(guide_trace, 0, num_particles)
     log_q = _log_density(guide_trace, (num_particles, x.shape[0]))
-    return _model_log_density(model, part, x, num_particles) - log_q
+    return _model_log_density(model, part, x, num_particles, *c) - log_q
 
 
 @torch.no_grad()
@@ -124,6 +129,7 @@ def importance_sampled_log_likelihood(
     batch_size: int = 100,
     max_rows: int | None = None,
     progress: bool = False,
+    conditions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image ``log p(x)`` estimates by importance sampling from the guide, and ELBOs.
 
@@ -143,6 +149,8 @@ def importance_sampled_log_likelihood(
     caller's param store is seen but not added to. :func:`evaluate` seeds and restores the RNGs.
 
     :param progress: show a progress bar on stderr.
+    :param conditions: a second argument of the model and guide, one an image (a
+        label-conditioned CVAE's labels: the estimate is then of ``log p(x|c)``).
     :returns: ``(log_likelihood, elbo)``, each ``(N,)`` float64 nats; ``elbo`` is the mean of the
         same ``K`` log weights, the Monte Carlo ELBO.
     """
@@ -171,7 +179,8 @@ def importance_sampled_log_likelihood(
         leave=False,
     )
     with isolated(params="inherit", rng="continue"), bar:
-        for x in images.split(batch_size):
+        split = [] if conditions is None else [conditions.split(batch_size)]
+        for x, *c in zip(images.split(batch_size), *split, strict=True):
             # a running logsumexp: memory does not grow with K (a list of the chunks' did, by
             # K / chunk tensors: gigabytes at K = 10^8)
             lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
@@ -182,13 +191,13 @@ def importance_sampled_log_likelihood(
                 # it checks the images against the likelihood's support. The other chunks score
                 # the same images with new draws: checking them again is one more pass.
                 with _validation(first == 0):
-                    guide_trace = _guide_trace(guide, x, drawn)
+                    guide_trace = _guide_trace(guide, x, drawn, *c)
                     log_q = _log_density(guide_trace, (drawn, x.shape[0]))  # (drawn, B)
                 for start in range(0, drawn, chunk):
                     k = min(chunk, drawn - start)
                     part = _particles(guide_trace, start, k)
                     with _validation(first == 0 and start == 0):
-                        log_p = _model_log_density(model, part, x, k)  # (k, B)
+                        log_p = _model_log_density(model, part, x, k, *c)  # (k, B)
                     log_w = (log_p - log_q[start : start + k]).double()
                     lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
                     total += log_w.sum(0)
@@ -274,6 +283,9 @@ class Evaluation:
     # M2's: its classifier's accuracy on labelled images, and the label's KL(q(y|x) || p(y))
     accuracy: float | None = None
     label_kl: float | None = None
+    # a quadrant-completion CVAE's baseline network: its cross-entropy of the hidden pixels
+    # (for a CVAE, log_likelihood is log p(x|c): of the hidden pixels given the visible ones)
+    baseline_nll: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -311,12 +323,18 @@ def _overflow_is_numerical(vae: VAE, images: torch.Tensor) -> Iterator[None]:
         ) from None
 
 
-def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _split_terms(vae: VAE, images: torch.Tensor, conditions=None) -> tuple[torch.Tensor, ...]:
     """For each image, from one draw of the guide: ``E_q[z]`` (whose spread over the images
     counts the active units), ``log p(x|z)`` and the KL (per dimension for the normal prior,
     whole otherwise), in float64."""
     locs, recon, kls = [], [], []
-    for x in images.split(1000):
+    parts = images.split(1000)
+    split = [None] * len(parts) if conditions is None else conditions.split(1000)
+    for x, c in zip(parts, split, strict=True):
+        if isinstance(vae, ConditionalVAE):  # the KL from p(z|c), a network's
+            loc, log_lik, kl = vae.evaluation_terms(x, c)
+            locs.append(loc), recon.append(log_lik), kls.append(kl)
+            continue
         if isinstance(vae, SemiSupervisedVAE):  # the label's KL after the style's
             loc, log_lik, kl_z, kl_y = vae.evaluation_terms(x)
             locs.append(loc), recon.append(log_lik), kls.append(torch.cat([kl_z, kl_y[:, None]], 1))
@@ -332,16 +350,28 @@ def _split_terms(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.cat(locs).double(), torch.cat(recon), torch.cat(kls).double()
 
 
-def _accuracy(vae: VAE, images: torch.Tensor, labels) -> float | None:
+def _checked_labels(vae: VAE, images: torch.Tensor, labels) -> torch.Tensor | None:
+    """The labels an M2 model's accuracy is of, or a label-conditioned CVAE's conditions."""
+    cvae = isinstance(vae, ConditionalVAE) and vae.labelled
     if labels is None:
+        if cvae:
+            raise ConfigError("a label-conditioned CVAE scores images given their labels: "
+                              "give labels")  # fmt: skip
         return None
-    if not isinstance(vae, SemiSupervisedVAE):
-        raise ConfigError("labels are for an M2 model's accuracy; this VAE has no classifier")
+    if not (cvae or isinstance(vae, SemiSupervisedVAE)):
+        raise ConfigError("labels are for an M2 model's accuracy or a label-conditioned CVAE; "
+                          "this VAE takes none")  # fmt: skip
     labels = check_labels(labels, len(images), "the labels")
     if len(labels) and int(labels.max()) >= vae.classes:
         raise DataError(f"the labels go up to {int(labels.max())}; the model has "
                         f"{vae.classes} classes")  # fmt: skip
-    return accuracy(vae, images, labels.to(images.device))
+    return labels.to(images.device)
+
+
+def _baseline_nll(vae: VAE, images: torch.Tensor) -> float | None:
+    if not isinstance(vae, ConditionalVAE) or vae.labelled:
+        return None
+    return torch.cat([vae.baseline_nll(x) for x in images.split(1000)]).double().mean().item()
 
 
 def evaluate(
@@ -359,7 +389,8 @@ def evaluate(
 
     :param num_particles: ``K``, importance samples per image for ``log p(x)`` and the ELBO.
     :param progress: show a progress bar on stderr.
-    :param labels: the images' class indices, for an M2 model's accuracy.
+    :param labels: the images' class indices, for an M2 model's accuracy; a label-conditioned
+        CVAE's conditions (which it needs).
     :raises DataError: images of the wrong type, shape or dtype, none, or outside the
         likelihood's support.
     :raises ConfigError: ``num_particles``, ``batch_size`` or ``seed`` out of range.
@@ -374,14 +405,23 @@ def evaluate(
     _check_count(num_particles, "the number of particles K")
     _check_count(batch_size, "the batch size")
     seed = check_seed(seed)
+    labels = _checked_labels(vae, images, labels)
+    conditions = labels if isinstance(vae, ConditionalVAE) else None
     training = vae.training
     vae.eval()  # batch statistics and dropout off: each image is scored on its own
     try:
         with isolated(seed, params="inherit"), _overflow_is_numerical(vae, images):
             log_px, elbo = importance_sampled_log_likelihood(
-                vae.model, vae.guide, images, num_particles, batch_size, progress=progress
+                vae.model,
+                vae.guide,
+                images,
+                num_particles,
+                batch_size,
+                progress=progress,
+                conditions=conditions,
             )
-            locs, recon, kls = _split_terms(vae, images)
+            locs, recon, kls = _split_terms(vae, images, conditions)
+            baseline_nll = _baseline_nll(vae, images)
     finally:
         vae.train(training)
     kl_dims = kls.mean(0)
@@ -402,8 +442,9 @@ def evaluate(
         active_units=int((vae.latent.units(locs.var(0)) > ACTIVE_UNIT_THRESHOLD).sum())
         if n > 1
         else 0,
-        accuracy=_accuracy(vae, images, labels),
+        accuracy=accuracy(vae, images, labels),  # M2's classifier; None for the others
         label_kl=label_kl,
+        baseline_nll=baseline_nll,
     )
     figures = ("test_elbo", "log_likelihood", "reconstruction_nll", "kl")
     bad = [name for name in figures if not math.isfinite(getattr(result, name))]

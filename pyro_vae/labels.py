@@ -23,6 +23,7 @@ __all__ = [
     "label_fingerprint",
     "run_labels",
     "score_labels",
+    "takes_labels",
 ]
 
 #: the class index of an unlabelled image
@@ -32,7 +33,8 @@ UNLABELLED = -1
 def check_classes(classes) -> None:
     """:class:`ConfigError` unless ``classes`` is a whole number of at least 2."""
     if not (is_whole(classes) and classes >= 2):
-        raise ConfigError(f"an M2 model needs 2 or more classes, got {classes!r}")
+        raise ConfigError(f"a model of labelled images (m2, cvae) needs 2 or more classes, got "
+                          f"{classes!r}")  # fmt: skip
 
 
 def draw_labelled(
@@ -78,18 +80,18 @@ def draw_labelled(
 
 def run_labels(config, images) -> tuple[torch.Tensor | None, int | None]:
     """An M2 run's training labels (:func:`draw_labelled`: a class index where observed, else
-    ``-1``) and its number of classes, for the run's images (a
-    :class:`pyro_vae.splits.RunImages`); ``(None, None)`` for the VAE.
+    ``-1``), or a label-conditioned CVAE's (all of them), and the number of classes, for the
+    run's images (a :class:`pyro_vae.splits.RunImages`); ``(None, None)`` for the others.
 
     :raises DataError: data without labels, or labels the draw cannot make.
     """
-    if config.model != "m2":
+    if not takes_labels(config):
         return None, None
-    data, labels = images.data, images.train_labels
+    data, labels, model = images.data, images.train_labels, config.model
     if labels is None:
         raise DataError(
-            f"model m2 learns from labelled images, and {data.name} has no labels (a folder "
-            "of images has them in class sub-folders)"
+            f"model {model}{_ON_LABEL if model == 'cvae' else ''} learns from labelled images, "
+            f"and {data.name} has no labels (a folder of images has them in class sub-folders)"
         )
     labels = check_labels(labels, len(images.train), f"{data.name}'s training labels")
     classes = len(data.class_names) if data.class_names else int(labels.max()) + 1
@@ -97,16 +99,21 @@ def run_labels(config, images) -> tuple[torch.Tensor | None, int | None]:
     if classes < 2 or empty:
         which = f"class(es) {empty[:5]} have" if empty else "it has one class:"
         raise DataError(
-            f"model m2 needs two or more classes, each with training images, and {data.name}'s "
-            f"{which} none; M2's labels are 0..C-1"
+            f"model {model} needs two or more classes, each with training images, and "
+            f"{data.name}'s {which} none; its labels are 0..C-1"
         )
     if data.test_labels is not None:
         test = check_labels(data.test_labels, len(data.test_labels), f"{data.name}'s test labels")
         if len(test) and int(test.max()) >= classes:
             raise DataError(
                 f"{data.name}'s test labels go up to {int(test.max())}, its training labels to "
-                f"{classes - 1}: the classifier knows the training images' classes only"
+                f"{classes - 1}: the model knows the training images' classes only"
             )
+    if model == "cvae":  # every image's label is its condition, the test images' too
+        if data.test_labels is None:
+            raise DataError(f"model cvae{_ON_LABEL} scores test images given their labels, "
+                            f"and {data.name}'s test images have none")  # fmt: skip
+        return labels, classes
     names = data.class_names
     return draw_labelled(labels, config.labels, config.label_seed, classes, names), classes
 
@@ -144,10 +151,19 @@ def check_same_labels(checkpoint: dict | None, labels: torch.Tensor | None, run_
         raise error
 
 
+_ON_LABEL = " --condition label"
+
+
+def takes_labels(config) -> bool:
+    """Whether a run's model takes the images' labels: M2, and the CVAE on the label."""
+    return config.model == "m2" or (config.model == "cvae" and config.condition == "label")
+
+
 def score_labels(config, images) -> torch.Tensor | None:
     """The labels of an M2 run's per-epoch score images (validation, else test), for the
-    classifier's accuracy; ``None`` for the VAE or images without labels."""
-    if config.model != "m2":
+    classifier's accuracy, or of a label-conditioned CVAE's, its condition; ``None`` for the
+    VAE or images without labels."""
+    if not takes_labels(config):
         return None
     return images.valid_labels if config.valid_fraction > 0 else images.data.test_labels
 
@@ -156,7 +172,7 @@ def score_labels(config, images) -> torch.Tensor | None:
 def accuracy(vae, images: torch.Tensor, labels: torch.Tensor | None):
     """The share of ``images`` whose most probable class under ``q(y|x)`` is their label
     (``None`` without labels)."""
-    if labels is None:
+    if labels is None or not hasattr(vae, "classify"):  # M2's classifier; a CVAE has none
         return None
     right = sum(
         (vae.classify(x) == y.to(x.device)).sum().item()

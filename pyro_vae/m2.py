@@ -100,8 +100,8 @@ LABEL_ESTIMATORS = (
     "enumerate", "reinforce", "reinforce-baseline", "reinforce-nn-baseline", "gumbel",
     "straight-through",
 )  # fmt: skip
-#: the models ``--model`` chooses: the VAE, and M2
-MODELS = ("vae", "m2")
+#: the models ``--model`` chooses: the VAE, M2, and the conditional VAE (:mod:`pyro_vae.cvae`)
+MODELS = ("vae", "m2", "cvae")
 # the logits of the point mass at an observed label, at the other labels: exp(-1e4) is 0 in
 # float32 (and float64), so they weigh nothing, while the logits stay finite (no 0 * inf)
 _ELSEWHERE = -1e4
@@ -311,10 +311,13 @@ class SemiSupervisedVAE(VAE):
         return self.decode(self.encode(x, y)[0], y)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images for ``num_samples`` draws of ``y ~ p(y)`` and ``z ~ p(z)``."""
+    def sample(self, num_samples: int, generator: torch.Generator | None = None,
+               y: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Mean images for ``num_samples`` draws of ``z ~ p(z)``, of classes ``y`` ``(N,)``
+        (default: drawn from ``p(y)``)."""
         z = self.prior.sample(num_samples, generator, self.encoder)
-        y = torch.randint(self.classes, (num_samples,), generator=generator, device=z.device)
+        if y is None:
+            y = torch.randint(self.classes, (num_samples,), generator=generator, device=z.device)
         return self.decode(z, y)
 
     @torch.no_grad()
@@ -371,7 +374,7 @@ def check_m2_settings(config) -> None:
     label's estimator) that are wrong, or that clash: settings M2 does not take, or M2's
     given to the plain VAE."""
     require_choice(config.model, "model", MODELS)
-    if config.model == "vae":
+    if config.model != "m2":
         for name, flag, unset in (("labels", "--labels", None), ("aux_loss", "--aux-loss", 0),
                                   ("label_seed", "--label-seed", 0)):  # fmt: skip
             if getattr(config, name) != unset:

@@ -300,6 +300,9 @@ class VAE(nn.Module):
         self._check_contract()
         return encoder, decoder
 
+    #: whether the model and guide need each image's label (a label-conditioned CVAE's)
+    needs_labels = False
+
     @property
     def latent(self) -> LatentSpace:
         """The space ``z`` lives in, its prior's (:mod:`pyro_vae.latents`)."""

@@ -20,6 +20,7 @@ __all__ = [
     "image_grid",
     "interpolation_figure",
     "codes_figure",
+    "completions_figure",
     "latent_scatter_figure",
     "manifold_figure",
     "metrics_figure",
@@ -92,13 +93,38 @@ def image_grid(
     return fig
 
 
+def _generator(vae: VAE, seed: int) -> torch.Generator:
+    return torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
+
+
 def samples_figure(
-    vae: VAE, image_shape: tuple[int, ...], num_samples: int = 64, seed: int = 0
+    vae: VAE, image_shape: tuple[int, ...], num_samples: int = 64, seed: int = 0, label=None
 ) -> Figure:
-    """Mean images ``E[x|z]`` for ``z ~ p(z)``."""
-    generator = torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
+    """Mean images ``E[x|z]`` for ``z ~ p(z)``; for a model of classes (M2, a CVAE on the
+    label), of class ``label``, or (a CVAE) a column a class."""
+    generator = _generator(vae, seed)
+    if label is not None:
+        y = torch.full((num_samples,), int(label), device=generator.device)
+        images = vae.sample(num_samples, generator, y)
+        return image_grid(images, image_shape, title=f"{num_samples} samples of class {label}")
     images = vae.sample(num_samples, generator=generator)
+    if getattr(vae, "needs_labels", False):  # a CVAE's draws take the classes in turn
+        return image_grid(images, image_shape, vae.classes,
+                          title=f"{num_samples} samples of p(x|c), a column a class c")  # fmt: skip
     return image_grid(images, image_shape, title=f"{num_samples} samples from the prior (means)")
+
+
+def completions_figure(
+    vae, images: torch.Tensor, image_shape: tuple[int, ...], num_samples: int = 5, seed: int = 0
+) -> Figure:
+    """A quadrant-completion CVAE's draws, as Pyro's CVAE tutorial shows them: a column an
+    image; rows the input (its hidden part grey), the truth, the baseline network's guess and
+    ``num_samples`` completions, the hidden part drawn from ``z ~ p(z|c)``."""
+    x = images.to(next(vae.parameters()).device)
+    completed = vae.complete(x, num_samples, _generator(vae, seed))
+    rows = [vae.with_hidden(x, 0.5), x, vae.baseline_completion(x), *completed]
+    title = f"input, truth, baseline NN, {num_samples} CVAE completions"
+    return image_grid(torch.cat(rows), image_shape, len(x), title=title)
 
 
 def class_by_style_figure(

@@ -8,6 +8,8 @@ What :func:`pyro_vae.train.fit` writes through :class:`TensorBoardLog` when give
     samples           every epoch: mean images E[x|z] of 64 draws z ~ p(z), the same draws
                       each epoch
     reconstructions   every epoch: 16 held-out images above their reconstructions
+    completions       a quadrant-completion CVAE's instead of both: 16 held-out images above
+                      a completion each
 
 ``metrics.jsonl`` stays the record of truth; the TensorBoard log is for watching a run. It
 needs the ``tensorboard`` package (``pip install "pyro-vae[tensorboard]"``). Drawing the
@@ -97,12 +99,21 @@ class TensorBoardLog:
         """An epoch's held-out ELBO (``label``: validation or test) and the image grids."""
         self.writer.add_scalar(f"elbo/{label}", score, step)
         generator = torch.Generator(device=next(vae.parameters()).device)
-        samples = vae.sample(NUM_SAMPLES, generator=generator.manual_seed(SAMPLE_SEED))
-        self.writer.add_image("samples", _grid(samples, self.image_shape, 8), step)
+        generator.manual_seed(SAMPLE_SEED)
+        condition = getattr(vae, "condition", "label")  # a CVAE's; quadrants: completions
+        if condition == "label":
+            samples = vae.sample(NUM_SAMPLES, generator=generator)
+            self.writer.add_image("samples", _grid(samples, self.image_shape, 8), step)
         if self.held_out is not None and len(self.held_out):
             x = self.held_out
-            pairs = torch.cat([x, vae.reconstruct(x)])
-            self.writer.add_image("reconstructions", _grid(pairs, self.image_shape, len(x)), step)
+            if condition != "label":
+                pairs, tag = torch.cat([x, vae.complete(x, 1, generator)[0]]), "completions"
+            elif getattr(vae, "needs_labels", False):  # a CVAE on the label reconstructs none
+                pairs = None
+            else:
+                pairs, tag = torch.cat([x, vae.reconstruct(x)]), "reconstructions"
+            if pairs is not None:
+                self.writer.add_image(tag, _grid(pairs, self.image_shape, len(x)), step)
         self.writer.flush()
 
     def close(self) -> None:

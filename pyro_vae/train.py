@@ -45,18 +45,10 @@ from pyro_vae.build import (
     make_optimizer,
     parameter_count,
 )
-from pyro_vae.checkpoint import (
-    find_non_finite,
-    write_json,
-)
+from pyro_vae.checkpoint import find_non_finite, write_json
 from pyro_vae.checks import require_flag
 from pyro_vae.config import TrainConfig, check_device
-from pyro_vae.data import (
-    BatchLoader,
-    ImageData,
-    as_float,
-    mean_image,
-)
+from pyro_vae.data import BatchLoader, ImageData, as_float, mean_image
 from pyro_vae.discrete import temperature_at
 from pyro_vae.distributed import World, rank_seed
 from pyro_vae.errors import (
@@ -532,9 +524,15 @@ def _score(run: _Run, epoch: int) -> float:
     run.vae.eval()
     world = run.world  # each process scores its slice of the images
     images = run.score_images[world.rank :: world.size]
+    labels = run.score_labels[world.rank :: world.size] if run.vae.needs_labels else None
     try:
         _, elbo = importance_sampled_log_likelihood(
-            run.vae.model, run.vae.guide, images, num_particles=1, batch_size=1000
+            run.vae.model,
+            run.vae.guide,
+            images,
+            num_particles=1,
+            batch_size=1000,
+            conditions=labels,
         )
     except (ValueError, RuntimeError):
         # networks whose outputs overflowed on these images (finite weights of 1e30) fail in
@@ -579,7 +577,7 @@ def _checkpoint_state(run: _Run, store) -> dict:
     }  # fmt: skip
     if ranks is not None:
         state["ranks"] = ranks
-    if run.config.model == "m2":
+    if run.loader.labels is not None:  # M2's, or a CVAE's on the label
         state["classes"] = run.vae.classes
         state["label_fingerprint"] = label_fingerprint(run.loader.labels)
     return state

@@ -506,3 +506,51 @@ def test_the_docs_show_the_m2_table_of_its_json():
         assert cell.strip() == f"{sum(report['classifier'][str(count)]) / 2:.4f}"
     for ms in report["ms_per_step_alone"].values():
         assert f"| {ms:.1f} |" in docs
+
+
+def test_the_cvae_table_quick_run_trains_every_run_and_keeps_finished_ones(tmp_path, capsys):
+    import cvae_table
+
+    report = cvae_table.main(["--quick", "--out", str(tmp_path)])
+    names = [r["name"] for r in report["results"]]
+    assert names == ["quadrants-1", "quadrants-2", "quadrants-3", "label"]
+    for result in report["results"]:
+        assert result["negative_elbo"] >= result["nll"] > 0
+        assert (result["baseline_nll"] is None) == (result["name"] == "label")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 5  # the head, three of ours and Pyro's two
+    metrics = tmp_path / "runs" / "quadrants-2" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    cvae_table.main(["--quick", "--out", str(tmp_path)])
+    assert metrics.stat().st_mtime_ns == before  # a finished run is not trained again
+
+
+def test_the_cvae_tables_runs_are_pyros_settings():
+    import argparse
+
+    import cvae_table
+
+    from pyro_vae.cli import build_parser
+    from pyro_vae.config import TrainConfig, given_settings
+
+    args = argparse.Namespace(quick=False, epochs=20, particles=1000, data_dir=None)
+    for run in cvae_table.runs():
+        command = cvae_table.train_command(run, args, Path("out"))
+        parsed = build_parser().parse_args(command[command.index("train") :])
+        config = TrainConfig(**given_settings(parsed)).resolved()
+        config.validate(here=False)
+        assert (config.model, config.condition, config.epochs) == ("cvae", run["condition"], 20)
+        if run["quadrants"]:
+            assert (config.latent_dim, config.hidden_sizes, config.activation) == (
+                200, (500, 500), "relu")  # fmt: skip
+            assert (config.batch_size, config.learning_rate) == (128, 1e-3)
+
+
+def test_the_docs_show_the_cvae_table_of_its_json(capsys):
+    import cvae_table
+
+    cvae_table.main(["--out", str(BENCHMARKS / "results"), "--from-json",
+                     str(BENCHMARKS / "results" / "cvae_table.json")])  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    docs = (BENCHMARKS.parent / "docs" / "cvae.md").read_text()
+    assert len(rows) == 6 and all(row in docs for row in rows)

@@ -52,13 +52,13 @@ def test_the_flags_help_shows_the_fields_defaults():
 
 def test_the_study_takes_no_objective_estimator_or_particles():
     """It takes the latent space (its estimators are compared) and the relaxations'
-    temperature, not what it sets for every estimator, nor M2's settings (it studies the
-    VAE)."""
+    temperature, not what it sets for every estimator, nor M2's or the CVAE's settings (it
+    studies the VAE)."""
     study = {flags[-1] for _, flags, _ in config_arguments(study=True)}
     everything = {flags[-1] for _, flags, _ in config_arguments()}
     left_out = {"--objective", "--estimator", "--num-particles", "--kl-weight", "--kl-warmup",
                 "--mcem-transitions", "--model", "--labels", "--label-seed",
-                "--aux-loss"}  # fmt: skip
+                "--aux-loss", "--condition"}  # fmt: skip
     assert everything - study == left_out
 
 

@@ -64,6 +64,10 @@ CASES = {
     # M2: each slice's labels go with its images; the label enumerated, and relaxed
     "m2-enumerate": ["--model", "m2", "--labels", "30", "--aux-loss", "0.5"],
     "m2-gumbel": ["--model", "m2", "--labels", "30", "--estimator", "gumbel"],
+    # the CVAE: on the label (each slice's labels its conditions), and completing quadrants
+    # (the baseline network's zero-valued term sends its gradient through the processes' sum)
+    "cvae-label": ["--model", "cvae", "--condition", "label"],
+    "cvae-quadrants": ["--model", "cvae", "--condition", "quadrants-2"],
 }
 
 
@@ -101,7 +105,7 @@ def _reference(config: TrainConfig, world: int) -> tuple[dict, dict]:
         images = run_images(config)
         labels, classes = run_labels(config, images)  # M2's; None for the VAE
         vae = build_vae(config, images.data.image_shape, classes)
-        if classes is not None:
+        if config.model == "m2":
             vae.aux_scale = aux_scale(config.aux_loss, len(images.train), config.labels)
         vae.init_output_bias(mean_image(images.train))
         streams, baselines = [get_rng_state()], [{} for _ in range(world)]
@@ -111,7 +115,7 @@ def _reference(config: TrainConfig, world: int) -> tuple[dict, dict]:
         optim = make_optimizer(config)
         # one ELBO per slice, as each process has its own: a JIT ELBO compiles (and draws)
         # on its first call
-        elbos = [label_elbo(config.estimator, config.temperature) if classes else
+        elbos = [label_elbo(config.estimator, config.temperature) if config.model == "m2" else
                  make_elbo(config.objective, config.estimator, config.num_particles, config.jit)
                  for _ in range(world)]  # fmt: skip
         loader = BatchLoader(images.train, B * world, config.binarize, config.seed, True, True,

@@ -330,7 +330,7 @@ def test_labels_handed_to_the_model_evaluate_and_label_elbo_are_checked():
             label_elbo("enumerate").loss(vae.model, vae.guide, x, bad)
     with pytest.raises(DataError, match="the model has 3 classes"):
         evaluate(vae, x, 2, labels=torch.tensor([0, 1, 2, 3, 0, 1]))
-    with pytest.raises(ConfigError, match="no classifier"):
+    with pytest.raises(ConfigError, match="this VAE takes none"):
         evaluate(VAE(D, 2), x, 2, labels=y.clamp(min=0))
     for t in (0.0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="temperature must be a positive"):
