@@ -63,8 +63,7 @@ def train_command(run: dict, args, out: Path) -> list[str]:
                run["condition"], *settings, "--epochs", str(1 if args.quick else args.epochs),
                "--eval-particles", str(2 if args.quick else args.particles), "--no-progress",
                "--out", str(out / "runs" / run["name"])]  # fmt: skip
-    if args.quick:
-        command += ["--eval-images", "20"]
+    command += ["--eval-images", str(20 if args.quick else 10_000)]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return command
@@ -79,6 +78,14 @@ def _run_one(run: dict, args, out: Path) -> dict:
         if done.returncode != 0:
             raise SystemExit(f"{run['name']} failed: {done.stderr.strip()}")
     scores = json.loads((folder / "evaluation.json").read_text())
+    wanted = (10_000, args.particles)
+    if not args.quick and (scores["num_images"], scores["num_particles"]) != wanted:
+        # a run evaluated otherwise (on fewer images): all 10,000 test images, K particles
+        command = [sys.executable, "-m", "pyro_vae", "evaluate", str(folder), "-K",
+                   str(args.particles)]  # fmt: skip
+        command += ["--data-dir", args.data_dir] if args.data_dir else []
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        scores = json.loads((folder / "evaluation.json").read_text())
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return {
         **run,

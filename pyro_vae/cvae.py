@@ -44,6 +44,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.poutine.util import is_validation_enabled
 
 from pyro_vae.checks import require_choice
 from pyro_vae.errors import ConfigError, DataError
@@ -189,6 +190,11 @@ class ConditionalVAE(VAE):
             return None
         if y is None:
             raise DataError("a label-conditioned CVAE takes each image's class: give labels")
+        if is_validation_enabled():  # not in training, where the labels were checked up front
+            self._check_label_values(x, y)
+        return self._onehot(y, x)
+
+    def _check_label_values(self, x: torch.Tensor, y) -> None:
         if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
             raise DataError(f"a CVAE's labels are whole class indices, got {y!r}")
         if tuple(y.shape) != (x.shape[0],):
@@ -197,7 +203,6 @@ class ConditionalVAE(VAE):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.classes):
             raise DataError(f"the labels must be 0..{self.classes - 1}, got "
                             f"{int(y.min())}..{int(y.max())}")  # fmt: skip
-        return self._onehot(y, x)
 
     def with_hidden(self, x: torch.Tensor, value: float) -> torch.Tensor:
         """Images ``x`` with their hidden pixels at ``value``."""

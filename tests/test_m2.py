@@ -346,3 +346,16 @@ def test_resuming_a_run_as_another_model_says_so(tmp_path):
     done = _cli("train", "--resume", out, "--epochs", "2", "--model", "m2", "--labels", "20")
     assert done.returncode != 0 and "is a run of model 'vae'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_m2_run_samples_a_chosen_class(tmp_path):
+    out = tmp_path / "run"
+    assert _cli("train", "--model", "m2", "--labels", "20", "--dataset", "mnist-sample",
+                "--train-size", "200", *QUICK, "--out", out).returncode == 0  # fmt: skip
+    done = _cli("sample", out, "--condition", "3", "--num", "4", "--out", tmp_path / "3.png")
+    assert done.returncode == 0 and (tmp_path / "3.png").exists(), done.stderr
+    vae = load_run(out).vae
+    g = torch.Generator().manual_seed(0)
+    threes = vae.sample(4, g, torch.full((4,), 3))
+    z = vae.prior.sample(4, torch.Generator().manual_seed(0), vae.encoder)
+    torch.testing.assert_close(threes, vae.decode(z, torch.full((4,), 3)))  # the same z, y = 3
