@@ -111,7 +111,7 @@ def table(results: list[dict]) -> str:
     rows = [
         ("baseline network (cross-entropy)", "baseline_nll", None),
         ("CVAE, negative ELBO (Pyro's figure)", "negative_elbo", None),
-        ("CVAE, -log p(x_hidden given x_visible), importance-sampled", "nll", None),
+        ("CVAE, -log p(hidden \N{DIVIDES} visible), importance-sampled", "nll", None),
         ("Pyro: baseline network", None, "baseline"),
         ("Pyro: CVAE (negative ELBO)", None, "cvae"),
     ]

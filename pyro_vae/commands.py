@@ -97,7 +97,9 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
         "sample",
         help="picture of samples from the prior",
         description="Decode z ~ N(0, I) and save the mean images as a grid (PNG, or the "
-        "format the file name's suffix names).",
+        "format the file name's suffix names). M2 and a label-conditioned CVAE draw a class "
+        "(--condition CLASS; a CVAE by default a column a class); a quadrant-completion CVAE "
+        "completes test images: their inputs, truth, the baseline's guess and five draws.",
     )
     _add_shared(p, "run_dir")
     p.add_argument(
