@@ -121,6 +121,9 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sample)
 
 
+MAX_COMPLETED = 32  # the columns of a picture of completions (eight rows each)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     if args.num is not None:
         _check_count(args.num, "--num", high=MAX_PICTURES)
@@ -136,6 +139,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.condition is not None and not 0 <= args.condition < classes:
         raise ConfigError(f"--condition is a class, 0..{classes - 1}, not {args.condition}")
     if getattr(run.vae, "condition", "label") != "label":  # quadrant completion
+        if (args.num or 0) > MAX_COMPLETED:
+            raise ConfigError(f"--num: a picture of completions shows at most {MAX_COMPLETED} "
+                              f"test images, a column each; got {args.num}")  # fmt: skip
         test, _ = _test_images(run, args.data_dir)
         images = test[: args.num or 10]
         figure = completions_figure(run.vae, images, run.image_shape, seed=args.seed)

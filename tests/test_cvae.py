@@ -261,6 +261,7 @@ def test_the_cli_trains_evaluates_and_draws_a_completion_cvae(tmp_path):
     assert drawn.returncode == 0 and (tmp_path / "c.png").exists(), drawn.stderr
     for args, words in ((("sample", out, "--condition", "1"), "has no classes"),
                         (("reconstruct", out), "does not reconstruct"),
+                        (("sample", out, "--num", "33"), "at most 32 test images"),
                         (("posterior", out), "p(z|x, c)"),
                         (("train", "--resume", out, "--epochs", "2", "--condition", "label"),
                          "is a run of condition 'quadrants-1'")):  # fmt: skip
