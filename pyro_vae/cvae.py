@@ -49,7 +49,7 @@ from pyro.poutine.util import is_validation_enabled
 from pyro_vae.checks import require_choice
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.labels import check_classes
-from pyro_vae.m2 import LabelledConvEncoder, LabelledEncoder
+from pyro_vae.m2 import LabelledConvEncoder, LabelledEncoder, _joined
 from pyro_vae.model import VAE, IndependentBernoulli, bernoulli_log_density
 from pyro_vae.networks import ConvDecoder, ConvEncoder, Decoder, Encoder
 
@@ -81,11 +81,6 @@ def visible_pixels(image_shape: Sequence[int], quadrants: int) -> torch.Tensor:
     else:
         raise ConfigError(f"1, 2 or 3 quadrants are visible, not {quadrants!r}")
     return seen.expand(*image_shape)
-
-
-def _joined(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
-    return torch.cat([a.expand(*shape, a.shape[-1]), b.expand(*shape, b.shape[-1])], dim=-1)
 
 
 class ConditionalVAE(VAE):

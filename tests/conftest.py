@@ -24,6 +24,23 @@ def cli_fails(argv, capsys, code=1) -> str:
     return err
 
 
+def write_class_folders(root: Path) -> Path:
+    """``root/shapes``: train/ and test/ folders of three classes of random 8 x 6 grey PNGs
+    (12 and 4 a class), a user's labelled image folder."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for c, name in enumerate(("circle", "square", "wave")):
+            for i in range(count):
+                pixels = rng.integers(0, 256, (8, 6), dtype=np.uint8) // (c + 1)
+                path = root / "shapes" / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    return root / "shapes"
+
+
 def find_data_dir() -> Path | None:
     """The folder holding MNIST/raw: $PYRO_VAE_DATA_DIR, else ../shared/data beside the repo."""
     for candidate in (os.environ.get("PYRO_VAE_DATA_DIR"), REPO.parent / "shared" / "data"):

@@ -14,6 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import write_class_folders
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
@@ -292,20 +293,11 @@ def test_a_label_cvae_on_data_without_labels_is_one_line_and_writes_nothing(tmp_
 
 
 def test_an_image_folder_s_classes_condition_a_cvae_and_its_test_images_complete(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
-        for c, name in enumerate(("circle", "square", "wave")):
-            for i in range(count):
-                pixels = rng.integers(0, 256, (8, 6), dtype=np.uint8) // (c + 1)
-                path = tmp_path / "shapes" / split / name / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(path)
+    shapes = write_class_folders(tmp_path)
     flags = [f for f in QUICK if f not in ("mnist-sample", "--dataset", "--train-size", "300")]
     for condition in ("label", "quadrants-3"):
         out = tmp_path / condition
-        done = _cli("train", *flags, "--dataset", tmp_path / "shapes", "--condition", condition,
+        done = _cli("train", *flags, "--dataset", shapes, "--condition", condition,
                     "--batch-size", "8", "--likelihood", "continuous-bernoulli",
                     "--out", out)  # fmt: skip
         assert done.returncode == 0, done.stderr

@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from conftest import write_class_folders
 
 from pyro_vae import VAE, TrainConfig, evaluate, fit, load_dataset, load_run
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
@@ -261,16 +260,9 @@ def test_labels_the_data_cannot_give_are_one_line_and_write_nothing(tmp_path, fl
 
 
 def test_an_image_folder_s_classes_are_m2_s_labels(tmp_path):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
-        for c, name in enumerate(("circle", "square", "wave")):
-            for i in range(count):
-                pixels = rng.integers(0, 256, (8, 6), dtype=np.uint8) // (c + 1)
-                path = tmp_path / "shapes" / split / name / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(path)
+    shapes = write_class_folders(tmp_path)
     out = tmp_path / "run"
-    done = _cli("train", "--model", "m2", "--dataset", tmp_path / "shapes", "--labels", "6",
+    done = _cli("train", "--model", "m2", "--dataset", shapes, "--labels", "6",
                 "--batch-size", "8", "--likelihood", "continuous-bernoulli", *QUICK,
                 "--out", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
