@@ -48,7 +48,7 @@ from pyro.poutine.util import is_validation_enabled
 
 from pyro_vae.checks import require_choice
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.labels import check_classes
+from pyro_vae.labels import check_batch_labels, check_classes
 from pyro_vae.m2 import LabelledConvEncoder, LabelledEncoder, _joined
 from pyro_vae.model import VAE, IndependentBernoulli, bernoulli_log_density
 from pyro_vae.networks import ConvDecoder, ConvEncoder, Decoder, Encoder
@@ -186,18 +186,8 @@ class ConditionalVAE(VAE):
         if y is None:
             raise DataError("a label-conditioned CVAE takes each image's class: give labels")
         if is_validation_enabled():  # not in training, where the labels were checked up front
-            self._check_label_values(x, y)
+            check_batch_labels(y, x.shape[0], self.classes, "a CVAE")
         return self._onehot(y, x)
-
-    def _check_label_values(self, x: torch.Tensor, y) -> None:
-        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
-            raise DataError(f"a CVAE's labels are whole class indices, got {y!r}")
-        if tuple(y.shape) != (x.shape[0],):
-            raise DataError(f"a CVAE takes one label an image: {x.shape[0]} images, labels of "
-                            f"shape {tuple(y.shape)}")  # fmt: skip
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.classes):
-            raise DataError(f"the labels must be 0..{self.classes - 1}, got "
-                            f"{int(y.min())}..{int(y.max())}")  # fmt: skip
 
     def with_hidden(self, x: torch.Tensor, value: float) -> torch.Tensor:
         """Images ``x`` with their hidden pixels at ``value``."""

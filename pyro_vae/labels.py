@@ -16,6 +16,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError
 __all__ = [
     "UNLABELLED",
     "accuracy",
+    "check_batch_labels",
     "check_classes",
     "check_labels",
     "check_same_labels",
@@ -130,6 +131,19 @@ def check_labels(labels, count: int, what: str = "labels") -> torch.Tensor:
     if count and int(labels.min()) < 0:
         raise DataError(f"{what} hold {int(labels.min())}; class indices are 0 or more")
     return labels.long()
+
+
+def check_batch_labels(y, count: int, classes: int, who: str, unlabelled: bool = False) -> None:
+    """:class:`DataError` unless ``y`` holds ``count`` whole class indices, ``0..classes-1``
+    (with ``unlabelled``, also ``-1``): the labels handed to a model and guide by ``who``."""
+    allowed = f"{'-1 (unlabelled) or ' if unlabelled else ''}0..{classes - 1}"
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+        raise DataError(f"{who}'s labels are whole class indices ({allowed}), got {y!r}")
+    if tuple(y.shape) != (count,):
+        raise DataError(f"{who} takes one label an image: {count} images, labels of shape "
+                        f"{tuple(y.shape)}")  # fmt: skip
+    if len(y) and (int(y.min()) < (-1 if unlabelled else 0) or int(y.max()) >= classes):
+        raise DataError(f"{who}'s labels must be {allowed}, got {int(y.min())}..{int(y.max())}")
 
 
 def label_fingerprint(labels: torch.Tensor) -> str:

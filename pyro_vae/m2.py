@@ -69,10 +69,10 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae.checks import is_real, require_choice, require_whole
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import RELAXED, baseline_options
 from pyro_vae.isolation import check_seed
-from pyro_vae.labels import check_classes
+from pyro_vae.labels import check_batch_labels, check_classes
 from pyro_vae.model import VAE
 from pyro_vae.networks import (
     MIN_ENCODER_SCALE,
@@ -255,16 +255,8 @@ class SemiSupervisedVAE(VAE):
     def _check_batch_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         """While Pyro validates (not in training, where it is off): ``y`` holds a class index
         or ``-1`` for each image."""
-        if y is None or not is_validation_enabled():
-            return
-        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
-            raise DataError(f"M2's labels are whole class indices (-1: unlabelled), got {y!r}")
-        if tuple(y.shape) != (x.shape[0],):
-            raise DataError(f"M2 takes one label an image: {x.shape[0]} images, labels of "
-                            f"shape {tuple(y.shape)}")  # fmt: skip
-        if len(y) and (int(y.min()) < -1 or int(y.max()) >= self.classes):
-            raise DataError(f"M2's labels are -1 (unlabelled) or 0..{self.classes - 1}, got "
-                            f"{int(y.min())}..{int(y.max())}")  # fmt: skip
+        if y is not None and is_validation_enabled():
+            check_batch_labels(y, x.shape[0], self.classes, "M2", unlabelled=True)
 
     def _label_options(self, x: torch.Tensor) -> dict:
         if self.estimator == "enumerate":
